@@ -1,0 +1,7 @@
+"""vtlab: configuration-driven experiments on the vision side of vision-language models."""
+
+from vtlab.api import build, build_stack, compose_config, to_config
+from vtlab.stack import VisionStack
+
+__all__ = ["VisionStack", "build", "build_stack", "compose_config", "to_config"]
+__version__ = "0.1.0"

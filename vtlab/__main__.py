@@ -1,0 +1,5 @@
+"""`python -m vtlab ...`: see vtlab.cli."""
+
+from vtlab.cli import main
+
+main()

@@ -1,0 +1,76 @@
+"""The Python API shared by the CLI, the tests and notebooks.
+
+`build("smolvlm", overrides=["connector.factor=2"])` composes exactly the Hydra config the CLI composes
+for `python -m vtlab +model=smolvlm connector.factor=2`, validates it and returns the `VisionStack`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+from hydra import compose, initialize_config_module
+from hydra.core.global_hydra import GlobalHydra
+from hydra.errors import HydraException
+from omegaconf import DictConfig, OmegaConf
+from omegaconf.errors import OmegaConfBaseException
+
+from vtlab.config import VTLabConfig, register_configs, validate
+from vtlab.connectors import build_connector
+from vtlab.errors import ConfigError
+from vtlab.stack import VisionStack
+from vtlab.towers import build_tower
+
+
+def compose_config(model: str | None, overrides: Sequence[str] = ()) -> DictConfig:
+    """Compose `conf/config.yaml` + `+model=<model>` + overrides, as the CLI would (no run directory)."""
+    register_configs()
+    args = ([f"+model={model}"] if model else []) + list(overrides)
+    try:
+        if GlobalHydra.instance().is_initialized():  # inside a running Hydra app: reuse its search path
+            return compose(config_name="config", overrides=args)
+        with initialize_config_module(version_base="1.3", config_module="vtlab.conf"):
+            return compose(config_name="config", overrides=args)
+    except (HydraException, OmegaConfBaseException) as exc:
+        raise ConfigError(str(exc)) from None
+
+
+def to_config(cfg: DictConfig | VTLabConfig) -> VTLabConfig:
+    """Resolve interpolations, apply checkpoint-derived architecture, validate, return the typed object."""
+    if isinstance(cfg, DictConfig):
+        cfg = prepare(cfg)
+        try:
+            obj = OmegaConf.to_object(cfg)
+        except OmegaConfBaseException as exc:
+            raise ConfigError(str(exc)) from None
+    else:
+        obj = cfg
+    validate(obj)
+    return obj  # type: ignore[return-value]
+
+
+def prepare(cfg: DictConfig) -> DictConfig:
+    """Hook for config rewrites that need files (e.g. `+model=hf model.weights=PATH` reads config.json)."""
+    try:
+        from vtlab.checkpoints.arch import apply_checkpoint_architecture
+    except ImportError:
+        return cfg
+    return apply_checkpoint_architecture(cfg)
+
+
+def build_stack(cfg: DictConfig | VTLabConfig, load_weights: bool = True) -> VisionStack:
+    """Build the stack described by a composed config (random weights unless `model.weights` is set)."""
+    c = to_config(cfg)
+    tower = build_tower(c.model)
+    connector = build_connector(c.connector, in_dim=tower.feature_dim, out_dim=c.text_hidden)
+    stack = VisionStack(tower, connector, input_size=c.model.input_size)
+    if load_weights and c.model.weights:
+        from vtlab.checkpoints import load_weights as _load
+
+        _load(stack, c.model.weights, c)
+    return stack
+
+
+def build(model: str, overrides: Sequence[str] = (), **kwargs: Any) -> VisionStack:
+    """Compose `+model=<model>` with `overrides` (Hydra override strings) and build the `VisionStack`."""
+    return build_stack(compose_config(model, overrides), **kwargs)

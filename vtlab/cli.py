@@ -1,0 +1,77 @@
+"""Command line: `python -m vtlab +model=smolvlm connector.factor=4` (Hydra app, one job per call).
+
+Validation runs before anything is built. A bad value prints one message naming the key, the value and
+what is valid, and exits with status 2, without a traceback. Inside a `-m` sweep, a cell that cannot
+exist (a factor that does not divide the grid) is recorded as skipped and the sweep goes on.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+
+import hydra
+from hydra.core.hydra_config import HydraConfig
+from hydra.types import RunMode
+from omegaconf import DictConfig
+
+from vtlab.config import model_names, register_configs
+from vtlab.errors import ConfigError, InvalidCellError, VtlabError
+
+register_configs()
+
+
+def _fail(message: str) -> None:
+    print(f"vtlab: error: {message}", file=sys.stderr)
+    sys.exit(2)
+
+
+@hydra.main(version_base="1.3", config_path="conf", config_name="config")
+def _app(raw: DictConfig) -> None:
+    from vtlab.api import to_config
+    from vtlab.run import RunContext
+    from vtlab.tasks import run_task
+
+    hc = HydraConfig.get()
+    model_choice = hc.runtime.choices.get("model")
+    is_sweep = hc.mode == RunMode.MULTIRUN
+    out_dir = Path(raw.get("out_dir") or hc.runtime.output_dir)
+    if model_choice is None:
+        _fail(f"no model given: add +model=NAME, one of {model_names()} (e.g. python -m vtlab +model=smolvlm)")
+    overrides = list(hc.overrides.task)
+    try:
+        cfg = to_config(raw)
+    except InvalidCellError as exc:
+        if not is_sweep:
+            _fail(str(exc))
+        from vtlab.tasks.skip import record_skipped
+
+        record_skipped(raw, out_dir, model_choice, str(exc), overrides, hc)
+        return
+    except ConfigError as exc:
+        _fail(str(exc))
+    ctx = RunContext(
+        cfg=cfg,
+        raw=raw,
+        out_dir=out_dir,
+        model_choice=model_choice,
+        is_sweep=is_sweep,
+        sweep_dir=Path(hc.sweep.dir) if is_sweep else None,
+        job_num=hc.job.num if is_sweep else None,
+        overrides=overrides,
+    )
+    try:
+        run_task(ctx)
+    except VtlabError as exc:
+        _fail(str(exc))
+
+
+def main() -> None:
+    """Console-script entry point (`vtlab ...`)."""
+    os.environ.setdefault("HYDRA_FULL_ERROR", "0")
+    _app()
+
+
+if __name__ == "__main__":
+    main()

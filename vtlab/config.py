@@ -1,0 +1,287 @@
+"""Typed schemas of the Hydra config tree and the cross-field validation that runs before anything is built.
+
+The dataclasses are registered in Hydra's ConfigStore as `base_*` nodes; every YAML option under `conf/`
+starts from one of them (`defaults: [base_model]`), so OmegaConf rejects typos, wrong types and unknown
+enum values with a message naming the key. `validate()` adds the rules that span several keys (factor vs
+patch grid, feature layers vs depth, image vs patch size) and raises `ConfigError` with a message that
+names the key, the value and the valid choices.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from enum import Enum
+from typing import Any
+
+from hydra.core.config_store import ConfigStore
+from omegaconf import II, MISSING
+
+from vtlab.errors import ConfigError, InvalidCellError
+
+
+class Activation(str, Enum):
+    gelu_tanh = "gelu_tanh"  # HF "gelu_pytorch_tanh": the SigLIP towers
+    gelu = "gelu"  # exact erf GELU: HF "gelu", timm's default, the projectors
+
+
+class Family(str, Enum):
+    """Which upstream model owns the tower: decides checkpoint layouts, export names and preprocessing."""
+
+    siglip = "siglip"  # SiglipVisionModel (google/siglip-*)
+    idefics3 = "idefics3"  # Idefics3 / SmolVLM vision tower + connector
+    llava_next = "llava_next"  # LlavaNext / Granite-Vision: SigLIP tower + multi-layer taps + MLP projector
+
+
+class ConnectorKind(str, Enum):
+    pixel_unshuffle = "pixel_unshuffle"  # Idefics3/SmolVLM: unshuffle + bias-free Linear
+    mlp = "mlp"  # LLaVA mlp2x_gelu / LlavaNext projector (erf GELU)
+    linear = "linear"  # one Linear with bias
+    identity = "identity"  # unshuffle only, no projection
+
+
+class TaskName(str, Enum):
+    profile = "profile"
+    bench = "bench"
+    train = "train"
+    eval = "eval"
+
+
+class LoggerKind(str, Enum):
+    wandb = "wandb"
+    csv = "csv"
+    none = "none"
+
+
+@dataclass
+class ModelConfig:
+    """One vision tower, every architecture field spelled out (no upstream default is relied on)."""
+
+    name: str = MISSING  # e.g. smolvlm-512-16
+    family: Family = Family.siglip
+    image_size: int = MISSING  # native resolution: the position table has (image_size // patch_size)^2 rows
+    patch_size: int = MISSING
+    num_channels: int = 3
+    hidden_size: int = MISSING
+    intermediate_size: int = MISSING
+    num_layers: int = MISSING
+    num_heads: int = MISSING
+    layer_norm_eps: float = 1e-6
+    hidden_act: Activation = Activation.gelu_tanh
+    use_head: bool = False  # build the MAP head (SigLIP pooler); never used for VLM features
+    # None: post-LayerNorm last hidden state (SigLIP / Idefics3). A list: pre-LN hidden_states[i]
+    # (0 = embeddings, k = after block k, negative from the end) concatenated on channels (LlavaNext).
+    feature_layers: list[int] | None = None
+    input_size: int | None = None  # image side fed to the tower; None = image_size (else pos-emb interpolation)
+    weights: str | None = None  # checkpoint path, folder or hf://org/name (see vtlab.checkpoints)
+
+
+@dataclass
+class ConnectorConfig:
+    kind: ConnectorKind = ConnectorKind.pixel_unshuffle
+    factor: int = 1  # pixel-unshuffle factor per spatial axis, applied before any projection
+    hidden_size: int | None = None  # MLP hidden width; None = the text hidden size
+    depth: int = 2  # MLP: number of Linear layers (LLaVA mlp{depth}x_gelu)
+    bias: bool = True
+    act: Activation = Activation.gelu
+
+
+@dataclass
+class TextConfig:
+    """The language model the visual tokens are handed to (its width, and its depth for prefill cost)."""
+
+    name: str = MISSING
+    hidden_size: int = MISSING
+    num_layers: int = MISSING
+    intermediate_size: int = MISSING
+    num_heads: int = MISSING
+    num_kv_heads: int = MISSING
+    vocab_size: int = 0
+
+
+@dataclass
+class TaskConfig:
+    name: TaskName = TaskName.profile
+    device: str = "auto"  # auto | cpu | cuda | cuda:N
+    dtype: str = "auto"  # auto (bf16 on CUDA, fp32 on CPU) | float32 | bfloat16 | float16
+    batch_size: int = 1
+    warmup: int = 2
+    repeats: int = 5
+
+
+@dataclass
+class BenchTaskConfig(TaskConfig):
+    name: TaskName = TaskName.bench
+    throughput_batch_size: int = 64
+    iters: int = 10  # timed iterations per repeat of the throughput measurement
+    modes: list[str] = field(default_factory=lambda: ["eager", "compile", "cudagraphs"])
+    attention_backend: str = "auto"  # auto | cudnn | flash | efficient | math
+
+
+@dataclass
+class TrainTaskConfig(TaskConfig):
+    name: TaskName = TaskName.train
+    batch_size: int = 32
+    freeze: str = "tower"  # tower (train connector + head) | none (full fine-tuning)
+    lr: float = 1e-3  # connector + head
+    tower_lr: float = 1e-5
+    weight_decay: float = 0.05
+    warmup_steps: int = 20
+    compile: bool = False
+    ckpt_path: str | None = None  # resume from this checkpoint ("last" = the run dir's last.ckpt)
+    head: str = "attention_pool"
+
+
+@dataclass
+class EvalTaskConfig(TaskConfig):
+    name: TaskName = TaskName.eval
+    batch_size: int = 64
+    ckpt_path: str | None = None
+    compile: bool = False
+
+
+@dataclass
+class LoggerConfig:
+    kind: LoggerKind = LoggerKind.wandb
+    mode: str = "offline"  # offline | online | disabled (W&B)
+    project: str = "vtlab"
+    entity: str | None = None
+    group: str | None = None  # None: the sweep directory's name inside -m runs
+    tags: list[str] = field(default_factory=list)
+
+
+@dataclass
+class TrainerConfig:
+    accelerator: str = "auto"
+    devices: Any = 1
+    strategy: str = "auto"
+    num_nodes: int = 1
+    precision: str | None = None  # None: bf16-mixed on GPU, 32-true on CPU
+    max_epochs: int = 1
+    max_steps: int = -1
+    max_time: str | None = None  # e.g. 00:00:02:00
+    gradient_clip_val: float | None = 1.0
+    log_every_n_steps: int = 10
+    val_check_interval: Any = None
+    deterministic: bool = False
+    fast_dev_run: Any = False
+    limit_train_batches: Any = None
+    limit_val_batches: Any = None
+    enable_progress_bar: bool = True
+
+
+@dataclass
+class DataConfig:
+    kind: str = "synthetic"  # synthetic | folder
+    root: str | None = None  # ImageFolder root (folder) with train/ and val/ sub-folders
+    image_size: int | None = None  # None: the tower's input size
+    num_classes: int = 4
+    train_size: int = 512
+    val_size: int = 128
+    num_workers: int = 0
+    seed: int = 0
+
+
+@dataclass
+class VTLabConfig:
+    model: ModelConfig = field(default_factory=ModelConfig)
+    connector: ConnectorConfig = field(default_factory=ConnectorConfig)
+    text: TextConfig = field(default_factory=TextConfig)
+    text_hidden: int = II("text.hidden_size")  # the width visual tokens are projected to
+    task: TaskConfig = field(default_factory=TaskConfig)
+    logger: LoggerConfig = field(default_factory=LoggerConfig)
+    trainer: TrainerConfig = field(default_factory=TrainerConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    seed: int = 0
+    out_dir: str | None = None  # where results go; None = the Hydra run directory
+
+
+def register_configs() -> None:
+    """Register the schemas as `base_*` nodes (idempotent)."""
+    cs = ConfigStore.instance()
+    cs.store(name="base_config", node=VTLabConfig)
+    cs.store(group="connector", name="base_connector", node=ConnectorConfig)
+    cs.store(group="text", name="base_text", node=TextConfig)
+    cs.store(group="task", name="base_profile", node=TaskConfig)
+    cs.store(group="task", name="base_bench", node=BenchTaskConfig)
+    cs.store(group="task", name="base_train", node=TrainTaskConfig)
+    cs.store(group="task", name="base_eval", node=EvalTaskConfig)
+    cs.store(group="logger", name="base_logger", node=LoggerConfig)
+    cs.store(group="trainer", name="base_trainer", node=TrainerConfig)
+    cs.store(group="data", name="base_data", node=DataConfig)
+
+
+# ----------------------------------------------------------------------------------------------------
+# Cross-field validation
+
+
+def model_names() -> list[str]:
+    """The model presets shipped in conf/model (what `+model=` accepts)."""
+    from importlib import resources
+
+    files = resources.files("vtlab.conf").joinpath("model").iterdir()
+    return sorted(f.name[: -len(".yaml")] for f in files if f.name.endswith(".yaml"))
+
+
+def patch_grid(model: ModelConfig) -> tuple[int, int]:
+    """(rows, cols) of the patch grid: floor(input / patch), e.g. 384/14 -> 27x27 (the last 6 px are unused)."""
+    size = model.input_size or model.image_size
+    return size // model.patch_size, size // model.patch_size
+
+
+def valid_factors(grid: tuple[int, int]) -> list[int]:
+    h, w = grid
+    return [f for f in range(1, min(h, w) + 1) if h % f == 0 and w % f == 0]
+
+
+def resolve_feature_layers(layers: list[int] | None, num_layers: int) -> list[int] | None:
+    """Map hidden_states indices (negative from the end, L+1 entries) to 0..L."""
+    if layers is None:
+        return None
+    return [i if i >= 0 else num_layers + 1 + i for i in layers]
+
+
+def validate(cfg: Any) -> None:
+    """Check the rules that span several keys. `cfg` is a VTLabConfig object or a DictConfig of it."""
+    m = cfg.model
+    if m.image_size is None or m.image_size == MISSING:
+        raise ConfigError(f"no model given: add +model=NAME, one of {model_names()}")
+    for key in ("image_size", "patch_size", "hidden_size", "intermediate_size", "num_layers", "num_heads", "num_channels"):
+        value = getattr(m, key)
+        if value <= 0:
+            raise ConfigError(f"model.{key}={value} must be a positive integer")
+    if m.hidden_size % m.num_heads:
+        raise ConfigError(
+            f"model.hidden_size={m.hidden_size} is not divisible by model.num_heads={m.num_heads}; "
+            f"valid head counts: {[h for h in range(1, m.hidden_size + 1) if m.hidden_size % h == 0]}"
+        )
+    for key in ("image_size", "input_size"):
+        size = getattr(m, key)
+        if size is not None and size < m.patch_size:
+            raise ConfigError(
+                f"model.{key}={size} is smaller than one patch (model.patch_size={m.patch_size}); "
+                f"use a size >= {m.patch_size}"
+            )
+    if m.feature_layers is not None:
+        lo, hi = -(m.num_layers + 1), m.num_layers
+        if len(m.feature_layers) == 0:
+            raise ConfigError("model.feature_layers=[] is empty; give at least one index or null")
+        for i in m.feature_layers:
+            if not lo <= i <= hi:
+                raise ConfigError(
+                    f"model.feature_layers contains {i}, outside the tower's depth: model '{m.name}' has "
+                    f"{m.num_layers} layers, so valid indices are {lo}..{hi} (0 = embeddings, -1 = last layer)"
+                )
+    if cfg.text_hidden <= 0:
+        raise ConfigError(f"text_hidden={cfg.text_hidden} must be a positive integer (e.g. 576, 960, 2048, 4096)")
+    c = cfg.connector
+    if c.hidden_size is not None and c.hidden_size <= 0:
+        raise ConfigError(f"connector.hidden_size={c.hidden_size} must be positive (or null for text_hidden)")
+    if c.depth < 1:
+        raise ConfigError(f"connector.depth={c.depth} must be >= 1")
+    grid = patch_grid(m)
+    factors = valid_factors(grid)
+    if c.factor not in factors:
+        raise InvalidCellError(
+            f"connector.factor={c.factor} does not divide the {grid[0]}x{grid[1]} patch grid of "
+            f"model '{m.name}' ({m.input_size or m.image_size}px / {m.patch_size}px patches); valid factors: {factors}"
+        )

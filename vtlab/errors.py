@@ -1,0 +1,20 @@
+"""Errors that vtlab reports to the user as one clear message (no traceback).
+
+`ConfigError` is raised by validation before anything is built; the CLI prints its message and exits
+with status 2. `InvalidCellError` is the subset that makes one cell of a sweep impossible (for example
+a factor that does not divide the patch grid): inside a `-m` sweep such a cell is recorded as skipped.
+"""
+
+from __future__ import annotations
+
+
+class VtlabError(Exception):
+    """Base class of every error whose message is meant for the user as is."""
+
+
+class ConfigError(VtlabError, ValueError):
+    """A configuration value is invalid; the message names the key, the value and what is valid."""
+
+
+class InvalidCellError(ConfigError):
+    """A well-formed configuration that describes an impossible combination (skipped inside sweeps)."""

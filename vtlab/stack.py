@@ -1,0 +1,92 @@
+"""`VisionStack`: tower -> feature taps -> connector -> visual tokens (B, tokens, text_hidden).
+
+It also does the shape and token bookkeeping that the profile and bench tasks report: the patch grid, the
+tower tokens and width, and the connector tokens and width, stage by stage.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+
+import torch
+from torch import nn
+
+from vtlab.connectors import Connector
+from vtlab.towers import VisionTower
+
+
+@dataclass(frozen=True)
+class Stage:
+    """One row of the per-stage table: what leaves that stage for a batch of one image."""
+
+    name: str
+    shape: tuple[int, ...]
+    detail: str
+
+    def as_dict(self) -> dict:
+        return asdict(self)
+
+
+class VisionStack(nn.Module):
+    def __init__(self, tower: VisionTower, connector: Connector, input_size: int | None = None) -> None:
+        super().__init__()
+        self.tower = tower
+        self.connector = connector
+        self.input_size = input_size or tower.image_size
+
+    # ------------------------------------------------------------------ bookkeeping
+    @property
+    def grid(self) -> tuple[int, int]:
+        """Patch grid (rows, cols) for the configured input size, e.g. (27, 27) for 384/14."""
+        return self.tower.grid_for(self.input_size, self.input_size)
+
+    @property
+    def num_patches(self) -> int:
+        return self.grid[0] * self.grid[1]
+
+    @property
+    def num_tokens(self) -> int:
+        """Visual tokens handed to the language model per image."""
+        f = self.connector.factor
+        return (self.grid[0] // f) * (self.grid[1] // f)
+
+    @property
+    def feature_dim(self) -> int:
+        return self.tower.feature_dim
+
+    @property
+    def text_hidden(self) -> int:
+        return self.connector.out_dim
+
+    def input_shape(self, batch: int = 1) -> tuple[int, int, int, int]:
+        return (batch, self.tower.patch_embed.in_channels, self.input_size, self.input_size)
+
+    def stages(self) -> list[Stage]:
+        (h, w), p, f = self.grid, self.tower.patch_size, self.connector.factor
+        used = h * p
+        crop = "" if used == self.input_size else f" (uses {used}px, drops {self.input_size - used}px)"
+        return [
+            Stage("image", self.input_shape(1), f"{self.input_size}x{self.input_size} RGB"),
+            Stage("patch grid", (h, w), f"{h}x{w} patches of {p}px{crop}"),
+            Stage("tower", (1, self.num_patches, self.feature_dim), self._tower_detail()),
+            Stage(
+                "connector",
+                (1, self.num_tokens, self.text_hidden),
+                f"{self.connector.kind}, factor {f}: {self.num_patches} -> {self.num_tokens} tokens",
+            ),
+        ]
+
+    def _tower_detail(self) -> str:
+        t = self.tower
+        taps = "post-LN last layer" if t.feature_layers is None else f"taps {t.feature_layers} concatenated"
+        return f"{t.depth_used}/{t.num_layers} blocks, width {t.hidden_size}, {taps}"
+
+    # ------------------------------------------------------------------ forward
+    def features(self, pixel_values: torch.Tensor) -> torch.Tensor:
+        """The tower output after the feature taps: (B, patches, feature_dim)."""
+        return self.tower(pixel_values)
+
+    def forward(self, pixel_values: torch.Tensor) -> torch.Tensor:
+        """(B, C, H, W) -> (B, tokens, text_hidden)."""
+        grid = self.tower.grid_for(pixel_values.shape[-2], pixel_values.shape[-1])
+        return self.connector(self.tower(pixel_values), grid)

@@ -1,0 +1,91 @@
+"""`task=profile` (the default job): per-stage shapes, parameters, FLOPs, latency and peak memory.
+
+Builds the stack (random weights unless `model.weights` is set), prints a table stage by stage
+(image -> patch grid -> tower tokens x width -> connector tokens x text hidden), and writes the same
+numbers to `results.json` in the run directory. FLOPs are counted with torch.utils.flop_counter and
+checked against the closed form of performance.md section 2.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+
+from vtlab.api import build_stack
+from vtlab.measure import (
+    count_flops,
+    count_params,
+    device_info,
+    median,
+    peak_memory_mb,
+    percentile,
+    reset_peak_memory,
+    resolve_device,
+    resolve_dtype,
+    time_ms,
+)
+from vtlab.report import closed_form_flops, print_stage_table
+from vtlab.run import RunContext
+
+
+def profile_stack(ctx: RunContext) -> dict[str, Any]:
+    cfg = ctx.cfg
+    device = resolve_device(cfg.task.device)
+    dtype = resolve_dtype(cfg.task.dtype, device)
+    torch.manual_seed(cfg.seed)
+    stack = build_stack(cfg).to(device=device, dtype=dtype).eval()
+    batch = cfg.task.batch_size
+    pixels = torch.randn(stack.input_shape(batch), device=device, dtype=dtype)
+    grid = stack.grid
+
+    with torch.inference_mode():
+        tower_flops = count_flops(stack.tower, pixels) // batch
+        feats = stack.tower(pixels)
+        connector_flops = count_flops(stack.connector, feats, grid) // batch
+        reset_peak_memory(device)
+        total_ms = time_ms(lambda: stack(pixels), device, cfg.task.warmup, cfg.task.repeats)
+        tower_ms = time_ms(lambda: stack.tower(pixels), device, 1, cfg.task.repeats)
+        conn_ms = time_ms(lambda: stack.connector(feats, grid), device, 1, cfg.task.repeats)
+    peak, peak_kind = peak_memory_mb(device)
+
+    closed = closed_form_flops(stack)
+    stages = [s.as_dict() for s in stack.stages()]
+    stages[2].update(params=count_params(stack.tower), flops=tower_flops, flops_closed_form=closed["tower"],
+                     latency_ms=median(tower_ms))
+    stages[3].update(params=count_params(stack.connector), flops=connector_flops,
+                     flops_closed_form=closed["connector"], latency_ms=median(conn_ms))
+    return {
+        "task": "profile",
+        "status": "ok",
+        "run_name": ctx.run_name,
+        "model": ctx.model_choice,
+        "factor": cfg.connector.factor,
+        "grid": list(grid),
+        "patches": stack.num_patches,
+        "tokens": stack.num_tokens,
+        "text_hidden": stack.text_hidden,
+        "feature_dim": stack.feature_dim,
+        "batch_size": batch,
+        "dtype": str(dtype).removeprefix("torch."),
+        "stages": stages,
+        "params": count_params(stack),
+        "flops": tower_flops + connector_flops,
+        "flops_closed_form": closed["tower"] + closed["connector"],
+        "latency_ms": median(total_ms),
+        "latency_ms_p90": percentile(total_ms, 90),
+        "latency_ms_all": total_ms,
+        "peak_memory_mb": peak,
+        "peak_memory_kind": peak_kind,
+        "device_info": device_info(device),
+        "overrides": ctx.overrides,
+    }
+
+
+def run(ctx: RunContext, tracker) -> dict[str, Any]:
+    result = profile_stack(ctx)
+    path = ctx.write_json("results.json", result | {"config": ctx.config_dict()})
+    print_stage_table(result)
+    print(f"results: {path}")
+    tracker.log_result(result)
+    return result

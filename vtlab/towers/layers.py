@@ -1,0 +1,88 @@
+"""Building blocks of the native tower: fused-QKV attention, MLP, pre-LN encoder block, MAP head.
+
+Numerics mirror transformers' `SiglipEncoderLayer` (pre-LN, LayerNorm eps from the config, tanh GELU,
+scale head_dim^-0.5, no mask, no dropout at inference) with q/k/v fused into one GEMM, and attention
+through `F.scaled_dot_product_attention` so that PyTorch picks cuDNN/flash kernels on a GPU.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+
+def activation(name: str) -> nn.Module:
+    """`gelu_tanh` = HF gelu_pytorch_tanh (towers); `gelu` = exact erf GELU (projectors, timm default)."""
+    return nn.GELU(approximate="tanh" if name == "gelu_tanh" else "none")
+
+
+class Attention(nn.Module):
+    """Multi-head self-attention with one fused qkv projection (rows ordered q, k, v as in timm)."""
+
+    def __init__(self, dim: int, num_heads: int) -> None:
+        super().__init__()
+        self.num_heads = num_heads
+        self.head_dim = dim // num_heads
+        self.qkv = nn.Linear(dim, 3 * dim)
+        self.proj = nn.Linear(dim, dim)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        b, n, d = x.shape
+        qkv = self.qkv(x).view(b, n, 3, self.num_heads, self.head_dim).permute(2, 0, 3, 1, 4)
+        q, k, v = qkv.unbind(0)
+        out = F.scaled_dot_product_attention(q, k, v)
+        return self.proj(out.transpose(1, 2).reshape(b, n, d))
+
+
+class Mlp(nn.Module):
+    def __init__(self, dim: int, hidden: int, act: str) -> None:
+        super().__init__()
+        self.fc1 = nn.Linear(dim, hidden)
+        self.act = activation(act)
+        self.fc2 = nn.Linear(hidden, dim)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fc2(self.act(self.fc1(x)))
+
+
+class Block(nn.Module):
+    """Pre-LN transformer block: x + attn(LN1(x)), then + mlp(LN2(.))."""
+
+    def __init__(self, dim: int, num_heads: int, mlp_hidden: int, eps: float, act: str) -> None:
+        super().__init__()
+        self.norm1 = nn.LayerNorm(dim, eps=eps)
+        self.attn = Attention(dim, num_heads)
+        self.norm2 = nn.LayerNorm(dim, eps=eps)
+        self.mlp = Mlp(dim, mlp_hidden, act)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = x + self.attn(self.norm1(x))
+        return x + self.mlp(self.norm2(x))
+
+
+class MAPHead(nn.Module):
+    """Multihead attention pooling (SigLIP `head`): one learned probe attends over all tokens.
+
+    `in_proj` holds [Wq; Wk; Wv] like `nn.MultiheadAttention.in_proj_weight`; the probe's query and the
+    tokens' keys/values are projected separately so that only one query row is computed.
+    """
+
+    def __init__(self, dim: int, num_heads: int, mlp_hidden: int, eps: float, act: str) -> None:
+        super().__init__()
+        self.num_heads = num_heads
+        self.probe = nn.Parameter(torch.zeros(1, 1, dim))
+        self.in_proj = nn.Linear(dim, 3 * dim)
+        self.out_proj = nn.Linear(dim, dim)
+        self.norm = nn.LayerNorm(dim, eps=eps)
+        self.mlp = Mlp(dim, mlp_hidden, act)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        b, n, d = x.shape
+        h, hd = self.num_heads, d // self.num_heads
+        w, bias = self.in_proj.weight, self.in_proj.bias
+        q = F.linear(self.probe.expand(b, 1, d), w[:d], bias[:d]).view(b, 1, h, hd).transpose(1, 2)
+        kv = F.linear(x, w[d:], bias[d:]).view(b, n, 2, h, hd).permute(2, 0, 3, 1, 4)
+        a = F.scaled_dot_product_attention(q, kv[0], kv[1]).transpose(1, 2).reshape(b, 1, d)
+        a = self.out_proj(a)
+        return (a + self.mlp(self.norm(a)))[:, 0]
