@@ -67,9 +67,45 @@ def _app(raw: DictConfig) -> None:
         _fail(str(exc))
 
 
+GROUPS = ("model", "connector", "text", "task", "logger", "trainer", "data")
+
+
+def group_options(group: str) -> list[str]:
+    """The YAML options shipped in conf/<group>/."""
+    from importlib import resources
+
+    folder = resources.files("vtlab.conf").joinpath(group)
+    return sorted(f.name[: -len(".yaml")] for f in folder.iterdir() if f.name.endswith(".yaml"))
+
+
+def check_group_choices(argv: list[str]) -> str | None:
+    """A message for the first `group=option` argument naming an option that does not exist, else None.
+
+    Hydra would also refuse it, but with its search path and a traceback hint; this names the key, the
+    value and the valid choices in one line. Sweep values (`a,b`) are checked one by one; anything with
+    Hydra sweep syntax (glob, range, choice) is left to Hydra.
+    """
+    for arg in argv:
+        key, sep, value = arg.lstrip("+~").partition("=")
+        if not sep or key not in GROUPS or any(ch in value for ch in "()[]{}*$"):
+            continue
+        options = group_options(key)
+        for option in value.split(","):
+            if option and option != "null" and option not in options:
+                plus = "+" if key == "model" else ""
+                return f"{key}={option} is not a known {key}; valid: {', '.join(options)} (use {plus}{key}=NAME)"
+    return None
+
+
 def main() -> None:
     """Console-script entry point (`vtlab ...`)."""
     os.environ.setdefault("HYDRA_FULL_ERROR", "0")
+    # `model` is not in the defaults list (so that `+model=NAME` works as the users type it); accept the
+    # plain `model=NAME` form too instead of failing with Hydra's "No match in the defaults list".
+    sys.argv[1:] = ["+" + a if a.startswith("model=") else a for a in sys.argv[1:]]
+    message = check_group_choices(sys.argv[1:])
+    if message:
+        _fail(message)
     _app()
 
 

@@ -7,9 +7,12 @@ through `F.scaled_dot_product_attention` so that PyTorch picks cuDNN/flash kerne
 
 from __future__ import annotations
 
+from contextlib import nullcontext
+
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.nn.attention import SDPBackend, sdpa_kernel
 
 
 def activation(name: str) -> nn.Module:
@@ -26,23 +29,35 @@ class Attention(nn.Module):
         self.head_dim = dim // num_heads
         self.qkv = nn.Linear(dim, 3 * dim)
         self.proj = nn.Linear(dim, dim)
+        self.backends: list[SDPBackend] | None = None  # None: PyTorch's own choice (see vtlab.towers.kernels)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         b, n, d = x.shape
         qkv = self.qkv(x).view(b, n, 3, self.num_heads, self.head_dim).permute(2, 0, 3, 1, 4)
         q, k, v = qkv.unbind(0)
-        out = F.scaled_dot_product_attention(q, k, v)
+        with sdpa_kernel(self.backends) if self.backends else nullcontext():
+            out = F.scaled_dot_product_attention(q, k, v)
         return self.proj(out.transpose(1, 2).reshape(b, n, d))
 
 
 class Mlp(nn.Module):
+    """fc1 -> GELU -> fc2. With `fused_gelu` set (CUDA inference, tanh GELU), fc1's bias and GELU run in
+    the cuBLASLt GEMM epilogue (`torch._addmm_activation`), saving one read and one write of the
+    (tokens x hidden) activation; it has no backward, so training always takes the plain path."""
+
     def __init__(self, dim: int, hidden: int, act: str) -> None:
         super().__init__()
         self.fc1 = nn.Linear(dim, hidden)
         self.act = activation(act)
         self.fc2 = nn.Linear(hidden, dim)
+        self.tanh_gelu = act == "gelu_tanh"
+        self.fused_gelu = False
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.fused_gelu and self.tanh_gelu and x.is_cuda and not torch.is_grad_enabled():
+            flat = x.reshape(-1, x.shape[-1])
+            h = torch._addmm_activation(self.fc1.bias, flat, self.fc1.weight.t(), use_gelu=True)
+            return self.fc2(h.view(*x.shape[:-1], h.shape[-1]))
         return self.fc2(self.act(self.fc1(x)))
 
 
