@@ -18,3 +18,7 @@ class ConfigError(VtlabError, ValueError):
 
 class InvalidCellError(ConfigError):
     """A well-formed configuration that describes an impossible combination (skipped inside sweeps)."""
+
+
+class CheckpointError(ConfigError):
+    """A checkpoint cannot be read or does not fit the model (vtlab.checkpoints); the message says why."""

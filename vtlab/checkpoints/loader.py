@@ -1,0 +1,120 @@
+"""Load a checkpoint into a `VisionStack`, all or nothing.
+
+Mirrors `transformers`' `from_pretrained(strict)` checks, done up front: the whole native state dict is built
+and compared with the stack (missing keys, unexpected keys, shapes) before a single tensor is copied, and only
+then `load_state_dict(strict=True)` runs, so a failed load leaves the model exactly as it was.
+
+Policies (documented in README "Real weights"):
+- a MAP head in the checkpoint is skipped when the stack was built without one (`model.use_head=false`: the
+  VLM presets; LlavaNext checkpoints always carry the unused SigLIP head);
+- layouts that carry no connector (SiglipVisionModel from the hub, timm) leave the stack's connector as built;
+- LlavaNext's `image_newline` (T,) has no module in the stack: it is kept as a persistent buffer
+  `stack.image_newline` (so it moves with `.to()`, is saved in vtlab/Lightning checkpoints and is exported).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+
+from vtlab.checkpoints.layouts import Layout, detect, native_to_hf, to_native
+from vtlab.checkpoints.sources import Source, read_shapes, read_tensors, resolve
+from vtlab.errors import CheckpointError
+
+MAX_LISTED = 8
+
+
+def _listed(items: list[str]) -> str:
+    more = f" ... and {len(items) - MAX_LISTED} more" if len(items) > MAX_LISTED else ""
+    return ", ".join(items[:MAX_LISTED]) + more
+
+
+def _ckpt_names(native: str, layout: Layout) -> str:
+    """How a native key is spelled in the checkpoint's own layout (best effort, for messages)."""
+    if layout.style == "hf" and layout.family:
+        names = native_to_hf(native, layout.family)
+        hub = {"siglip": "vision_model.", "idefics3": "model.vision_model.", "llava_next": "vision_tower.vision_model."}
+        names = [layout.prefix + n[len(hub[layout.family]):] if n.startswith(hub[layout.family]) else n for n in names]
+        return " / ".join(names)
+    return native
+
+
+def inspect(path: str) -> tuple[Source, Layout, dict[str, tuple[int, ...]]]:
+    """Resolve `path`, read tensor names and shapes, and recognise the layout (no tensor data is read)."""
+    source = resolve(path)
+    shapes = read_shapes(source)
+    if not shapes:
+        raise CheckpointError(f"checkpoint {path}: holds no tensors ({', '.join(map(str, source.files))})")
+    return source, detect(list(shapes), path), shapes
+
+
+def native_state(path: str) -> tuple[dict[str, torch.Tensor], Layout, Source, Any]:
+    """Read a checkpoint and return its tensors under vtlab's native names."""
+    source, layout, shapes = inspect(path)
+    conv = to_native(layout, read_tensors(source))
+    conv.present = set(shapes)
+    return conv.tensors, layout, source, conv
+
+
+def load_weights(stack: torch.nn.Module, path: str, cfg: Any = None) -> dict[str, Any]:
+    """Load `path` into `stack` atomically; returns a small report (layout, counts, skipped parts)."""
+    tensors, layout, source, conv = native_state(path)
+    expected = stack.state_dict()
+    skipped: list[str] = []
+    has_head = any(k.startswith("tower.head.") for k in expected)
+    if not has_head and any(k.startswith("tower.head.") for k in tensors):
+        tensors = {k: v for k, v in tensors.items() if not k.startswith("tower.head.")}
+        skipped.append("MAP head (the stack has none: model.use_head=false)")
+    if not layout.carries_connector and not any(k.startswith("connector.") for k in tensors):
+        for k, v in expected.items():
+            if k.startswith("connector."):
+                tensors[k] = v
+        if any(k.startswith("connector.") for k in expected):
+            skipped.append(f"connector (the {layout.name} layout has none; kept as built)")
+    newline = tensors.pop("image_newline", None)
+    if "image_newline" in expected and newline is not None:
+        tensors["image_newline"] = newline
+        newline = None
+
+    missing = [k for k in expected if k not in tensors]
+    unexpected = [conv.origin.get(k, k) for k in tensors if k not in expected] + conv.unexpected
+    mismatched = [
+        f"{conv.origin.get(k, k)}: expected {tuple(expected[k].shape)}, found {tuple(v.shape)}"
+        for k, v in tensors.items()
+        if k in expected and tuple(v.shape) != tuple(expected[k].shape)
+    ]
+    problems: list[str] = []
+    where = f"checkpoint {path} (layout: {layout.describe()})"
+    if missing:
+        names: list[str] = []
+        for k in missing:
+            spelled = [n for n in _ckpt_names(k, layout).split(" / ") if n not in conv.present]
+            names += spelled or [k]
+        names = sorted(set(names + conv.incomplete))
+        problems.append(f"missing keys ({len(names)}): {_listed(names)}")
+    if unexpected:
+        problems.append(f"unexpected keys ({len(unexpected)}): {_listed(sorted(unexpected))}")
+    if mismatched:
+        problems.append(f"shape mismatch ({len(mismatched)}): {_listed(mismatched)}")
+    if problems:
+        hint = ""
+        if unexpected or mismatched:
+            hint = (" The checkpoint's architecture differs from the model's: use +model=hf model.weights=PATH to take "
+                    "the architecture from the checkpoint, or pick the matching preset.")
+        raise CheckpointError(f"{where} does not fit model '{getattr(getattr(cfg, 'model', None), 'name', '?')}': "
+                              + "; ".join(problems) + "." + hint + " Nothing was loaded.")
+
+    stack.load_state_dict(tensors, strict=True)
+    if newline is not None:
+        param = next(stack.parameters(), None)
+        like = param if param is not None else newline
+        stack.register_buffer("image_newline", newline.to(device=like.device, dtype=like.dtype))
+    return {
+        "layout": layout.name,
+        "family": layout.family,
+        "source": source.origin,
+        "loaded": len(tensors),
+        "ignored": conv.ignored,
+        "skipped": skipped,
+    }

@@ -1,0 +1,232 @@
+"""Where checkpoint tensors come from, and reading them safely.
+
+Mirrors what `transformers`' `from_pretrained` and `huggingface_hub`'s cache lookup do with a local path,
+without any network access: a safetensors file, a folder with one or sharded safetensors files (and their
+`model.safetensors.index.json`), a `hf://org/name[@revision]` id looked up in the local Hugging Face cache
+only (`$HF_HUB_CACHE`, else `$HF_HOME/hub`, else `~/.cache/huggingface/hub`), or a PyTorch/timm/Lightning
+file. Nothing is ever unpickled beyond tensors: torch files go through `torch.load(weights_only=True)`.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+
+from vtlab.errors import CheckpointError
+
+TORCH_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt", ".pth.tar")
+INDEX_NAME = "model.safetensors.index.json"
+
+
+@dataclass
+class Source:
+    """A resolved checkpoint: the files that hold its tensors and the config.json beside them (if any)."""
+
+    spec: str  # what the user wrote
+    files: list[Path]
+    kind: str  # "safetensors" | "torch"
+    config_path: Path | None = None
+    origin: str = ""  # human-readable description, e.g. "hf://org/name -> /cache/.../snapshots/abc"
+    notes: list[str] = field(default_factory=list)
+
+    def config(self) -> dict | None:
+        if self.config_path is None:
+            return None
+        try:
+            return json.loads(self.config_path.read_text())
+        except (OSError, json.JSONDecodeError) as exc:
+            raise CheckpointError(f"checkpoint {self.spec}: cannot read {self.config_path}: {exc}") from None
+
+
+# ---------------------------------------------------------------------------------------------- resolving
+
+
+def hf_cache_dir() -> Path:
+    """The local Hugging Face hub cache, resolved as huggingface_hub does (environment first)."""
+    if os.environ.get("HF_HUB_CACHE"):
+        return Path(os.environ["HF_HUB_CACHE"]).expanduser()
+    if os.environ.get("HF_HOME"):
+        return Path(os.environ["HF_HOME"]).expanduser() / "hub"
+    return Path("~/.cache/huggingface/hub").expanduser()
+
+
+def resolve_hf_id(spec: str) -> Path:
+    """`hf://org/name[@revision]` -> the snapshot folder in the local cache (never downloads)."""
+    repo, _, revision = spec[len("hf://") :].partition("@")
+    revision = revision or "main"
+    cache = hf_cache_dir()
+    repo_dir = cache / ("models--" + repo.replace("/", "--"))
+    where = f"looked in {repo_dir} (cache root {cache}, from $HF_HUB_CACHE / $HF_HOME / ~/.cache/huggingface/hub)"
+    if not repo or repo.count("/") != 1:
+        raise CheckpointError(f"model.weights={spec}: expected hf://ORG/NAME[@REVISION]")
+    if not repo_dir.is_dir():
+        raise CheckpointError(
+            f"model.weights={spec}: '{repo}' is not in the local Hugging Face cache ({where}). "
+            "vtlab never downloads: fetch it beforehand (e.g. `huggingface-cli download` on a machine with access) "
+            "or pass a local path."
+        )
+    snapshots = repo_dir / "snapshots"
+    ref = repo_dir / "refs" / revision
+    if ref.is_file():
+        snap = snapshots / ref.read_text().strip()
+    elif (snapshots / revision).is_dir():
+        snap = snapshots / revision
+    else:
+        found = sorted(p.name for p in snapshots.iterdir()) if snapshots.is_dir() else []
+        if revision == "main" and len(found) == 1:
+            snap = snapshots / found[0]
+        else:
+            raise CheckpointError(
+                f"model.weights={spec}: revision '{revision}' of '{repo}' is not in the local cache ({where}); "
+                f"snapshots there: {found or 'none'}"
+            )
+    if not snap.is_dir():
+        raise CheckpointError(f"model.weights={spec}: snapshot folder {snap} is missing ({where})")
+    return snap
+
+
+def _folder_files(folder: Path, spec: str) -> tuple[list[Path], str, list[str]]:
+    index = folder / INDEX_NAME
+    if index.is_file():
+        try:
+            weight_map = json.loads(index.read_text())["weight_map"]
+        except (OSError, json.JSONDecodeError, KeyError, TypeError) as exc:
+            raise CheckpointError(f"checkpoint {spec}: shard index {index} is unreadable or has no weight_map ({exc})") from None
+        names = sorted(set(weight_map.values()))
+        missing = [n for n in names if not (folder / n).is_file()]
+        if missing:
+            raise CheckpointError(
+                f"checkpoint {spec}: shard(s) {missing} listed in {INDEX_NAME} are missing from {folder} "
+                "(incomplete download or copy)"
+            )
+        return [folder / n for n in names], "safetensors", [f"{len(names)} shards from {INDEX_NAME}"]
+    shards = sorted(folder.glob("*.safetensors"))
+    if len(shards) == 1:
+        return shards, "safetensors", []
+    if len(shards) > 1:
+        if (folder / "model.safetensors").is_file():
+            return [folder / "model.safetensors"], "safetensors", []
+        raise CheckpointError(
+            f"checkpoint {spec}: {len(shards)} safetensors files in {folder} but no {INDEX_NAME} to say which "
+            f"belong together ({[s.name for s in shards[:6]]}); point model.weights at one file"
+        )
+    torch_files = sorted(p for p in folder.iterdir() if p.name.endswith(TORCH_SUFFIXES))
+    if len(torch_files) == 1:
+        return torch_files, "torch", []
+    listing = sorted(p.name for p in folder.iterdir())[:12]
+    raise CheckpointError(
+        f"checkpoint {spec}: no weights found in folder {folder}: expected model.safetensors, sharded "
+        f"*.safetensors with {INDEX_NAME}, or one torch file ({', '.join(TORCH_SUFFIXES)}); found {listing or 'nothing'}"
+    )
+
+
+def resolve(spec: str | os.PathLike) -> Source:
+    """Turn `model.weights` into a `Source`; raises `CheckpointError` naming what was looked for."""
+    spec = str(spec)
+    origin = spec
+    if spec.startswith("hf://"):
+        path = resolve_hf_id(spec)
+        origin = f"{spec} -> {path}"
+    else:
+        path = Path(spec).expanduser()
+        if not path.exists():
+            parent = path.parent
+            hint = "" if parent.is_dir() else f" (its folder {parent} does not exist either)"
+            raise CheckpointError(f"model.weights={spec}: no such file or folder{hint}")
+    if path.is_dir():
+        files, kind, notes = _folder_files(path, spec)
+        config = path / "config.json"
+    elif path.name in (INDEX_NAME, "config.json"):  # the index or config of a folder checkpoint: load the folder
+        files, kind, notes = _folder_files(path.parent, spec)
+        config = path.parent / "config.json"
+    else:
+        kind = "safetensors" if path.suffix == ".safetensors" else "torch"
+        files, notes = [path], []
+        config = path.parent / "config.json"
+    return Source(spec, files, kind, config if config.is_file() else None, origin, notes)
+
+
+# ---------------------------------------------------------------------------------------------- reading
+
+
+def _unwrap(obj: object, spec: str) -> dict[str, torch.Tensor]:
+    """A torch file's flat tensor dict: plain state dicts, Lightning/timm wrappers ('state_dict', 'model')."""
+    if isinstance(obj, dict):
+        for key in ("state_dict", "model", "module", "state_dict_ema"):
+            inner = obj.get(key)
+            if isinstance(inner, dict) and any(isinstance(v, torch.Tensor) for v in inner.values()):
+                obj = inner
+                break
+        tensors = {k: v for k, v in obj.items() if isinstance(k, str) and isinstance(v, torch.Tensor)}
+        if tensors:
+            return tensors
+    raise CheckpointError(
+        f"checkpoint {spec}: the torch file holds no tensor state dict (found {type(obj).__name__}"
+        + (f" with keys {sorted(map(str, obj))[:8]}" if isinstance(obj, dict) else "")
+        + ")"
+    )
+
+
+def _torch_load(path: Path, spec: str) -> dict[str, torch.Tensor]:
+    import pickle
+
+    try:
+        obj = torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as exc:
+        lines = [ln.strip() for ln in str(exc).splitlines() if "GLOBAL" in ln or "Unsupported" in ln]
+        first = lines[0] if lines else type(exc).__name__
+        raise CheckpointError(
+            f"checkpoint {spec}: refused to load {path}: it contains pickled Python objects that are not plain "
+            f"tensors, and vtlab only loads weights safely (torch.load(weights_only=True)); convert it to "
+            f"safetensors or a plain state dict. Detail: {first}"
+        ) from None
+    except (RuntimeError, EOFError, OSError, ValueError) as exc:
+        raise CheckpointError(f"checkpoint {spec}: {path} is truncated or corrupt ({type(exc).__name__}: {exc})") from None
+    return _unwrap(obj, spec)
+
+
+def _safetensors_open(path: Path, spec: str):
+    from safetensors import safe_open
+
+    try:
+        return safe_open(str(path), framework="pt", device="cpu")
+    except Exception as exc:  # safetensors raises its own SafetensorError / OSError types
+        raise CheckpointError(
+            f"checkpoint {spec}: {path} is truncated or corrupt, not a readable safetensors file ({exc})"
+        ) from None
+
+
+def read_shapes(source: Source) -> dict[str, tuple[int, ...]]:
+    """Names and shapes only (safetensors headers; torch files are loaded, weights_only)."""
+    if source.kind == "torch":
+        return {k: tuple(v.shape) for k, v in _torch_load(source.files[0], source.spec).items()}
+    shapes: dict[str, tuple[int, ...]] = {}
+    for path in source.files:
+        with _safetensors_open(path, source.spec) as f:
+            for k in f.keys():
+                shapes[k] = tuple(f.get_slice(k).get_shape())
+    return shapes
+
+
+def read_tensors(source: Source, keep=None) -> dict[str, torch.Tensor]:
+    """All tensors (or those whose name passes `keep`), read safely; corrupt data raises `CheckpointError`."""
+    if source.kind == "torch":
+        tensors = _torch_load(source.files[0], source.spec)
+        return {k: v for k, v in tensors.items() if keep is None or keep(k)}
+    out: dict[str, torch.Tensor] = {}
+    for path in source.files:
+        with _safetensors_open(path, source.spec) as f:
+            for k in f.keys():
+                if keep is None or keep(k):
+                    try:
+                        out[k] = f.get_tensor(k)
+                    except Exception as exc:
+                        raise CheckpointError(
+                            f"checkpoint {source.spec}: tensor '{k}' in {path} cannot be read: the file is truncated "
+                            f"or corrupt ({exc})"
+                        ) from None
+    return out
