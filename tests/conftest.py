@@ -1,0 +1,26 @@
+"""Shared pytest setup: W&B off, a clean Hydra global state around every test, `gpu` tests skipped on CPU."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from hydra.core.global_hydra import GlobalHydra
+
+
+@pytest.fixture(autouse=True)
+def _isolated_run_state(monkeypatch):
+    """No test talks to W&B (subprocesses inherit WANDB_MODE unless a test sets it), and no test inherits
+    or leaks an initialised Hydra (compose_config reuses an initialised GlobalHydra's search path)."""
+    monkeypatch.setenv("WANDB_MODE", "disabled")
+    GlobalHydra.instance().clear()
+    yield
+    GlobalHydra.instance().clear()
+
+
+def pytest_collection_modifyitems(config, items):
+    if torch.cuda.is_available():
+        return
+    skip = pytest.mark.skip(reason="needs a CUDA device")
+    for item in items:
+        if "gpu" in item.keywords:
+            item.add_marker(skip)
