@@ -9,7 +9,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
-from hydra import compose, initialize_config_module
+from hydra import compose, initialize_config_dir
 from hydra.core.global_hydra import GlobalHydra
 from hydra.errors import HydraException
 from omegaconf import DictConfig, OmegaConf
@@ -18,6 +18,7 @@ from omegaconf.errors import OmegaConfBaseException
 from vtlab.config import VTLabConfig, register_configs, validate
 from vtlab.connectors import build_connector
 from vtlab.errors import ConfigError
+from vtlab.paths import config_dir
 from vtlab.stack import VisionStack
 from vtlab.towers import build_tower
 
@@ -29,7 +30,7 @@ def compose_config(model: str | None, overrides: Sequence[str] = ()) -> DictConf
     try:
         if GlobalHydra.instance().is_initialized():  # inside a running Hydra app: reuse its search path
             return compose(config_name="config", overrides=args)
-        with initialize_config_module(version_base="1.3", config_module="vtlab.conf"):
+        with initialize_config_dir(version_base="1.3", config_dir=str(config_dir())):
             return compose(config_name="config", overrides=args)
     except (HydraException, OmegaConfBaseException) as exc:
         raise ConfigError(str(exc)) from None

@@ -18,6 +18,7 @@ from omegaconf import DictConfig
 
 from vtlab.config import model_names, register_configs
 from vtlab.errors import ConfigError, InvalidCellError, VtlabError
+from vtlab.paths import config_dir, group_options
 
 register_configs()
 
@@ -27,7 +28,7 @@ def _fail(message: str) -> None:
     sys.exit(2)
 
 
-@hydra.main(version_base="1.3", config_path="conf", config_name="config")
+@hydra.main(version_base="1.3", config_path=str(config_dir()), config_name="config")
 def _app(raw: DictConfig) -> None:
     from vtlab.api import to_config
     from vtlab.run import RunContext
@@ -68,14 +69,6 @@ def _app(raw: DictConfig) -> None:
 
 
 GROUPS = ("model", "connector", "text", "task", "logger", "trainer", "data")
-
-
-def group_options(group: str) -> list[str]:
-    """The YAML options shipped in conf/<group>/."""
-    from importlib import resources
-
-    folder = resources.files("vtlab.conf").joinpath(group)
-    return sorted(f.name[: -len(".yaml")] for f in folder.iterdir() if f.name.endswith(".yaml"))
 
 
 def check_group_choices(argv: list[str]) -> str | None:

@@ -111,32 +111,39 @@ class TaskConfig:
 @dataclass
 class BenchTaskConfig(TaskConfig):
     name: TaskName = TaskName.bench
-    throughput_batch_size: int = 64
-    iters: int = 10  # timed iterations per repeat of the throughput measurement
-    modes: list[str] = field(default_factory=lambda: ["eager", "compile", "cudagraphs"])
-    attention_backend: str = "auto"  # auto | cudnn | flash | efficient | math
+    # None = pick for the device (recorded in results.json under `settings`): CUDA 64 / CPU 8
+    throughput_batch_size: int | None = None
+    iters: int | None = None  # timed iterations per repeat of the throughput measurement; CUDA 10 / CPU 2
+    latency_iters: int | None = None  # timed batch-1 calls (samples for p50/p90); CUDA 100 / CPU 20
+    matmul_size: int | None = None  # side of the square matmul that measures the ceiling; CUDA 8192 / CPU 1024
+    modes: list[str] = field(default_factory=lambda: ["eager", "compile", "cudagraphs"])  # cudagraphs: CUDA only
+    attention_backend: str = "auto"  # auto | cudnn | flash | efficient | math (CPU: auto | flash | math)
 
 
 @dataclass
 class TrainTaskConfig(TaskConfig):
     name: TaskName = TaskName.train
     batch_size: int = 32
-    freeze: str = "tower"  # tower (train connector + head) | none (full fine-tuning)
+    freeze: str = "tower"  # tower (train connector + head) | stack (head only) | none (full fine-tuning)
     lr: float = 1e-3  # connector + head
     tower_lr: float = 1e-5
     weight_decay: float = 0.05
     warmup_steps: int = 20
-    compile: bool = False
+    min_lr_ratio: float = 0.0  # cosine decays to lr * min_lr_ratio at the last step
+    compile: bool = False  # torch.compile tower and connector in place (once; validation uses it too)
     ckpt_path: str | None = None  # resume from this checkpoint ("last" = the run dir's last.ckpt)
     head: str = "attention_pool"
+    eval_batch_size: int | None = None  # None: batch_size
+    keep_every_n_epochs: int = 0  # also keep epochN.ckpt every N epochs (0: best + last only)
 
 
 @dataclass
 class EvalTaskConfig(TaskConfig):
     name: TaskName = TaskName.eval
     batch_size: int = 64
-    ckpt_path: str | None = None
+    ckpt_path: str | None = None  # a task=train checkpoint (best-*.ckpt or last.ckpt); required
     compile: bool = False
+    warmup_batches: int = 2  # excluded from the throughput figure
 
 
 @dataclass
@@ -173,8 +180,11 @@ class TrainerConfig:
 class DataConfig:
     kind: str = "synthetic"  # synthetic | folder
     root: str | None = None  # ImageFolder root (folder) with train/ and val/ sub-folders
-    image_size: int | None = None  # None: the tower's input size
-    num_classes: int = 4
+    image_size: int | None = None  # synthetic render size; None: the tower's input size (images are resized to it)
+    num_classes: int = 4  # synthetic: count 0..num_classes-1 of "+" glyphs (folder: taken from the folders)
+    task: str = "count_plus"  # synthetic: count_plus (count "+" among "x": fine detail) | count (count glyphs: easy)
+    distractors: int = 3  # synthetic count_plus: extra "x" glyphs (every image holds num_classes - 1 + distractors)
+    glyph_size: int | None = None  # synthetic: glyph side in px; None: max(5, image_size // 40), odd
     train_size: int = 512
     val_size: int = 128
     num_workers: int = 0
@@ -216,10 +226,9 @@ def register_configs() -> None:
 
 def model_names() -> list[str]:
     """The model presets shipped in conf/model (what `+model=` accepts)."""
-    from importlib import resources
+    from vtlab.paths import group_options
 
-    files = resources.files("vtlab.conf").joinpath("model").iterdir()
-    return sorted(f.name[: -len(".yaml")] for f in files if f.name.endswith(".yaml"))
+    return group_options("model")
 
 
 def patch_grid(model: ModelConfig) -> tuple[int, int]:
@@ -278,6 +287,11 @@ def validate(cfg: Any) -> None:
         raise ConfigError(f"connector.hidden_size={c.hidden_size} must be positive (or null for text_hidden)")
     if c.depth < 1:
         raise ConfigError(f"connector.depth={c.depth} must be >= 1")
+    task = getattr(cfg, "task", None)  # the timing loop divides by batch_size and takes a median of repeats
+    for key, least in (("batch_size", 1), ("repeats", 1), ("warmup", 0)):
+        value = getattr(task, key, None)
+        if value is not None and value < least:
+            raise ConfigError(f"task.{key}={value} must be >= {least}")
     grid = patch_grid(m)
     factors = valid_factors(grid)
     if c.factor not in factors:

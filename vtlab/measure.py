@@ -134,6 +134,18 @@ def peak_memory_mb(device: torch.device) -> tuple[float, str]:
     return (rss / 2**20 if sys.platform == "darwin" else rss / 2**10), "process_max_rss"
 
 
+def cpu_name() -> str:
+    """The CPU model name (/proc/cpuinfo on Linux), else what `platform` knows."""
+    try:
+        with open("/proc/cpuinfo") as fh:
+            for line in fh:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
 def device_info(device: torch.device) -> dict[str, Any]:
     """Name and versions of what ran: recorded with every result."""
     info: dict[str, Any] = {
@@ -152,7 +164,7 @@ def device_info(device: torch.device) -> dict[str, Any]:
             capability=f"{props.major}.{props.minor}",
         )
     else:
-        info.update(device_name=platform.processor() or platform.machine(), threads=torch.get_num_threads())
+        info.update(device_name=cpu_name(), threads=torch.get_num_threads())
     return info
 
 

@@ -23,6 +23,12 @@ SUMMARY_KEYS = (
 )
 
 
+SUMMARY_TEXT_KEYS = (
+    "model", "run_name", "task", "dtype", "device_name", "torch_version", "attention_backend", "latency_mode",
+    "throughput_mode",
+)
+
+
 def scalars(result: dict[str, Any]) -> dict[str, float | int]:
     """The flat numeric entries of a result (nested dicts are flattened with '/')."""
     out: dict[str, float | int] = {}
@@ -40,6 +46,18 @@ def scalars(result: dict[str, Any]) -> dict[str, float | int]:
         if key not in ("config", "device_info", "stages"):
             walk(key, value)
     return out
+
+
+def wandb_mode(configured: str) -> str:
+    """`WANDB_MODE` from the environment beats `logger.mode` (wandb.init's own argument would beat the env)."""
+    return os.environ.get("WANDB_MODE") or configured
+
+
+def wandb_dir(default: Path) -> str:
+    """`WANDB_DIR` from the environment, else the run's own directory (W&B writes `<dir>/wandb/`)."""
+    path = os.environ.get("WANDB_DIR") or str(default)
+    os.makedirs(path, exist_ok=True)
+    return path
 
 
 class Tracker:
@@ -95,8 +113,8 @@ class WandbTracker(Tracker):
             job_type=ctx.cfg.task.name.value,
             tags=[f"model={ctx.model_choice}", f"factor={ctx.cfg.connector.factor}", *lg.tags],
             config=ctx.config_dict() | {"hydra/overrides": ctx.overrides, "hydra/job_num": ctx.job_num},
-            dir=str(ctx.out_dir),
-            mode=lg.mode,
+            dir=wandb_dir(ctx.out_dir),
+            mode=wandb_mode(lg.mode),
             reinit="finish_previous",
         )
 
@@ -105,6 +123,9 @@ class WandbTracker(Tracker):
             for key, value in scalars(result).items():
                 self.run.summary[key] = value
             self.run.summary["status"] = result.get("status", "ok")
+            for key in SUMMARY_TEXT_KEYS:  # strings to group and filter dashboard panels by
+                if isinstance(result.get(key), str):
+                    self.run.summary[key] = result[key]
         except Exception as exc:  # a tracker never fails a run
             print(f"vtlab: W&B logging failed: {exc}", file=sys.stderr)
 
@@ -123,7 +144,10 @@ class WandbTracker(Tracker):
 
 def open_tracker(ctx: RunContext) -> Tracker:
     kind = ctx.cfg.logger.kind.value
-    if kind == "none" or (kind == "wandb" and ctx.cfg.logger.mode == "disabled"):
+    # DDP ranks > 0 (Lightning's launcher sets LOCAL_RANK in the processes it starts; torchrun sets RANK) log nothing.
+    if int(os.environ.get("RANK", os.environ.get("LOCAL_RANK", "0"))) != 0:
+        return Tracker()
+    if kind == "none" or (kind == "wandb" and wandb_mode(ctx.cfg.logger.mode) == "disabled"):
         return Tracker()
     if kind == "csv":
         return CsvTracker(ctx.out_dir)
@@ -132,3 +156,46 @@ def open_tracker(ctx: RunContext) -> Tracker:
     except Exception as exc:  # no network, no account, broken install: keep the run going
         print(f"vtlab: W&B unavailable ({exc}); results are still written to {ctx.out_dir}", file=sys.stderr)
         return Tracker()
+
+
+SWEEP_SCATTERS = (("latency_ms", "tokens vs latency (ms, batch 1)"), ("throughput_img_s", "tokens vs throughput (images/s)"))
+
+
+def log_sweep(rows: list[dict[str, Any]], sweep_dir: Path, logger: Any, group: str, plots: list[Path]) -> None:
+    """One extra W&B run for a finished sweep: the summary table, tokens-vs-cost scatters and the PNGs.
+
+    `logger` is the logger config (kind, mode, project, entity, tags). Never raises.
+    """
+    if str(getattr(logger.kind, "value", logger.kind)) != "wandb" or wandb_mode(logger.mode) == "disabled":
+        return
+    try:
+        import wandb
+
+        from vtlab.summary import columns
+
+        os.environ.setdefault("WANDB_SILENT", "true")
+        run = wandb.init(
+            project=logger.project, entity=logger.entity, name=f"sweep-{group}", group=group,
+            job_type="sweep-summary", tags=["sweep-summary", *logger.tags],
+            config={"sweep_dir": str(sweep_dir), "cells": len(rows)},
+            dir=wandb_dir(sweep_dir), mode=wandb_mode(logger.mode), reinit="finish_previous",
+        )
+        try:
+            cols = columns(rows)
+            table = wandb.Table(columns=cols, data=[[r.get(c) for c in cols] for r in rows], allow_mixed_types=True)
+            logged: dict[str, Any] = {"sweep/summary": table}
+            for y, title in SWEEP_SCATTERS:
+                points = [[str(r["model"]), r["factor"], r["tokens"], r[y]] for r in rows
+                          if r.get("status") == "ok" and r.get(y) is not None and r.get("tokens") is not None]
+                if points:
+                    data = wandb.Table(columns=["model", "factor", "tokens", y], data=points)
+                    logged[f"sweep/tokens_vs_{y}"] = wandb.plot.scatter(data, "tokens", y, title=title)
+            for path in plots:
+                logged[f"sweep/{path.stem}"] = wandb.Image(str(path))
+            run.log(logged)
+            run.summary["cells"] = len(rows)
+            run.summary["cells_ok"] = sum(r.get("status") == "ok" for r in rows)
+        finally:
+            wandb.finish()
+    except Exception as exc:  # a tracker never fails a run
+        print(f"vtlab: W&B sweep logging failed: {exc}", file=sys.stderr)

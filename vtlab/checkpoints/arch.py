@@ -15,7 +15,6 @@ raises `ConfigError` listing the differing fields and the preset (or `+model=hf`
 from __future__ import annotations
 
 import math
-from importlib import resources
 from typing import Any
 
 import torch
@@ -23,6 +22,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from vtlab.checkpoints.layouts import to_native
 from vtlab.errors import CheckpointError, ConfigError
+from vtlab.paths import config_dir
 
 HF_PRESET = "hf"
 _VISION_DEFAULTS = {  # transformers' config-class defaults, used only for fields a config.json omits
@@ -172,7 +172,7 @@ def checkpoint_arch(path: str) -> dict[str, Any]:
 
 def _preset_values(name: str) -> dict[str, Any]:
     """The comparable fields of a shipped preset, read from its YAML (model, connector kind/factor, text width)."""
-    root = resources.files("vtlab.conf")
+    root = config_dir()
     raw = OmegaConf.to_container(OmegaConf.load(str(root.joinpath("model", f"{name}.yaml"))), resolve=False)
     groups: dict[str, str] = {}
     for entry in raw.get("defaults", []) or []:

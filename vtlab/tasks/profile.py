@@ -13,8 +13,8 @@ from typing import Any
 import torch
 
 from vtlab.api import build_stack
+from vtlab.costs import stage_costs
 from vtlab.measure import (
-    count_flops,
     count_params,
     device_info,
     median,
@@ -25,7 +25,7 @@ from vtlab.measure import (
     resolve_dtype,
     time_ms,
 )
-from vtlab.report import closed_form_flops, print_stage_table
+from vtlab.report import print_stage_table
 from vtlab.run import RunContext
 
 
@@ -39,22 +39,18 @@ def profile_stack(ctx: RunContext) -> dict[str, Any]:
     pixels = torch.randn(stack.input_shape(batch), device=device, dtype=dtype)
     grid = stack.grid
 
+    costs = stage_costs(stack, pixels)
+    feats = costs.features
     with torch.inference_mode():
-        tower_flops = count_flops(stack.tower, pixels) // batch
-        feats = stack.tower(pixels)
-        connector_flops = count_flops(stack.connector, feats, grid) // batch
         reset_peak_memory(device)
         total_ms = time_ms(lambda: stack(pixels), device, cfg.task.warmup, cfg.task.repeats)
         tower_ms = time_ms(lambda: stack.tower(pixels), device, 1, cfg.task.repeats)
         conn_ms = time_ms(lambda: stack.connector(feats, grid), device, 1, cfg.task.repeats)
     peak, peak_kind = peak_memory_mb(device)
 
-    closed = closed_form_flops(stack)
-    stages = [s.as_dict() for s in stack.stages()]
-    stages[2].update(params=count_params(stack.tower), flops=tower_flops, flops_closed_form=closed["tower"],
-                     latency_ms=median(tower_ms))
-    stages[3].update(params=count_params(stack.connector), flops=connector_flops,
-                     flops_closed_form=closed["connector"], latency_ms=median(conn_ms))
+    stages = costs.stages
+    stages[2].update(latency_ms=median(tower_ms))
+    stages[3].update(latency_ms=median(conn_ms))
     return {
         "task": "profile",
         "status": "ok",
@@ -70,8 +66,8 @@ def profile_stack(ctx: RunContext) -> dict[str, Any]:
         "dtype": str(dtype).removeprefix("torch."),
         "stages": stages,
         "params": count_params(stack),
-        "flops": tower_flops + connector_flops,
-        "flops_closed_form": closed["tower"] + closed["connector"],
+        "flops": costs.flops,
+        "flops_closed_form": costs.flops_closed_form,
         "latency_ms": median(total_ms),
         "latency_ms_p90": percentile(total_ms, 90),
         "latency_ms_all": total_ms,

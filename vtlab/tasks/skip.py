@@ -11,8 +11,9 @@ from omegaconf import DictConfig, OmegaConf
 
 def record_skipped(raw: DictConfig, out_dir: Path, model_choice: str, reason: str, overrides: list[str], hc: Any) -> Path:
     factor = OmegaConf.select(raw, "connector.factor")
+    task = OmegaConf.select(raw, "task.name")
     result = {
-        "task": str(OmegaConf.select(raw, "task.name")),
+        "task": str(getattr(task, "value", task)),  # the enum's value ("bench"), not "TaskName.bench"
         "status": "skipped",
         "reason": reason,
         "run_name": f"{model_choice}-f{factor}",

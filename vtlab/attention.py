@@ -1,0 +1,107 @@
+"""Which scaled-dot-product-attention kernel runs: pin it (`task.attention_backend`) and record it.
+
+PyTorch's default SDPA backend priority has changed between releases (performance.md section 3.3), so a
+benchmark pins the backend with `torch.nn.attention.sdpa_kernel` when asked and always records the
+kernel that actually ran, found by watching the aten ops dispatched during one forward.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections import Counter
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch.nn.attention import SDPBackend, sdpa_kernel
+from torch.overrides import TorchFunctionMode
+from torch.utils._python_dispatch import TorchDispatchMode
+
+from vtlab.errors import ConfigError
+
+BACKENDS = {
+    "cudnn": SDPBackend.CUDNN_ATTENTION,
+    "flash": SDPBackend.FLASH_ATTENTION,
+    "efficient": SDPBackend.EFFICIENT_ATTENTION,
+    "math": SDPBackend.MATH,
+}
+CPU_BACKENDS = ("flash", "math")  # what SDPA implements on CPU
+
+# fused aten op -> the name recorded in results (anything else that SDPA calls decomposes: "math")
+KERNELS = {
+    "_scaled_dot_product_cudnn_attention": "cudnn",
+    "_scaled_dot_product_flash_attention": "flash",
+    "_scaled_dot_product_flash_attention_for_cpu": "flash_cpu",
+    "_scaled_dot_product_efficient_attention": "efficient",
+    "_scaled_dot_product_fused_attention_overrideable": "overrideable",
+}
+
+
+def check_backend(name: str, device: torch.device) -> None:
+    """Raise ConfigError for an unknown backend or one the device cannot run."""
+    if name != "auto" and name not in BACKENDS:
+        raise ConfigError(f"task.attention_backend={name} is unknown; valid: auto, {', '.join(BACKENDS)}")
+    if device.type == "cpu" and name not in ("auto", *CPU_BACKENDS):
+        raise ConfigError(
+            f"task.attention_backend={name} has no CPU kernel; on CPU use one of: auto, {', '.join(CPU_BACKENDS)}"
+        )
+
+
+def pinned(name: str) -> contextlib.AbstractContextManager[Any]:
+    """Context that restricts SDPA to the named backend (`auto`: PyTorch's own choice)."""
+    return contextlib.nullcontext() if name == "auto" else sdpa_kernel([BACKENDS[name]])
+
+
+class _SdpaCalls(TorchFunctionMode):
+    def __init__(self) -> None:
+        super().__init__()
+        self.calls = 0
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):  # type: ignore[override]
+        if func is F.scaled_dot_product_attention:
+            self.calls += 1
+        return func(*args, **(kwargs or {}))
+
+
+class _FusedKernels(TorchDispatchMode):
+    def __init__(self) -> None:
+        super().__init__()
+        self.seen: Counter[str] = Counter()
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):  # type: ignore[override]
+        name = func.overloadpacket.__name__
+        kwargs = kwargs or {}
+        if name in KERNELS:
+            self.seen[KERNELS[name]] += 1
+        elif name == "scaled_dot_product_attention":
+            # under inference_mode the composite op reaches this mode whole: decompose it (with the mode
+            # active again) to see which kernel it picks, as torch.utils.flop_counter does
+            with self:
+                out = func.decompose(*args, **kwargs)
+            if out is not NotImplemented:
+                return out
+        return func(*args, **kwargs)
+
+
+@contextlib.contextmanager
+def _watch() -> Iterator[tuple[_SdpaCalls, _FusedKernels]]:
+    calls, kernels = _SdpaCalls(), _FusedKernels()
+    with calls, kernels:
+        yield calls, kernels
+
+
+def detect_backend(fn: Callable[[], Any], requested: str) -> dict[str, Any]:
+    """Run `fn` once (eager) under the pinned backend and report which SDPA kernels ran, per call.
+
+    `ran` is the kernel of most calls (the tower's blocks; a MAP head's one-query attention may differ),
+    `kernels` counts every call, e.g. {"flash_cpu": 2, "math": 1}.
+    """
+    with _watch() as (calls, kernels):
+        fn()
+    counts = dict(kernels.seen)
+    math_calls = calls.calls - sum(counts.values())
+    if math_calls > 0:
+        counts["math"] = counts.get("math", 0) + math_calls
+    ran = max(counts, key=lambda k: counts[k]) if counts else "none"
+    return {"requested": requested, "ran": ran, "kernels": counts, "sdpa_calls": calls.calls}

@@ -1,0 +1,44 @@
+"""The console table of a `task=bench` result: one row per mode, the shared facts above it."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from rich.console import Console
+from rich.table import Table
+
+from vtlab.report import _fmt
+
+
+def _num(value: Any, fmt: str) -> str:
+    return format(value, fmt) if isinstance(value, (int, float)) else ""
+
+
+def print_bench_table(result: dict[str, Any], console: Console | None = None) -> None:
+    console = console or Console(width=140)
+    info = result["device_info"]
+    table = Table(
+        title=f"vtlab bench: {result['run_name']} ({info['device_name']}, {result['dtype']}, "
+              f"attention {result['attention_backend']}, torch {result['torch_version']})"
+    )
+    cols = ("mode", "status", "latency p50 ms", "p90 ms", "batch", "images/s", "tokens/s", "TFLOP/s", "of ceiling",
+            "peak MiB", "compile s")
+    for col in cols:
+        table.add_column(col, justify="left" if col in ("mode", "status") else "right")
+    for name, m in result["modes"].items():
+        if m["status"] != "ok":
+            table.add_row(name, m["status"], m.get("reason") or m.get("error", "")[:60])
+            continue
+        table.add_row(
+            name, "ok", _num(m["latency_ms"], ".3f"), _num(m["latency_ms_p90"], ".3f"),
+            str(m["throughput_batch_size"]), _num(m["throughput_img_s"], ",.1f"), _num(m["throughput_tokens_s"], ",.0f"),
+            _num(m["tflops"], ".3f"), _num(100 * m["mfu"], ".1f") + " %" if m["mfu"] is not None else "",
+            _num(m["peak_memory_mb"], ".0f"), _num(m["first_call_s"] + m["first_call_batch_s"], ".1f"),
+        )
+    console.print(table)
+    ceiling = result["ceiling"]
+    console.print(
+        f"{result['tokens']} tokens x {result['text_hidden']} to the LM; vision {_fmt(result['flops'])}FLOP/img "
+        f"({_fmt(result['params'])} params); LM prefill of the visual tokens ({result['lm_prefill']['name']}): "
+        f"{_fmt(result['lm_prefill_flops'])}FLOP/img; ceiling {ceiling['tflops']:.3f} TFLOP/s ({ceiling['note']})"
+    )

@@ -1,0 +1,248 @@
+"""`task=bench`: what one configuration costs on the device at hand, in eager / compile / CUDA-graph modes.
+
+For the stack of the composed config it records tokens handed to the LM, parameters and FLOPs per stage,
+latency at batch 1 (p50, p90), throughput at a large batch (images/s, visual tokens/s), peak memory,
+achieved TFLOP/s and its share (`mfu`) of a matmul ceiling measured in the same process, the attention
+kernel that ran, and the LM-side prefill FLOPs of the visual tokens. Method: performance.md 1b and 3.14
+(warm-up past compilation, synchronise before each clock read, randn inputs, medians).
+
+`results.json` holds one sub-dict per mode under `modes` plus flat top-level scalars for dashboards:
+`latency_ms*` from the mode with the lowest batch-1 latency, `throughput_*`, `tflops`, `mfu` and
+`peak_memory_mb` from the mode with the highest throughput (`latency_mode`, `throughput_mode` say which).
+Settings left unset (None) get device defaults, CPU ones small enough for a tiny preset to take seconds.
+"""
+
+from __future__ import annotations
+
+import sys
+import time
+from typing import Any
+
+import torch
+
+from vtlab.api import build_stack
+from vtlab.attention import check_backend, detect_backend, pinned
+from vtlab.bench_report import print_bench_table
+from vtlab.ceiling import matmul_ceiling
+from vtlab.costs import lm_prefill, stage_costs
+from vtlab.measure import (
+    count_params,
+    device_info,
+    median,
+    peak_memory_mb,
+    percentile,
+    reset_peak_memory,
+    resolve_device,
+    resolve_dtype,
+    synchronize,
+    time_ms,
+)
+from vtlab.modes import COMPILED, check_modes, extra_warmup, make_runner, skip_reason
+from vtlab.progress import StepProgress
+from vtlab.run import RunContext
+from vtlab.towers.kernels import configure_kernels
+
+# device defaults for the settings left at None: (CUDA, CPU)
+DEFAULTS = {
+    "throughput_batch_size": (64, 8),
+    "iters": (10, 2),
+    "latency_iters": (100, 20),
+    "matmul_size": (8192, 1024),
+}
+
+
+def bench_settings(task: Any, device: torch.device) -> dict[str, Any]:
+    """The measurement settings actually used; `defaulted` lists those chosen for the device."""
+    cpu = device.type != "cuda"
+    settings: dict[str, Any] = {"warmup": task.warmup, "repeats": task.repeats}
+    defaulted = []
+    for key, (on_cuda, on_cpu) in DEFAULTS.items():
+        value = getattr(task, key)
+        if value is None:
+            value = on_cpu if cpu else on_cuda
+            defaulted.append(key)
+        if value < 1:
+            from vtlab.errors import ConfigError
+
+            raise ConfigError(f"task.{key}={value} must be >= 1 (or null for the device default)")
+        settings[key] = value
+    settings["defaulted"] = defaulted
+    settings["defaults_for"] = "cpu" if cpu else "cuda"
+    return settings
+
+
+def _is_oom(exc: BaseException) -> bool:
+    return isinstance(exc, torch.cuda.OutOfMemoryError) or "out of memory" in str(exc).lower()
+
+
+def _first_call_s(fn: Any, pixels: torch.Tensor, device: torch.device) -> float:
+    start = time.perf_counter()
+    fn(pixels)
+    synchronize(device)
+    return time.perf_counter() - start
+
+
+def _timed(fn: Any, pixels: torch.Tensor, device: torch.device, warmup: int, repeats: int,
+           iters: int = 1) -> list[float]:
+    return time_ms(lambda: fn(pixels), device, warmup, repeats, iters)
+
+
+def measure_mode(mode: str, stack: torch.nn.Module, shape1: tuple[int, ...], batch: int, flops_per_img: int,
+                 tokens: int, ceiling_tflops: float, settings: dict[str, Any], device: torch.device,
+                 dtype: torch.dtype, progress: StepProgress) -> dict[str, Any]:
+    """Latency at batch 1 and throughput at `batch` (halved on out-of-memory) for one mode."""
+    fn = make_runner(mode, stack)
+    warmup = settings["warmup"] + extra_warmup(mode)
+    reset_peak_memory(device)
+    out: dict[str, Any] = {"status": "ok"}
+    x1 = torch.randn(shape1, device=device, dtype=dtype)
+    progress.step(f"{mode}: first call, batch 1" + (" (compiling)" if mode in COMPILED else ""))
+    out["first_call_s"] = _first_call_s(fn, x1, device)
+    progress.step(f"{mode}: latency, {settings['latency_iters']} calls at batch 1")
+    lat = _timed(fn, x1, device, warmup, settings["latency_iters"])
+    out.update(latency_ms=median(lat), latency_ms_p90=percentile(lat, 90), latency_ms_all=lat)
+    progress.step(f"{mode}: throughput, batch {batch}" + (" (compiling)" if mode in COMPILED else ""))
+    while True:
+        try:
+            xb = torch.randn((batch, *shape1[1:]), device=device, dtype=dtype)
+            out["first_call_batch_s"] = _first_call_s(fn, xb, device)
+            thr = _timed(fn, xb, device, warmup, settings["repeats"], settings["iters"])
+            break
+        except RuntimeError as exc:
+            if not _is_oom(exc) or batch == 1:
+                raise
+            xb = None
+            batch //= 2
+            torch.cuda.empty_cache()
+            print(f"vtlab: {mode}: out of memory, retrying throughput at batch {batch}", file=sys.stderr)
+    img_s = batch / (median(thr) / 1e3)
+    tflops = flops_per_img * img_s / 1e12
+    peak, _ = peak_memory_mb(device)
+    out.update(
+        throughput_batch_size=batch,
+        throughput_ms_all=thr,
+        throughput_img_s=img_s,
+        throughput_tokens_s=img_s * tokens,
+        tflops=tflops,
+        mfu=tflops / ceiling_tflops if ceiling_tflops > 0 else None,
+        peak_memory_mb=peak,
+    )
+    return out
+
+
+def _headline(modes: dict[str, dict[str, Any]]) -> dict[str, Any]:
+    """Flat dashboard scalars: best latency and best throughput over the modes that ran."""
+    ok = {name: m for name, m in modes.items() if m.get("status") == "ok"}
+    if not ok:
+        return {}
+    lat_mode = min(ok, key=lambda n: ok[n]["latency_ms"])
+    thr_mode = max(ok, key=lambda n: ok[n]["throughput_img_s"])
+    lat, thr = ok[lat_mode], ok[thr_mode]
+    return {
+        "latency_ms": lat["latency_ms"],
+        "latency_ms_p90": lat["latency_ms_p90"],
+        "latency_mode": lat_mode,
+        "throughput_img_s": thr["throughput_img_s"],
+        "throughput_tokens_s": thr["throughput_tokens_s"],
+        "throughput_batch_size": thr["throughput_batch_size"],
+        "throughput_mode": thr_mode,
+        "tflops": thr["tflops"],
+        "mfu": thr["mfu"],
+        "peak_memory_mb": thr["peak_memory_mb"],
+    }
+
+
+def bench_stack(ctx: RunContext) -> dict[str, Any]:
+    cfg, task = ctx.cfg, ctx.cfg.task
+    device = resolve_device(task.device)
+    dtype = resolve_dtype(task.dtype, device)
+    check_modes(list(task.modes))
+    check_backend(task.attention_backend, device)
+    settings = bench_settings(task, device)
+    torch.manual_seed(cfg.seed)
+    stack = build_stack(cfg).to(device=device, dtype=dtype).eval()
+    # pin inside every block too (an sdpa_kernel context in the traced forward binds compiled modes as well)
+    configure_kernels(stack, task.attention_backend)
+    shape1 = stack.input_shape(1)
+    tokens = stack.num_tokens
+    modes = list(dict.fromkeys(task.modes))
+    runnable = [m for m in modes if skip_reason(m, device) is None]
+
+    steps = 3 + 3 * len(runnable)
+    with StepProgress(f"bench {ctx.run_name}", steps) as progress, pinned(task.attention_backend):
+        progress.step("FLOPs per stage")
+        pixels = torch.randn(shape1, device=device, dtype=dtype)
+        costs = stage_costs(stack, pixels)
+        progress.step("attention backend")
+        with torch.inference_mode():
+            attention = detect_backend(lambda: stack(pixels), task.attention_backend)
+        progress.step(f"matmul ceiling ({settings['matmul_size']}^3)")
+        ceiling = matmul_ceiling(device, dtype, settings["matmul_size"])
+        results: dict[str, dict[str, Any]] = {}
+        for mode in modes:
+            reason = skip_reason(mode, device)
+            if reason:
+                results[mode] = {"status": "skipped", "reason": reason}
+                continue
+            try:
+                with torch.inference_mode():
+                    results[mode] = measure_mode(mode, stack, shape1, settings["throughput_batch_size"], costs.flops,
+                                                 tokens, ceiling["tflops"], settings, device, dtype, progress)
+            except Exception as exc:
+                if mode not in COMPILED:
+                    raise
+                # a compiler failure is a result (and must not cost the eager numbers)
+                results[mode] = {"status": "error", "error": f"{type(exc).__name__}: {exc}"[:2000]}
+                print(f"vtlab: {mode} failed: {type(exc).__name__}: {str(exc)[:300]}", file=sys.stderr)
+            finally:
+                if mode in COMPILED:
+                    torch._dynamo.reset()
+    peak, peak_kind = peak_memory_mb(device)
+    info = device_info(device)
+    prefill = lm_prefill(cfg.text, tokens, stack.text_hidden)
+    return {
+        "task": "bench",
+        "status": "ok",
+        "run_name": ctx.run_name,
+        "model": ctx.model_choice,
+        "factor": cfg.connector.factor,
+        "grid": list(stack.grid),
+        "patches": stack.num_patches,
+        "tokens": tokens,
+        "text_hidden": stack.text_hidden,
+        "feature_dim": stack.feature_dim,
+        "dtype": str(dtype).removeprefix("torch."),
+        "device_name": info["device_name"],
+        "torch_version": torch.__version__,
+        "attention_backend": attention["ran"],
+        "attention_backend_requested": task.attention_backend,
+        "attention": attention,
+        "stages": costs.stages,
+        "params": count_params(stack),
+        "params_tower": costs.stages[2]["params"],
+        "params_connector": costs.stages[3]["params"],
+        "flops": costs.flops,
+        "flops_tower": costs.tower_flops,
+        "flops_connector": costs.connector_flops,
+        "flops_closed_form": costs.flops_closed_form,
+        "lm_prefill_flops": prefill["flops"],
+        "lm_prefill": prefill,
+        **_headline(results),
+        "peak_memory_kind": peak_kind,
+        "peak_memory_process_mb": peak,
+        "ceiling_tflops": ceiling["tflops"],
+        "ceiling": ceiling,
+        "modes": results,
+        "settings": settings,
+        "device_info": info,
+        "overrides": ctx.overrides,
+    }
+
+
+def run(ctx: RunContext, tracker: Any) -> dict[str, Any]:
+    result = bench_stack(ctx)
+    path = ctx.write_json("results.json", result | {"config": ctx.config_dict()})
+    print_bench_table(result)
+    print(f"results: {path}")
+    tracker.log_result(result)
+    return result
