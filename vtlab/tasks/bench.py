@@ -162,7 +162,8 @@ def bench_stack(ctx: RunContext) -> dict[str, Any]:
     torch.manual_seed(cfg.seed)
     stack = build_stack(cfg).to(device=device, dtype=dtype).eval()
     # pin inside every block too (an sdpa_kernel context in the traced forward binds compiled modes as well)
-    configure_kernels(stack, task.attention_backend)
+    # fc1 bias + tanh GELU in the cuBLASLt GEMM epilogue: CUDA inference only (the layer checks both)
+    configure_kernels(stack, task.attention_backend, fused_gelu=task.fused_gelu)
     shape1 = stack.input_shape(1)
     tokens = stack.num_tokens
     modes = list(dict.fromkeys(task.modes))
@@ -216,6 +217,7 @@ def bench_stack(ctx: RunContext) -> dict[str, Any]:
         "torch_version": torch.__version__,
         "attention_backend": attention["ran"],
         "attention_backend_requested": task.attention_backend,
+        "fused_gelu": bool(task.fused_gelu and device.type == "cuda"),
         "attention": attention,
         "stages": costs.stages,
         "params": count_params(stack),

@@ -27,6 +27,7 @@ from vtlab.measure import (
 )
 from vtlab.report import print_stage_table
 from vtlab.run import RunContext
+from vtlab.towers.kernels import configure_kernels
 
 
 def profile_stack(ctx: RunContext) -> dict[str, Any]:
@@ -35,6 +36,7 @@ def profile_stack(ctx: RunContext) -> dict[str, Any]:
     dtype = resolve_dtype(cfg.task.dtype, device)
     torch.manual_seed(cfg.seed)
     stack = build_stack(cfg).to(device=device, dtype=dtype).eval()
+    configure_kernels(stack, fused_gelu=cfg.task.fused_gelu)  # acts on CUDA inference only
     batch = cfg.task.batch_size
     pixels = torch.randn(stack.input_shape(batch), device=device, dtype=dtype)
     grid = stack.grid

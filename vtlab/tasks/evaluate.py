@@ -1,0 +1,73 @@
+"""`task=eval`: load a `task=train` checkpoint and report val loss, accuracy and throughput (images/s).
+
+The checkpoint must match the architecture the current config describes; if it does not, the run stops
+with the list of differing config fields. `results.json` in the run directory holds the numbers.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import lightning.pytorch as pl
+
+from vtlab.api import build_stack
+from vtlab.callbacks import ThroughputMeter
+from vtlab.errors import ConfigError
+from vtlab.lit import ArchitectureMismatchError, VisionClassifier, architecture, check_architecture, load_checkpoint
+from vtlab.run import RunContext
+from vtlab.tasks._common import build_datamodule, metric, model_facts, resolve_ckpt_path
+from vtlab.trainer import build_trainer, resolve_precision
+
+
+def evaluate(ctx: RunContext, tracker: Any) -> tuple[dict[str, Any], pl.Trainer]:
+    cfg, t = ctx.cfg, ctx.cfg.task
+    if not t.ckpt_path:
+        raise ConfigError("task=eval needs task.ckpt_path=PATH (a best-*.ckpt or last.ckpt written by task=train)")
+    path = resolve_ckpt_path(t.ckpt_path, ctx.out_dir)
+    ckpt = load_checkpoint(path)
+    pl.seed_everything(cfg.seed, workers=True, verbose=False)
+    stack = build_stack(cfg, load_weights=False)
+    dm = build_datamodule(ctx, stack, t.batch_size)
+    check_architecture(ckpt, architecture(cfg, dm.num_classes), path)
+    freeze = ckpt.get("vtlab_train", {}).get("freeze", "none")
+    lit = VisionClassifier(stack, dm.num_classes, head=ckpt["vtlab_arch"].get("head", "attention_pool"), freeze=freeze)
+    try:
+        lit.load_state_dict(ckpt["state_dict"], strict=True)
+    except RuntimeError as exc:
+        raise ArchitectureMismatchError(f"checkpoint {path} does not fit the model: {exc}") from None
+    del ckpt
+    if t.compile:
+        lit.compile_stack()
+    meter = ThroughputMeter(skip=t.warmup_batches)
+    trainer = build_trainer(ctx, tracker, [meter])
+    out = trainer.validate(lit, datamodule=dm, verbose=False)
+    m = out[0] if out else {}
+    return {
+        "task": "eval",
+        "status": "ok",
+        **model_facts(ctx, stack, dm.num_classes),
+        "ckpt_path": path,
+        "precision": resolve_precision(cfg.trainer.precision, cfg.trainer.accelerator),
+        "world_size": trainer.world_size,
+        "compile": t.compile,
+        "val_acc": metric(m, "val_acc"),
+        "val_loss": metric(m, "val_loss"),
+        "images_per_s": meter.summary()["val_images_per_s"],
+        "val_images": len(dm.val_set),
+        "overrides": ctx.overrides,
+    }, trainer
+
+
+def run(ctx: RunContext, tracker: Any) -> dict[str, Any]:
+    result, trainer = evaluate(ctx, tracker)
+    if trainer.is_global_zero:
+        path = ctx.write_json("results.json", result | {"config": ctx.config_dict()})
+        ips = result["images_per_s"]
+        print(
+            f"eval {result['run_name']} on {result['val_images']} images: val_acc {result['val_acc']:.4f} "
+            f"(chance {result['chance_acc']:.3f}), val_loss {result['val_loss']:.4f}, "
+            + (f"{ips:.1f} images/s" if ips else "throughput n/a (too few batches)")
+        )
+        print(f"results: {path}")
+        tracker.log_result(result)
+    return result
