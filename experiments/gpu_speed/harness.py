@@ -233,7 +233,7 @@ def bench_preset(preset: str, args: argparse.Namespace, device: torch.device) ->
                 ms = measure(f"{name} {mode} bs{batch}", f, x, args.iters)
                 row["throughput"][f"{name}_{mode}"] = batch / (statistics.median(ms) * 1e-3)
                 if args.profile and mode == "compile" and name in ("hf", "native"):
-                    row.setdefault("kernels", {})[name] = kernel_breakdown(lambda: f(x))
+                    row.setdefault("kernels", {})[name] = kernel_breakdown(lambda f=f: f(x))
                 if device.type == "cuda":
                     torch._dynamo.reset()
         if args.autotune:
