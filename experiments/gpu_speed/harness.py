@@ -29,6 +29,7 @@ from pathlib import Path
 import torch
 
 import vtlab
+from vtlab.checkpoints.export import hf_vision_config
 from vtlab.measure import tower_flops_closed_form
 from vtlab.towers.kernels import configure_kernels
 
@@ -51,12 +52,8 @@ def tower_config(preset: str, quick: bool):
 def build_hf(m) -> torch.nn.Module:
     from transformers import SiglipVisionConfig, SiglipVisionModel
 
-    config = SiglipVisionConfig(
-        hidden_size=m.hidden_size, intermediate_size=m.intermediate_size, num_hidden_layers=m.num_layers,
-        num_attention_heads=m.num_heads, image_size=m.image_size, patch_size=m.patch_size,
-        num_channels=m.num_channels, hidden_act="gelu_pytorch_tanh", layer_norm_eps=m.layer_norm_eps,
-        vision_use_head=False,
-    )
+    fields = {k: v for k, v in hf_vision_config(m).items() if k != "model_type"}
+    config = SiglipVisionConfig(**fields, vision_use_head=False)
     config._attn_implementation = "sdpa"
     return SiglipVisionModel(config)
 

@@ -17,21 +17,12 @@ class HFSiglipTower(nn.Module):
         super().__init__()
         from transformers import SiglipVisionConfig, SiglipVisionModel
 
+        from vtlab.checkpoints.export import hf_vision_config
+
         if model_cfg.feature_layers is not None:
             raise ValueError("HFSiglipTower supports post-LN last-layer features only (model.feature_layers=null)")
-        act = getattr(model_cfg.hidden_act, "value", model_cfg.hidden_act)
-        config = SiglipVisionConfig(
-            hidden_size=model_cfg.hidden_size,
-            intermediate_size=model_cfg.intermediate_size,
-            num_hidden_layers=model_cfg.num_layers,
-            num_attention_heads=model_cfg.num_heads,
-            num_channels=model_cfg.num_channels,
-            image_size=model_cfg.image_size,
-            patch_size=model_cfg.patch_size,
-            hidden_act="gelu_pytorch_tanh" if act == "gelu_tanh" else "gelu",
-            layer_norm_eps=model_cfg.layer_norm_eps,
-            vision_use_head=False,
-        )
+        fields = {k: v for k, v in hf_vision_config(model_cfg).items() if k != "model_type"}
+        config = SiglipVisionConfig(**fields, vision_use_head=False)
         self.model = SiglipVisionModel._from_config(config, attn_implementation=attn_implementation)
         self.image_size = model_cfg.image_size
         self.patch_size = model_cfg.patch_size

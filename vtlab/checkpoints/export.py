@@ -32,7 +32,8 @@ def _v(x: Any) -> Any:
     return getattr(x, "value", x)
 
 
-def _vision_config(m: Any, model_type: str) -> dict[str, Any]:
+def hf_vision_config(m: Any, model_type: str = "siglip_vision_model") -> dict[str, Any]:
+    """HF vision-config fields (`SiglipVisionConfig` / `Idefics3VisionConfig`) equal to a vtlab `ModelConfig`."""
     return {
         "model_type": model_type,
         "hidden_size": m.hidden_size,
@@ -79,7 +80,7 @@ def hf_config(cfg: Any, stack: torch.nn.Module) -> dict[str, Any]:
     if family == "siglip":
         if m.feature_layers is not None:
             raise CheckpointError("export: a SiglipVisionModel has no feature_layers; use family llava_next for taps")
-        conf = _vision_config(m, "siglip_vision_model")
+        conf = hf_vision_config(m, "siglip_vision_model")
         conf.update({"architectures": ["SiglipVisionModel"], "vision_use_head": bool(m.use_head)})
     elif family == "idefics3":
         if kind != "pixel_unshuffle" or m.use_head or m.feature_layers is not None:
@@ -91,7 +92,7 @@ def hf_config(cfg: Any, stack: torch.nn.Module) -> dict[str, Any]:
             "architectures": ["Idefics3ForConditionalGeneration"],
             "model_type": "idefics3",
             "scale_factor": c.factor,
-            "vision_config": _vision_config(m, "idefics3_vision"),
+            "vision_config": hf_vision_config(m, "idefics3_vision"),
             "text_config": _text_config(cfg.text, t),
         }
     elif family == "llava_next":
@@ -102,7 +103,7 @@ def hf_config(cfg: Any, stack: torch.nn.Module) -> dict[str, Any]:
             )
         layers = list(m.feature_layers) if m.feature_layers is not None else [-1]
         s = m.image_size
-        vision = _vision_config(m, "siglip_vision_model")
+        vision = hf_vision_config(m, "siglip_vision_model")
         vision["vision_use_head"] = bool(m.use_head)
         conf = {
             "architectures": ["LlavaNextForConditionalGeneration"],
