@@ -1,8 +1,8 @@
 """Typed schemas of the Hydra config tree and the cross-field validation that runs before anything is built.
 
-The dataclasses are registered in Hydra's ConfigStore as `base_*` nodes; every YAML option under `conf/`
-starts from one of them (`defaults: [base_model]`), so OmegaConf rejects typos, wrong types and unknown
-enum values with a message naming the key. `validate()` adds the rules that span several keys (factor vs
+The dataclasses are registered in Hydra's ConfigStore (the primary one as `base_config`, the group ones in
+a `schema` group); every YAML option under `conf/` starts from one of them
+(`defaults: [/schema/connector@_here_]`), so OmegaConf rejects typos, wrong types and unknown with a message naming the key. `validate()` adds the rules that span several keys (factor vs
 patch grid, feature layers vs depth, image vs patch size) and raises `ConfigError` with a message that
 names the key, the value and the valid choices.
 """
@@ -208,18 +208,17 @@ class VTLabConfig:
 
 
 def register_configs() -> None:
-    """Register the schemas as `base_*` nodes (idempotent)."""
+    """Register the schemas in Hydra's ConfigStore (idempotent)."""
     cs = ConfigStore.instance()
     cs.store(name="base_config", node=VTLabConfig)
-    cs.store(group="connector", name="base_connector", node=ConnectorConfig)
-    cs.store(group="text", name="base_text", node=TextConfig)
-    cs.store(group="task", name="base_profile", node=TaskConfig)
-    cs.store(group="task", name="base_bench", node=BenchTaskConfig)
-    cs.store(group="task", name="base_train", node=TrainTaskConfig)
-    cs.store(group="task", name="base_eval", node=EvalTaskConfig)
-    cs.store(group="logger", name="base_logger", node=LoggerConfig)
-    cs.store(group="trainer", name="base_trainer", node=TrainerConfig)
-    cs.store(group="data", name="base_data", node=DataConfig)
+    # Group schemas live in their own `schema` group, so that `--help` and group listings show only the
+    # YAML options; each option starts with `defaults: [/schema/<name>@_here_]`.
+    for name, node in (
+        ("connector", ConnectorConfig), ("text", TextConfig), ("profile_task", TaskConfig),
+        ("bench_task", BenchTaskConfig), ("train_task", TrainTaskConfig), ("eval_task", EvalTaskConfig),
+        ("logger", LoggerConfig), ("trainer", TrainerConfig), ("data", DataConfig),
+    ):
+        cs.store(group="schema", name=name, node=node)
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -294,6 +293,13 @@ def validate(cfg: Any) -> None:
         value = getattr(task, key, None)
         if value is not None and value < least:
             raise ConfigError(f"task.{key}={value} must be >= {least}")
+    for key in ("lr", "tower_lr", "weight_decay", "warmup_steps"):  # task=train: a negative value trains backwards
+        value = getattr(task, key, None)
+        if value is not None and value < 0:
+            raise ConfigError(f"task.{key}={value} must be >= 0")
+    ratio = getattr(task, "min_lr_ratio", None)
+    if ratio is not None and not 0 <= ratio <= 1:
+        raise ConfigError(f"task.min_lr_ratio={ratio} must be in [0, 1] (the cosine floor as a share of the lr)")
     grid = patch_grid(m)
     factors = valid_factors(grid)
     if c.factor not in factors:
