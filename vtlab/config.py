@@ -2,9 +2,10 @@
 
 The dataclasses are registered in Hydra's ConfigStore (the primary one as `base_config`, the group ones in
 a `schema` group); every YAML option under `conf/` starts from one of them
-(`defaults: [/schema/connector@_here_]`), so OmegaConf rejects typos, wrong types and unknown with a message naming the key. `validate()` adds the rules that span several keys (factor vs
-patch grid, feature layers vs depth, image vs patch size) and raises `ConfigError` with a message that
-names the key, the value and the valid choices.
+(`defaults: [/schema/connector@_here_]`), so OmegaConf rejects typos, wrong types and unknown enum values
+with a message naming the key. `validate()` adds the rules that span several keys (factor vs patch grid,
+feature layers vs depth, image vs patch size) and raises `ConfigError` with a message that names the key,
+the value and the valid choices.
 """
 
 from __future__ import annotations
