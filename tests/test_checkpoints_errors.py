@@ -103,6 +103,15 @@ def test_truncated_torch_file(tmp_path, siglip_state):
     assert "truncated or corrupt" in msg
 
 
+@pytest.mark.parametrize("content", [b"junk\n", b"\x80\x02}q\x00(X\x01\x00\x00\x00ah\x00u."])
+def test_garbage_torch_file(tmp_path, content):
+    """Non-zip bytes reach the legacy unpickler, which raises KeyError & co., not only RuntimeError."""
+    path = tmp_path / "junk.pt"
+    path.write_bytes(content)
+    msg = _load_error(path)
+    assert "truncated or corrupt" in msg and "junk.pt" in msg
+
+
 def test_missing_shard(tmp_path):
     siglip_vision().save_pretrained(tmp_path, max_shard_size="30KB")
     shards = sorted(tmp_path.glob("*.safetensors"))
@@ -179,3 +188,14 @@ def test_cli_prints_one_line_and_exits_2(tmp_path):
     assert proc.returncode == 2, proc.stderr
     assert "vtlab: error: model.weights=" in proc.stderr and "no such file or folder" in proc.stderr
     assert "Traceback" not in proc.stderr
+
+
+def test_review_mismatch_names_the_shipped_preset_of_a_vtlab_export(tmp_path):
+    """An export carries connector.depth/act in its "vtlab" block; the preset YAMLs leave them to the schema's
+    defaults, which the fit search must fill in, or no preset ever fits a vtlab export."""
+    from vtlab.checkpoints import export_hf
+
+    export_hf(build("siglip_debug"), to_config(compose_config("siglip_debug")), tmp_path / "exp")
+    with pytest.raises(ConfigError) as info:
+        to_config(compose_config("smolvlm_debug", [f"model.weights={tmp_path / 'exp'}"]))
+    assert "preset(s) that fit: +model=siglip_debug" in str(info.value)

@@ -145,7 +145,27 @@ BAD_INPUTS = {
     "wrong-type": (
         ["+model=smolvlm", "connector.factor=abc"],
         ["connector.factor", "'abc'", "could not be converted to Integer"],
-        None,  # Hydra's own message and status (1)
+        2,
+    ),
+    "key-typo": (
+        ["+model=smolvlm", "connector.factr=2"],
+        ["connector.factr is not a known key", "factor, hidden_size"],
+        2,
+    ),
+    "train-negative-lr": (
+        ["+model=smolvlm_debug", "task=train", "task.lr=-1"],
+        ["task.lr=-1.0 must be >= 0"],
+        2,
+    ),
+    "train-unknown-precision": (
+        ["+model=smolvlm_debug", "task=train", "trainer.precision=foo"],
+        ["Precision 'foo' is invalid", "bf16-mixed"],
+        2,
+    ),
+    "wrong-type-in-later-sweep-value": (
+        ["-m", "+model=smolvlm_debug", "connector.factor=1,abc"],
+        ["connector.factor", "'abc'", "could not be converted to Integer"],
+        2,
     ),
 }
 

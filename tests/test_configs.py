@@ -202,3 +202,36 @@ def test_cli_group_list_matches_the_config_groups():
     assert set(CLI_GROUPS) == {"model", *GROUPS}
     assert {p.name for p in CONF.iterdir() if p.is_dir() and any(p.glob("*.yaml"))} == {"model", *GROUPS}
     assert not re.search(r"\bmodel\b", OmegaConf.to_yaml(OmegaConf.load(CONF / "config.yaml").defaults))
+
+
+# ------------------------------------------------------------------ review: values refused before a run
+@pytest.mark.parametrize("overrides, fragment", [
+    (["task=train", "task.lr=-1"], "task.lr=-1.0 must be >= 0"),
+    (["task=train", "task.tower_lr=-1e-5"], "task.tower_lr=-1e-05 must be >= 0"),
+    (["task=train", "task.min_lr_ratio=1.5"], "task.min_lr_ratio=1.5 must be in [0, 1]"),
+    (["task=train", "task.eval_batch_size=0"], "task.eval_batch_size=0 must be >= 1"),
+    (["task=train", "data.num_workers=-1"], "data.num_workers=-1 must be >= 0"),
+    (["logger.mode=onlne"], "logger.mode=onlne is unknown; valid: offline, online, disabled"),
+])
+def test_review_invalid_values_are_refused(overrides, fragment):
+    with pytest.raises(ConfigError) as info:
+        to_config(compose_config("smolvlm_debug", overrides))
+    assert fragment in str(info.value)
+
+
+@pytest.mark.parametrize("overrides, fragment", [
+    (["connector.factr=2"], "connector.factr is not a known key; valid keys of connector: kind, factor"),
+    (["text_hidden=abc"], "text_hidden: Value 'abc' of type 'str' could not be converted to Integer"),
+    (["connector.kind=foo"], "connector.kind: Invalid value 'foo', expected one of"),
+])
+def test_review_composition_errors_name_the_key(overrides, fragment):
+    with pytest.raises(ConfigError) as info:
+        compose_config("smolvlm_debug", overrides)
+    assert fragment in str(info.value) and "+connector" not in str(info.value)
+
+
+def test_review_bad_device_name_is_a_config_error():
+    from vtlab.measure import resolve_device
+
+    with pytest.raises(ConfigError, match="task.device=gpu is not a device"):
+        resolve_device("gpu")

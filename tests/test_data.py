@@ -60,6 +60,17 @@ def test_synthetic_rejects_impossible_specs():
         GlyphCount(GlyphSpec(64, task="bogus"), 4)
 
 
+@pytest.mark.parametrize("size", [0, 1, 4, 6])
+def test_review_even_or_tiny_glyph_size_is_refused(size):
+    """An even glyph has one pixel more as "x" than as "+" (the diagonals do not cross): intensity would leak
+    the label. 0 used to fall back to the default silently."""
+    if size >= 2:
+        plus, cross = glyph_masks(size)
+        assert cross.sum() == plus.sum() + 1
+    with pytest.raises(ConfigError, match=f"data.glyph_size={size} must be an odd number >= 3"):
+        GlyphCount(GlyphSpec(64, glyph_size=size), 4)
+
+
 def test_siglip_transform_matches_processor_arithmetic():
     """Resize (PIL bicubic, as SiglipImageProcessor) then (x / 255 - 0.5) / 0.5."""
     rng = np.random.default_rng(0)

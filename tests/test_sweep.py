@@ -98,3 +98,16 @@ def test_summary_of_partial_sweep_orders_jobs_and_keeps_failures(tmp_path: Path)
     assert rows[0]["task"] == "bench" and rows[2]["reason"] == "RuntimeError: CUDA error: boom"
     assert rows[3]["throughput_img_s_eager"] == 5.0
     assert [p.name for p in write_summary(tmp_path)["plots"]] == ["tokens_vs_latency.png"]
+
+
+def test_review_sweep_with_a_failing_cell_goes_on_and_exits_2(tmp_path: Path) -> None:
+    """A cell refused by a ConfigError other than an impossible factor (task=eval without a checkpoint) is
+    recorded as failed; the next cell still runs, the summary is written, and the command exits with 2."""
+    sweep = tmp_path / "sweep"
+    proc = run_vtlab(["-m", "+model=smolvlm_debug", "task=eval,profile", "task.repeats=1", "logger=none",
+                      f"hydra.sweep.dir={sweep}"], cwd=tmp_path)
+    assert proc.returncode == 2, proc.stderr[-3000:]
+    assert "Traceback" not in proc.stderr
+    assert "1 sweep cell(s) failed" in proc.stderr and "task=eval needs task.ckpt_path" in proc.stderr
+    rows = list(csv.DictReader((sweep / "summary.csv").open()))
+    assert [(r["task"], r["status"]) for r in rows] == [("eval", "failed"), ("profile", "ok")]

@@ -6,6 +6,7 @@ for `python -m vtlab +model=smolvlm connector.factor=2`, validates it and return
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Sequence
 from typing import Any
 
@@ -13,7 +14,7 @@ from hydra import compose, initialize_config_dir
 from hydra.core.global_hydra import GlobalHydra
 from hydra.errors import HydraException
 from omegaconf import DictConfig, OmegaConf
-from omegaconf.errors import OmegaConfBaseException
+from omegaconf.errors import ConfigAttributeError, ConfigKeyError, OmegaConfBaseException
 
 from vtlab.config import VTLabConfig, register_configs, validate
 from vtlab.connectors import build_connector
@@ -33,7 +34,28 @@ def compose_config(model: str | None, overrides: Sequence[str] = ()) -> DictConf
         with initialize_config_dir(version_base="1.3", config_dir=str(config_dir())):
             return compose(config_name="config", overrides=args)
     except (HydraException, OmegaConfBaseException) as exc:
-        raise ConfigError(str(exc)) from None
+        raise ConfigError(composition_message(exc)) from None
+
+
+def composition_message(exc: BaseException) -> str:
+    """One line for a Hydra/OmegaConf composition error: the key, the value's problem and what is valid.
+
+    Hydra's own text ("Could not override 'x.y'. To append to your config use +x.y=...", "Error merging
+    override ...") hides the reason in the chained OmegaConf error and suggests `+key`, which the typed
+    schema refuses anyway; the OmegaConf error names the key and, for a missing one, its dataclass.
+    """
+    cause: BaseException | None = exc
+    while cause is not None and not (isinstance(cause, OmegaConfBaseException) and getattr(cause, "full_key", None)):
+        cause = cause.__cause__ or cause.__context__
+    if cause is None:
+        return " ".join(str(exc).split())
+    key = cause.full_key
+    reason = str(cause).split("\n")[0].strip()
+    if isinstance(cause, (ConfigAttributeError, ConfigKeyError)) and dataclasses.is_dataclass(cause.object_type):
+        valid = [f.name for f in dataclasses.fields(cause.object_type)]
+        parent = key.rpartition(".")[0]
+        return f"{key} is not a known key; valid keys{' of ' + parent if parent else ''}: {', '.join(valid)}"
+    return f"{key}: {reason}"
 
 
 def to_config(cfg: DictConfig | VTLabConfig) -> VTLabConfig:

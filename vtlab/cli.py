@@ -2,7 +2,8 @@
 
 Validation runs before anything is built. A bad value prints one message naming the key, the value and
 what is valid, and exits with status 2, without a traceback. Inside a `-m` sweep, a cell that cannot
-exist (a factor that does not divide the grid) is recorded as skipped and the sweep goes on.
+exist (a factor that does not divide the grid) is recorded as skipped and the sweep goes on; a cell refused
+or stopped by any other vtlab error is recorded as failed, the sweep goes on, and the command exits with 2.
 """
 
 from __future__ import annotations
@@ -28,6 +29,9 @@ def _fail(message: str) -> None:
     sys.exit(2)
 
 
+FAILED_CELLS: list[str] = []  # sweep cells refused or stopped by a VtlabError (the sweep went on)
+
+
 @hydra.main(version_base="1.3", config_path=str(config_dir()), config_name="config")
 def _app(raw: DictConfig) -> None:
     from vtlab.api import to_config
@@ -41,17 +45,24 @@ def _app(raw: DictConfig) -> None:
     if model_choice is None:
         _fail(f"no model given: add +model=NAME, one of {model_names()} (e.g. python -m vtlab +model=smolvlm)")
     overrides = list(hc.overrides.task)
-    try:
-        cfg = to_config(raw)
-    except InvalidCellError as exc:
+    def not_run(exc: Exception, status: str) -> None:
+        """Outside a sweep: the one-line error. Inside: record the cell (the sweep goes on, its summary shows it)."""
         if not is_sweep:
             _fail(str(exc))
         from vtlab.tasks.skip import record_skipped
 
-        record_skipped(raw, out_dir, model_choice, str(exc), overrides, hc)
+        record_skipped(raw, out_dir, model_choice, str(exc), overrides, hc, status=status)
+        if status == "failed":
+            FAILED_CELLS.append(f"{out_dir.name}: {exc}")
+
+    try:
+        cfg = to_config(raw)
+    except InvalidCellError as exc:
+        not_run(exc, "skipped")
         return
     except ConfigError as exc:
-        _fail(str(exc))
+        not_run(exc, "failed")
+        return
     ctx = RunContext(
         cfg=cfg,
         raw=raw,
@@ -62,10 +73,13 @@ def _app(raw: DictConfig) -> None:
         job_num=hc.job.num if is_sweep else None,
         overrides=overrides,
     )
+    if not is_sweep and cfg.task.name.value in ("profile", "bench") and (out_dir / "results.json").exists():
+        _fail(f"out_dir={out_dir} already holds results.json of an earlier run, which this run would overwrite; "
+              f"choose another out_dir (or leave it unset for a fresh outputs/<date>/<time>/)")
     try:
         run_task(ctx)
     except VtlabError as exc:
-        _fail(str(exc))
+        not_run(exc, "failed")
 
 
 GROUPS = ("model", "connector", "text", "task", "logger", "trainer", "data")
@@ -90,16 +104,56 @@ def check_group_choices(argv: list[str]) -> str | None:
     return None
 
 
+def check_composition(argv: list[str]) -> str | None:
+    """A message if the overrides do not compose against the typed schema (a key typo, a wrong type, an
+    unknown enum value), else None.
+
+    Hydra would refuse them too, but with exit status 1, several lines and a HYDRA_FULL_ERROR hint. Every value of a
+    sweep override is checked (with the first value of the others); `hydra.*` overrides and
+    anything the override parser rejects are left to Hydra.
+    """
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    from vtlab.api import compose_config
+
+    try:
+        parsed = OverridesParser.create().parse_overrides([a for a in argv if not a.startswith("-")])
+        base: list[str] = []
+        sweeps: list[tuple[int, str, list[str]]] = []
+        for o in parsed:
+            if o.is_hydra_override():
+                continue
+            if o.is_sweep_override():
+                values = list(o.sweep_string_iterator())
+                sweeps.append((len(base), o.get_key_element(), values[1:]))
+                base.append(f"{o.get_key_element()}={values[0]}")
+            else:
+                base.append(o.input_line)
+    except Exception:  # noqa: BLE001 - malformed override syntax: Hydra's own parser message is clear
+        return None
+    variants = [base] + [
+        base[:i] + [f"{key}={value}"] + base[i + 1 :] for i, key, values in sweeps for value in values
+    ]
+    for args in variants:  # the first values, then each other sweep value in turn
+        try:
+            compose_config(None, args)
+        except ConfigError as exc:
+            return str(exc)
+    return None
+
+
 def main() -> None:
     """Console-script entry point (`vtlab ...`)."""
     os.environ.setdefault("HYDRA_FULL_ERROR", "0")
     # `model` is not in the defaults list (so that `+model=NAME` works as the users type it); accept the
     # plain `model=NAME` form too instead of failing with Hydra's "No match in the defaults list".
     sys.argv[1:] = ["+" + a if a.startswith("model=") else a for a in sys.argv[1:]]
-    message = check_group_choices(sys.argv[1:])
+    message = check_group_choices(sys.argv[1:]) or check_composition(sys.argv[1:])
     if message:
         _fail(message)
     _app()
+    if FAILED_CELLS:  # a -m sweep ran to its end, but not every cell did
+        _fail(f"{len(FAILED_CELLS)} sweep cell(s) failed (status failed in the sweep summary): " + "; ".join(FAILED_CELLS))
 
 
 if __name__ == "__main__":

@@ -212,8 +212,8 @@ def register_configs() -> None:
     """Register the schemas in Hydra's ConfigStore (idempotent)."""
     cs = ConfigStore.instance()
     cs.store(name="base_config", node=VTLabConfig)
-    # Group schemas live in their own `schema` group, so that `--help` and group listings show only the
-    # YAML options; each option starts with `defaults: [/schema/<name>@_here_]`.
+    # Group schemas live in their own `schema` group (one line in `--help`), so that the real groups list
+    # only their YAML options; each option starts with `defaults: [/schema/<name>@_here_]`.
     for name, node in (
         ("connector", ConnectorConfig), ("text", TextConfig), ("profile_task", TaskConfig),
         ("bench_task", BenchTaskConfig), ("train_task", TrainTaskConfig), ("eval_task", EvalTaskConfig),
@@ -290,7 +290,7 @@ def validate(cfg: Any) -> None:
     if c.depth < 1:
         raise ConfigError(f"connector.depth={c.depth} must be >= 1")
     task = getattr(cfg, "task", None)  # the timing loop divides by batch_size and takes a median of repeats
-    for key, least in (("batch_size", 1), ("repeats", 1), ("warmup", 0)):
+    for key, least in (("batch_size", 1), ("eval_batch_size", 1), ("repeats", 1), ("warmup", 0)):
         value = getattr(task, key, None)
         if value is not None and value < least:
             raise ConfigError(f"task.{key}={value} must be >= {least}")
@@ -298,6 +298,12 @@ def validate(cfg: Any) -> None:
         value = getattr(task, key, None)
         if value is not None and value < 0:
             raise ConfigError(f"task.{key}={value} must be >= 0")
+    data = getattr(cfg, "data", None)
+    if data is not None and data.num_workers < 0:
+        raise ConfigError(f"data.num_workers={data.num_workers} must be >= 0 (0 loads in the main process)")
+    logger = getattr(cfg, "logger", None)
+    if logger is not None and logger.mode not in ("offline", "online", "disabled"):
+        raise ConfigError(f"logger.mode={logger.mode} is unknown; valid: offline, online, disabled")
     ratio = getattr(task, "min_lr_ratio", None)
     if ratio is not None and not 0 <= ratio <= 1:
         raise ConfigError(f"task.min_lr_ratio={ratio} must be in [0, 1] (the cosine floor as a share of the lr)")

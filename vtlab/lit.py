@@ -256,7 +256,7 @@ def load_checkpoint(path: str) -> dict[str, Any]:
     if not p.is_file():
         raise ConfigError(f"checkpoint {path} does not exist (task.ckpt_path)")
     try:
-        ckpt = torch.load(p, map_location="cpu", weights_only=False)
+        ckpt = torch.load(p, map_location="cpu", weights_only=True)  # a task=train checkpoint is plain data
     except Exception as exc:
         raise ConfigError(f"checkpoint {path} cannot be read ({exc.__class__.__name__}: {exc})") from None
     if not isinstance(ckpt, dict) or "state_dict" not in ckpt or "vtlab_arch" not in ckpt:

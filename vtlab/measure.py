@@ -24,10 +24,13 @@ DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch
 def resolve_device(name: str) -> torch.device:
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    device = torch.device(name)
-    if device.type == "cuda" and not torch.cuda.is_available():
-        from vtlab.errors import ConfigError
+    from vtlab.errors import ConfigError
 
+    try:
+        device = torch.device(name)
+    except RuntimeError:
+        raise ConfigError(f"task.device={name} is not a device; valid: auto, cpu, cuda, cuda:N") from None
+    if device.type == "cuda" and not torch.cuda.is_available():
         raise ConfigError(f"task.device={name} but no CUDA device is available; use task.device=cpu or auto")
     return device
 

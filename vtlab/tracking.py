@@ -66,15 +66,13 @@ class Tracker:
     def log_result(self, result: dict[str, Any]) -> None:
         pass
 
-    def log_metrics(self, metrics: dict[str, float], step: int | None = None) -> None:
-        pass
-
     def finish(self) -> None:
         pass
 
 
 class CsvTracker(Tracker):
-    """Appends metrics to `metrics.csv` and writes the result's scalars to `summary.csv` in the run dir."""
+    """Writes the result's scalars to `summary.csv` in the run dir (train/eval step metrics go through
+    Lightning's CSVLogger to `csv/metrics.csv`, see vtlab.trainer)."""
 
     def __init__(self, out_dir: Path) -> None:
         self.out_dir = out_dir
@@ -86,16 +84,6 @@ class CsvTracker(Tracker):
             writer = csv.writer(fh)
             writer.writerow(["key", "value"])
             writer.writerows(sorted(flat.items()))
-
-    def log_metrics(self, metrics: dict[str, float], step: int | None = None) -> None:
-        path = self.out_dir / "metrics.csv"
-        new = not path.exists()
-        self.out_dir.mkdir(parents=True, exist_ok=True)
-        with open(path, "a", newline="") as fh:
-            writer = csv.DictWriter(fh, fieldnames=["step", *metrics])
-            if new:
-                writer.writeheader()
-            writer.writerow({"step": step, **metrics})
 
 
 class WandbTracker(Tracker):
@@ -127,12 +115,6 @@ class WandbTracker(Tracker):
                 if isinstance(result.get(key), str):
                     self.run.summary[key] = result[key]
         except Exception as exc:  # a tracker never fails a run
-            print(f"vtlab: W&B logging failed: {exc}", file=sys.stderr)
-
-    def log_metrics(self, metrics: dict[str, float], step: int | None = None) -> None:
-        try:
-            self.run.log(metrics, step=step)
-        except Exception as exc:
             print(f"vtlab: W&B logging failed: {exc}", file=sys.stderr)
 
     def finish(self) -> None:

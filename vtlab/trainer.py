@@ -17,8 +17,10 @@ from typing import Any
 
 import lightning.pytorch as pl
 import torch
+from lightning.fabric.utilities.exceptions import MisconfigurationException
 from lightning.pytorch.callbacks import Callback, ModelCheckpoint
 
+from vtlab.errors import ConfigError
 from vtlab.run import RunContext
 
 
@@ -45,7 +47,23 @@ def build_loggers(ctx: RunContext, tracker: Any) -> list[Any] | bool:
 
     if kind == "wandb" and _rank() == 0:
         print(f"vtlab: W&B run unavailable; logging metrics to {ctx.out_dir}/csv/metrics.csv", file=sys.stderr)
+    if _rank() == 0:
+        keep_earlier_metrics(ctx.out_dir / "csv")
     return [CSVLogger(save_dir=str(ctx.out_dir), name="csv", version="")]
+
+
+def keep_earlier_metrics(csv_dir: Path) -> Path | None:
+    """Lightning's CSV writer deletes an existing metrics.csv; move it to metrics.<k>.csv first (a resumed
+    run or an eval into the same run directory keeps the earlier rows)."""
+    old = csv_dir / "metrics.csv"
+    if not old.is_file():
+        return None
+    k = 1
+    while (csv_dir / f"metrics.{k}.csv").exists():
+        k += 1
+    kept = old.rename(csv_dir / f"metrics.{k}.csv")
+    print(f"vtlab: kept the earlier {old} as {kept.name}", file=sys.stderr)
+    return kept
 
 
 def _rank() -> int:
@@ -106,4 +124,7 @@ def build_trainer(ctx: RunContext, tracker: Any, callbacks: list[Callback]) -> p
         value = getattr(t, key)
         if value is not None:
             kwargs[key] = value
-    return pl.Trainer(**kwargs)
+    try:
+        return pl.Trainer(**kwargs)
+    except (ValueError, TypeError, MisconfigurationException) as exc:  # e.g. trainer.precision=foo
+        raise ConfigError(f"trainer settings refused by Lightning: {' '.join(str(exc).split())}") from None

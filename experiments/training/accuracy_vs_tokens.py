@@ -55,6 +55,8 @@ def run_cell(python: str, model: str, factor: int, seed: int, out: Path, sets: l
         return json.loads(result.read_text())
     cmd = [python, "-m", "vtlab", f"+model={model}", *GPU_DEFAULTS, *sets,
            f"connector.factor={factor}", f"seed={seed}", f"data.seed={seed}", f"out_dir={cell}"]
+    if (cell / "checkpoints" / "last.ckpt").exists():  # interrupted cell: resume (a fresh run there is refused)
+        cmd.append("task.ckpt_path=last")
     print("$ " + " ".join(cmd), flush=True)
     if dry:
         return None

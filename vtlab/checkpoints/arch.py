@@ -14,6 +14,7 @@ raises `ConfigError` listing the differing fields and the preset (or `+model=hf`
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from typing import Any
 
@@ -180,7 +181,11 @@ def _preset_values(name: str) -> dict[str, Any]:
             for k, v in entry.items():
                 groups[k.split("/")[-1].strip()] = v
     out = {f"model.{k}": v for k, v in (raw.get("model") or {}).items()}
-    conn = dict(OmegaConf.to_container(OmegaConf.load(str(root.joinpath("connector", f"{groups['connector']}.yaml")))))
+    # the schema's defaults first: a connector YAML spells out only what differs (depth, act are not in it)
+    from vtlab.config import ConnectorConfig
+
+    conn = {f.name: f.default for f in dataclasses.fields(ConnectorConfig)}
+    conn.update(OmegaConf.to_container(OmegaConf.load(str(root.joinpath("connector", f"{groups['connector']}.yaml")))))
     conn.update(raw.get("connector") or {})
     out.update({f"connector.{k}": v for k, v in conn.items() if k != "defaults"})
     if "text" in groups:

@@ -72,6 +72,10 @@ class GlyphSpec:
             raise ConfigError(f"data.num_classes={self.num_classes} must be >= 2 for the synthetic set")
         if self.task not in TASKS:
             raise ConfigError(f"data.task={self.task!r} is unknown; valid: {', '.join(TASKS)}")
+        if self.glyph_size is not None and (self.glyph_size < 3 or self.glyph_size % 2 == 0):
+            # an even side has no centre pixel: the "x" diagonals do not cross and it gets one pixel more than
+            # the "+", so mean intensity alone would tell the classes apart
+            raise ConfigError(f"data.glyph_size={self.glyph_size} must be an odd number >= 3 (or null for the default)")
         if self.distractors < 0:
             raise ConfigError(f"data.distractors={self.distractors} must be >= 0")
         cells = (self.image_size // self.cell) ** 2

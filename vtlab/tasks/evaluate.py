@@ -6,6 +6,8 @@ with the list of differing config fields. `results.json` in the run directory ho
 
 from __future__ import annotations
 
+import json
+from pathlib import Path
 from typing import Any
 
 import lightning.pytorch as pl
@@ -19,11 +21,24 @@ from vtlab.tasks._common import build_datamodule, metric, model_facts, resolve_c
 from vtlab.trainer import build_trainer, resolve_precision
 
 
+def _task_of(results: Path) -> str | None:
+    try:
+        return json.loads(results.read_text()).get("task")
+    except (OSError, ValueError, AttributeError):
+        return None
+
+
 def evaluate(ctx: RunContext, tracker: Any) -> tuple[dict[str, Any], pl.Trainer]:
     cfg, t = ctx.cfg, ctx.cfg.task
     if not t.ckpt_path:
         raise ConfigError("task=eval needs task.ckpt_path=PATH (a best-*.ckpt or last.ckpt written by task=train)")
     path = resolve_ckpt_path(t.ckpt_path, ctx.out_dir)
+    previous = ctx.out_dir / "results.json"
+    if previous.is_file() and _task_of(previous) != "eval":
+        raise ConfigError(
+            f"out_dir={ctx.out_dir} holds another task's results.json (e.g. the training run's), which task=eval "
+            f"would overwrite; evaluate into another out_dir (task.ckpt_path=PATH takes the checkpoint from anywhere)"
+        )
     ckpt = load_checkpoint(path)
     pl.seed_everything(cfg.seed, workers=True, verbose=False)
     stack = build_stack(cfg, load_weights=False)

@@ -9,12 +9,14 @@ from typing import Any
 from omegaconf import DictConfig, OmegaConf
 
 
-def record_skipped(raw: DictConfig, out_dir: Path, model_choice: str, reason: str, overrides: list[str], hc: Any) -> Path:
+def record_skipped(raw: DictConfig, out_dir: Path, model_choice: str, reason: str, overrides: list[str], hc: Any,
+                   status: str = "skipped") -> Path:
+    """results.json with `status` (skipped: the cell cannot exist; failed: it was refused or stopped) and the reason."""
     factor = OmegaConf.select(raw, "connector.factor")
     task = OmegaConf.select(raw, "task.name")
     result = {
         "task": str(getattr(task, "value", task)),  # the enum's value ("bench"), not "TaskName.bench"
-        "status": "skipped",
+        "status": status,
         "reason": reason,
         "run_name": f"{model_choice}-f{factor}",
         "model": model_choice,
@@ -24,5 +26,5 @@ def record_skipped(raw: DictConfig, out_dir: Path, model_choice: str, reason: st
     out_dir.mkdir(parents=True, exist_ok=True)
     path = out_dir / "results.json"
     path.write_text(json.dumps(result, indent=2) + "\n")
-    print(f"vtlab: skipped {result['run_name']}: {reason}")
+    print(f"vtlab: {status} {result['run_name']}: {reason}")
     return path

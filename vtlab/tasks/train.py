@@ -8,6 +8,7 @@ glyph-count set; `data=folder data.root=PATH` on image folders. Checkpoints go t
 
 from __future__ import annotations
 
+import os
 import time
 from typing import Any
 
@@ -39,6 +40,12 @@ def _saved_step(callback: Any) -> int:
 
 def train(ctx: RunContext, tracker: Any) -> tuple[dict[str, Any], pl.Trainer]:
     cfg, t = ctx.cfg, ctx.cfg.task
+    earlier = sorted((ctx.out_dir / "checkpoints").glob("*.ckpt"))
+    if earlier and not t.ckpt_path and int(os.environ.get("LOCAL_RANK", 0)) == 0:  # DDP ranks > 0 share rank 0's dir
+        raise ConfigError(
+            f"out_dir={ctx.out_dir} already holds checkpoints of an earlier run ({earlier[0].name}, ...); a fresh "
+            f"run would overwrite them: resume with task.ckpt_path=last, or choose another out_dir"
+        )
     pl.seed_everything(cfg.seed, workers=True, verbose=False)
     stack = build_stack(cfg)
     dm = build_datamodule(ctx, stack, t.batch_size, t.eval_batch_size)

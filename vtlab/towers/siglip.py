@@ -17,6 +17,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from vtlab.config import resolve_feature_layers
 from vtlab.towers.layers import Block, MAPHead
 
 
@@ -49,9 +50,7 @@ class VisionTower(nn.Module):
         )
         self.post_norm = nn.LayerNorm(hidden_size, eps=layer_norm_eps)
         self.head = MAPHead(hidden_size, num_heads, intermediate_size, layer_norm_eps, hidden_act) if use_head else None
-        self.feature_layers = None if feature_layers is None else [
-            i if i >= 0 else num_layers + 1 + i for i in feature_layers
-        ]
+        self.feature_layers = resolve_feature_layers(None if feature_layers is None else list(feature_layers), num_layers)
         self.reset_parameters()
 
     # ------------------------------------------------------------------ structure
