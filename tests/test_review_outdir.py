@@ -54,3 +54,16 @@ def test_profile_refuses_to_overwrite_results_in_out_dir(tmp_path):
                           cwd=tmp_path, env=env, capture_output=True, text=True, timeout=120)
     assert proc.returncode == 2 and "already holds results.json" in proc.stderr, proc.stderr
     assert results.read_text() == '{"task": "profile", "latency_ms": 1.0}\n'
+
+
+def test_refused_train_run_opens_no_wandb_run(tmp_path, monkeypatch):
+    """The refusal happens before the tracker opens: no empty W&B run is left behind."""
+    monkeypatch.setenv("WANDB_MODE", "offline")
+    monkeypatch.setenv("WANDB_DIR", str(tmp_path / "wb"))
+    (tmp_path / "wb").mkdir()
+    (tmp_path / "checkpoints").mkdir()
+    (tmp_path / "checkpoints" / "last.ckpt").write_bytes(b"x")
+    overrides = [o for o in TINY if not o.startswith("logger=")] + ["logger=wandb", "trainer.fast_dev_run=true"]
+    with pytest.raises(ConfigError, match="already holds checkpoints"):
+        run_inproc(tmp_path, overrides)
+    assert not any((tmp_path / "wb").rglob("*.wandb"))

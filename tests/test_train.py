@@ -130,8 +130,9 @@ def test_warmup_cosine_schedule():
     assert warmup_cosine(0, 10, 100) == pytest.approx(0.1)
     assert warmup_cosine(9, 10, 100) == pytest.approx(1.0)
     assert warmup_cosine(10, 10, 100) == pytest.approx(1.0)
-    assert warmup_cosine(55, 10, 100) == pytest.approx(0.5)
-    assert warmup_cosine(100, 10, 100, min_ratio=0.1) == pytest.approx(0.1)
+    assert warmup_cosine(55, 10, 101) == pytest.approx(0.5)  # half-way through the 90 cosine steps
+    assert warmup_cosine(100, 10, 101, min_ratio=0.1) == pytest.approx(0.1)  # the last step is at the floor
+    assert warmup_cosine(99, 10, 101, min_ratio=0.1) > 0.1
 
 
 def test_compile_once_in_place_keeps_checkpoint_keys_clean(tmp_path):

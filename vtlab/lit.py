@@ -53,10 +53,11 @@ class OptimSettings:
 
 
 def warmup_cosine(step: int, warmup: int, total: int, min_ratio: float = 0.0) -> float:
-    """LR multiplier: linear from 1/warmup to 1 over `warmup` steps, then cosine down to `min_ratio` at `total`."""
+    """LR multiplier: linear from 1/warmup to 1 over `warmup` steps, then cosine down to `min_ratio` at the
+    last of the `total` optimizer steps (step `total - 1`)."""
     if warmup > 0 and step < warmup:
         return (step + 1) / warmup
-    span = max(1, total - warmup)
+    span = max(1, total - 1 - warmup)
     progress = min(1.0, (step - warmup) / span)
     return min_ratio + (1.0 - min_ratio) * 0.5 * (1.0 + math.cos(math.pi * progress))
 

@@ -20,6 +20,8 @@ def run_task(ctx: RunContext) -> dict:
 
     name = ctx.cfg.task.name.value
     module = import_module(TASKS[name])
+    if hasattr(module, "check"):  # refusals (e.g. a run dir it would overwrite) before any tracker run opens
+        module.check(ctx)
     tracker = open_tracker(ctx)
     try:
         return module.run(ctx, tracker)

@@ -28,17 +28,21 @@ def _task_of(results: Path) -> str | None:
         return None
 
 
-def evaluate(ctx: RunContext, tracker: Any) -> tuple[dict[str, Any], pl.Trainer]:
-    cfg, t = ctx.cfg, ctx.cfg.task
-    if not t.ckpt_path:
+def check(ctx: RunContext) -> None:
+    """Refuse a missing task.ckpt_path, and an out_dir whose results.json belongs to another task."""
+    if not ctx.cfg.task.ckpt_path:
         raise ConfigError("task=eval needs task.ckpt_path=PATH (a best-*.ckpt or last.ckpt written by task=train)")
-    path = resolve_ckpt_path(t.ckpt_path, ctx.out_dir)
     previous = ctx.out_dir / "results.json"
     if previous.is_file() and _task_of(previous) != "eval":
         raise ConfigError(
             f"out_dir={ctx.out_dir} holds another task's results.json (e.g. the training run's), which task=eval "
             f"would overwrite; evaluate into another out_dir (task.ckpt_path=PATH takes the checkpoint from anywhere)"
         )
+
+
+def evaluate(ctx: RunContext, tracker: Any) -> tuple[dict[str, Any], pl.Trainer]:
+    cfg, t = ctx.cfg, ctx.cfg.task
+    path = resolve_ckpt_path(t.ckpt_path, ctx.out_dir)
     ckpt = load_checkpoint(path)
     pl.seed_everything(cfg.seed, workers=True, verbose=False)
     stack = build_stack(cfg, load_weights=False)

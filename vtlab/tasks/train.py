@@ -38,14 +38,18 @@ def _saved_step(callback: Any) -> int:
     return int(getattr(callback, "_last_global_step_saved", -1))
 
 
-def train(ctx: RunContext, tracker: Any) -> tuple[dict[str, Any], pl.Trainer]:
-    cfg, t = ctx.cfg, ctx.cfg.task
+def check(ctx: RunContext) -> None:
+    """Refuse a fresh run into a directory holding an earlier run's checkpoints (it would overwrite them)."""
     earlier = sorted((ctx.out_dir / "checkpoints").glob("*.ckpt"))
-    if earlier and not t.ckpt_path and int(os.environ.get("LOCAL_RANK", 0)) == 0:  # DDP ranks > 0 share rank 0's dir
+    if earlier and not ctx.cfg.task.ckpt_path and int(os.environ.get("LOCAL_RANK", 0)) == 0:  # ranks > 0 share it
         raise ConfigError(
             f"out_dir={ctx.out_dir} already holds checkpoints of an earlier run ({earlier[0].name}, ...); a fresh "
             f"run would overwrite them: resume with task.ckpt_path=last, or choose another out_dir"
         )
+
+
+def train(ctx: RunContext, tracker: Any) -> tuple[dict[str, Any], pl.Trainer]:
+    cfg, t = ctx.cfg, ctx.cfg.task
     pl.seed_everything(cfg.seed, workers=True, verbose=False)
     stack = build_stack(cfg)
     dm = build_datamodule(ctx, stack, t.batch_size, t.eval_batch_size)
