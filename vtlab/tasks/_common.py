@@ -55,3 +55,12 @@ def metric(metrics: dict[str, Any], *names: str) -> float | None:
         if name in metrics:
             return float(metrics[name])
     return None
+
+
+def publish(ctx: RunContext, tracker: Any, result: dict[str, Any], summary: str) -> Path:
+    """Write `results.json` (with the config), print a one-line summary and the path, log to the tracker."""
+    path = ctx.write_json("results.json", result | {"config": ctx.config_dict()})
+    print(summary)
+    print(f"results: {path}")
+    tracker.log_result(result)
+    return path

@@ -17,7 +17,7 @@ from vtlab.callbacks import ThroughputMeter
 from vtlab.errors import ConfigError
 from vtlab.lit import ArchitectureMismatchError, VisionClassifier, architecture, check_architecture, load_checkpoint
 from vtlab.run import RunContext
-from vtlab.tasks._common import build_datamodule, metric, model_facts, resolve_ckpt_path
+from vtlab.tasks._common import build_datamodule, metric, model_facts, publish, resolve_ckpt_path
 from vtlab.trainer import build_trainer, resolve_precision
 
 
@@ -80,13 +80,10 @@ def evaluate(ctx: RunContext, tracker: Any) -> tuple[dict[str, Any], pl.Trainer]
 def run(ctx: RunContext, tracker: Any) -> dict[str, Any]:
     result, trainer = evaluate(ctx, tracker)
     if trainer.is_global_zero:
-        path = ctx.write_json("results.json", result | {"config": ctx.config_dict()})
         ips = result["images_per_s"]
-        print(
+        publish(ctx, tracker, result, (
             f"eval {result['run_name']} on {result['val_images']} images: val_acc {result['val_acc']:.4f} "
             f"(chance {result['chance_acc']:.3f}), val_loss {result['val_loss']:.4f}, "
             + (f"{ips:.1f} images/s" if ips else "throughput n/a (too few batches)")
-        )
-        print(f"results: {path}")
-        tracker.log_result(result)
+        ))
     return result

@@ -19,7 +19,7 @@ from vtlab.callbacks import ThroughputMeter
 from vtlab.errors import ConfigError
 from vtlab.lit import OptimSettings, VisionClassifier, architecture, check_architecture, load_checkpoint
 from vtlab.run import RunContext
-from vtlab.tasks._common import build_datamodule, metric, model_facts, resolve_ckpt_path
+from vtlab.tasks._common import build_datamodule, metric, model_facts, publish, resolve_ckpt_path
 from vtlab.trainer import build_trainer, checkpoint_callbacks, resolve_precision
 
 
@@ -111,13 +111,10 @@ def train(ctx: RunContext, tracker: Any) -> tuple[dict[str, Any], pl.Trainer]:
 def run(ctx: RunContext, tracker: Any) -> dict[str, Any]:
     result, trainer = train(ctx, tracker)
     if trainer.is_global_zero:
-        path = ctx.write_json("results.json", result | {"config": ctx.config_dict()})
         ips = result["train_images_per_s"]
-        print(
+        publish(ctx, tracker, result, (
             f"train {result['run_name']}: {result['global_step']} steps, val_acc {result['val_acc']} "
             f"(chance {result['chance_acc']:.3f}), val_loss {result['val_loss']}, "
             f"{ips:.1f} train images/s" if ips else f"train {result['run_name']}: val_acc {result['val_acc']}"
-        )
-        print(f"results: {path}")
-        tracker.log_result(result)
+        ))
     return result
