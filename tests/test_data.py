@@ -53,6 +53,23 @@ def test_count_task_label_is_number_of_glyphs():
         assert (img >= 128).any(0).sum().item() == label * (2 * spec.glyph - 1)
 
 
+@pytest.mark.parametrize("task", ["count", "count_plus"])
+def test_glyphs_per_class_scales_the_plus_count(task):
+    """Dense variant for large images: label k means k * glyphs_per_class "+" glyphs (count_plus keeps the total
+    glyph count, so intensity still carries nothing)."""
+    spec = GlyphSpec(256, num_classes=4, distractors=0, task=task, glyphs_per_class=8)
+    plus, _ = glyph_masks(spec.glyph)
+    ds = GlyphCount(spec, 24)
+    for i in range(24):
+        img, label = ds.raw(i)
+        bright = (img >= 128).any(0).numpy()
+        glyphs = label * 8 if task == "count" else spec.num_glyphs
+        assert bright.sum() == glyphs * plus.sum()
+    assert spec.num_glyphs == 3 * 8  # (num_classes - 1) * glyphs_per_class + 0 distractors
+    with pytest.raises(ConfigError, match="data.glyphs_per_class=0 must be >= 1"):
+        GlyphCount(GlyphSpec(64, glyphs_per_class=0), 4)
+
+
 def test_synthetic_rejects_impossible_specs():
     with pytest.raises(ConfigError, match="cannot place"):
         GlyphCount(GlyphSpec(32, num_classes=10, distractors=20), 4)
@@ -112,7 +129,7 @@ def write_folder(root, classes=("cat", "dog"), per_class=3, size=24):
 class _Cfg:
     def __init__(self, **kw):
         self.kind, self.root, self.image_size, self.num_classes = "folder", None, None, 4
-        self.distractors, self.glyph_size, self.task = 3, None, "count_plus"
+        self.distractors, self.glyph_size, self.task, self.glyphs_per_class = 3, None, "count_plus", 1
         self.train_size, self.val_size, self.num_workers, self.seed = 16, 8, 0, 0
         self.__dict__.update(kw)
 

@@ -10,6 +10,7 @@ import dataclasses
 from collections.abc import Sequence
 from typing import Any
 
+import torch
 from hydra import compose, initialize_config_dir
 from hydra.core.global_hydra import GlobalHydra
 from hydra.errors import HydraException
@@ -21,6 +22,7 @@ from vtlab.connectors import build_connector
 from vtlab.errors import ConfigError
 from vtlab.paths import config_dir
 from vtlab.stack import VisionStack
+from vtlab.tiling import Tiler
 from vtlab.towers import build_tower
 
 
@@ -87,6 +89,10 @@ def build_stack(cfg: DictConfig | VTLabConfig, load_weights: bool = True) -> Vis
     tower = build_tower(c.model)
     connector = build_connector(c.connector, in_dim=tower.feature_dim, out_dim=c.text_hidden)
     stack = VisionStack(tower, connector, input_size=c.model.input_size)
+    stack.tiler = Tiler.for_config(c)
+    if stack.tiler.tiling == "anyres":  # LlavaNext's row separator, initialised as upstream: N(0, 1/sqrt(T))
+        gen = torch.Generator().manual_seed(torch.initial_seed() % 2**63)  # leaves the global RNG stream alone
+        stack.register_buffer("image_newline", torch.randn(c.text_hidden, generator=gen) * c.text_hidden**-0.5)
     if load_weights and c.model.weights:
         from vtlab.checkpoints import load_weights as _load
 

@@ -73,6 +73,13 @@ class ModelConfig:
     # (0 = embeddings, k = after block k, negative from the end) concatenated on channels (LlavaNext).
     feature_layers: list[int] | None = None
     input_size: int | None = None  # image side fed to the tower; None = image_size (else pos-emb interpolation)
+    # How an image of any size becomes tower frames (used when an image size is given, e.g. task=profile
+    # data.image_size=[H,W]): split (SmolVLM: tiles + global frame), anyres (LlavaNext: base + tiles, packed
+    # with unpadding and newlines), none (one frame, resized). null = the family's own: idefics3 -> split,
+    # llava_next -> anyres, siglip -> none.
+    tiling: str | None = None
+    longest_edge: int | None = None  # split: the longest side after the first resize; null = 4 x the frame (2048)
+    pinpoints: list[list[int]] | None = None  # anyres: candidate [H, W] resolutions; null = Granite's, per frame
     weights: str | None = None  # checkpoint path, folder or hf://org/name (see vtlab.checkpoints)
 
 
@@ -183,11 +190,15 @@ class TrainerConfig:
 class DataConfig:
     kind: str = "synthetic"  # synthetic | folder
     root: str | None = None  # ImageFolder root (folder) with train/ and val/ sub-folders
-    image_size: int | None = None  # synthetic render size; None: the tower's input size (images are resized to it)
+    # train/eval: the synthetic render size (an int; images are resized to the tower input).
+    # profile/bench: the input image size, an int (square) or [H, W]; it is tiled as model.tiling says.
+    # None: one frame at the tower's input size.
+    image_size: Any = None
     num_classes: int = 4  # synthetic: count 0..num_classes-1 of "+" glyphs (folder: taken from the folders)
     task: str = "count_plus"  # synthetic: count_plus (count "+" among "x": fine detail) | count (count glyphs: easy)
     distractors: int = 3  # synthetic count_plus: extra "x" glyphs (every image holds num_classes - 1 + distractors)
     glyph_size: int | None = None  # synthetic: glyph side in px; None: max(5, image_size // 40), odd
+    glyphs_per_class: int = 1  # synthetic: label k = k * glyphs_per_class "+" glyphs (denser images for large sizes)
     train_size: int = 512
     val_size: int = 128
     num_workers: int = 0
@@ -308,6 +319,16 @@ def validate(cfg: Any) -> None:
     if ratio is not None and not 0 <= ratio <= 1:
         raise ConfigError(f"task.min_lr_ratio={ratio} must be in [0, 1] (the cosine floor as a share of the lr)")
     grid = patch_grid(m)
+    from vtlab.tiling.plan import check_tiling, image_size_of
+
+    check_tiling(m, m.input_size or m.image_size, grid, c.factor)
+    if data is not None:
+        size = image_size_of(data.image_size)
+        task_name = getattr(getattr(task, "name", None), "value", getattr(task, "name", None))
+        if size is not None and task_name in ("train", "eval") and not isinstance(data.image_size, int):
+            raise ConfigError(f"data.image_size={list(size)}: {task_name} renders square synthetic images; give one "
+                              f"int (e.g. data.image_size={max(size)}) or null for the tower input size. [H, W] sizes "
+                              f"are for task=profile and task=bench")
     factors = valid_factors(grid)
     if c.factor not in factors:
         raise InvalidCellError(

@@ -29,7 +29,14 @@ class RunContext:
 
     @property
     def run_name(self) -> str:
-        return f"{self.model_choice}-f{self.cfg.connector.factor}"
+        """`smolvlm-f4`, or `smolvlm-f4-1536x2048` with an input image size (task=profile / bench)."""
+        name = f"{self.model_choice}-f{self.cfg.connector.factor}"
+        size = getattr(getattr(self.cfg, "data", None), "image_size", None)
+        task = getattr(getattr(self.cfg.task, "name", None), "value", None)
+        if size is not None and task in ("profile", "bench"):
+            h, w = (size, size) if isinstance(size, int) else size
+            name += f"-{h}x{w}"
+        return name
 
     @property
     def group(self) -> str | None:

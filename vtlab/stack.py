@@ -2,11 +2,17 @@
 
 It also does the shape and token bookkeeping that the profile and bench tasks report: the patch grid, the
 tower tokens and width, and the connector tokens and width, stage by stage.
+
+Images of any size (`encode_images`) go through the stack's `tiler` (`vtlab.tiling`, set by `build_stack`
+from `model.tiling`): every frame of every image is stacked into ONE tower batch, run once, split back per
+image and packed into that image's tokens, as the transformers VLMs do.
 """
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass
+from typing import Any
 
 import torch
 from torch import nn
@@ -33,6 +39,7 @@ class VisionStack(nn.Module):
         self.tower = tower
         self.connector = connector
         self.input_size = input_size or tower.image_size
+        self.tiler: Any = None  # vtlab.tiling.Tiler, set by build_stack
 
     # ------------------------------------------------------------------ bookkeeping
     @property
@@ -90,3 +97,33 @@ class VisionStack(nn.Module):
         """(B, C, H, W) -> (B, tokens, text_hidden)."""
         grid = self.tower.grid_for(pixel_values.shape[-2], pixel_values.shape[-1])
         return self.connector(self.tower(pixel_values), grid)
+
+    # ------------------------------------------------------------------ images of any size
+    def _tiler(self) -> Any:
+        if self.tiler is None:
+            raise RuntimeError("this stack has no tiler: build it with vtlab.build() / build_stack(cfg)")
+        return self.tiler
+
+    def plan(self, height: int, width: int) -> Any:
+        """Frames, tiles and tokens of an image of (height, width) under the stack's tiling (no pixels)."""
+        return self._tiler().plan(height, width)
+
+    def encode_frames(self, frames: torch.Tensor, plans: Sequence[Any]) -> list[torch.Tensor]:
+        """Frames of several images, concatenated (sum of plan.frames, C, S, S), through ONE tower + connector
+        call, then split per image and packed: a list of (plan.tokens, text_hidden)."""
+        tiler = self._tiler()
+        counts = [p.frames for p in plans]
+        if sum(counts) != frames.shape[0]:
+            raise ValueError(f"encode_frames: {frames.shape[0]} frames given, the plans need {sum(counts)}")
+        tokens = self(frames)
+        newline = getattr(self, "image_newline", None)
+        return [tiler.pack(chunk, plan, newline) for chunk, plan in zip(tokens.split(counts), plans, strict=True)]
+
+    def encode_images(self, images: Sequence[Any]) -> list[torch.Tensor]:
+        """Images of any sizes (PIL, or uint8 CHW/HWC tensors or arrays) -> one (tokens_i, text_hidden) per image,
+        with the transformers processor's tiles and the model's packing."""
+        tiler = self._tiler()
+        made = [tiler.frames(image) for image in images]
+        like = next(self.parameters())
+        frames = torch.cat([pixels for pixels, _ in made]).to(device=like.device, dtype=like.dtype)
+        return self.encode_frames(frames, [plan for _, plan in made])

@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any
 
 COLUMNS = (
-    "job", "task", "model", "factor", "status", "tokens", "patches", "text_hidden", "params", "flops",
+    "job", "task", "model", "factor", "image", "tiling", "frames", "status", "tokens", "patches", "text_hidden", "params", "flops",
     "lm_prefill_flops", "latency_ms", "latency_ms_p90", "latency_mode", "throughput_img_s", "throughput_tokens_s",
     "throughput_mode", "tflops", "mfu", "peak_memory_mb", "dtype", "device_name", "attention_backend", "run_name",
     "reason",
@@ -57,7 +57,9 @@ def collect(sweep_dir: Path) -> list[dict[str, Any]]:
 def columns(rows: list[dict[str, Any]]) -> list[str]:
     """The fixed columns, then per-mode ones, dropping any column that no row fills."""
     extra = sorted({k for r in rows for k in r if k not in COLUMNS})
-    return [c for c in (*COLUMNS, *extra) if c in ("job", "status") or any(r.get(c) is not None for r in rows)]
+    tiled = any(r.get("image") for r in rows)  # tiling / frames columns only for sweeps over input image sizes
+    return [c for c in (*COLUMNS, *extra) if (c in ("job", "status") or any(r.get(c) is not None for r in rows))
+            and (tiled or c not in ("tiling", "frames"))]
 
 
 def write_csv(rows: list[dict[str, Any]], path: Path) -> Path:

@@ -19,13 +19,13 @@ from vtlab.run import RunContext
 SUMMARY_KEYS = (
     "tokens", "patches", "factor", "text_hidden", "params", "flops", "latency_ms", "latency_ms_p90",
     "peak_memory_mb", "throughput_img_s", "throughput_tokens_s", "tflops", "mfu", "lm_prefill_flops",
-    "val_acc", "val_loss", "test_acc", "images_per_s",
+    "val_acc", "val_loss", "test_acc", "images_per_s", "frames", "tiles", "tokens_per_frame",
 )
 
 
 SUMMARY_TEXT_KEYS = (
     "model", "run_name", "task", "dtype", "device_name", "torch_version", "attention_backend", "latency_mode",
-    "throughput_mode",
+    "throughput_mode", "tiling", "image",
 )
 
 

@@ -71,6 +71,8 @@ def _from_config(conf: dict, where: str) -> dict[str, Any]:
         out["connector.depth"] = 2
         out["connector.bias"] = bool(conf.get("multimodal_projector_bias", True))
         out["connector.act"] = _act(conf.get("projector_hidden_act", "gelu"), where)
+        if conf.get("image_grid_pinpoints"):  # the anyres candidates of this checkpoint (model.pinpoints)
+            out["model.pinpoints"] = [[int(h), int(w)] for h, w in conf["image_grid_pinpoints"]]
     else:
         return {}
     defaults = _VISION_DEFAULTS["idefics3" if family == "idefics3" else "siglip"]
@@ -208,7 +210,7 @@ def _differences(arch: dict[str, Any], have: dict[str, Any]) -> list[tuple[str, 
     def get(key: str) -> Any:
         return _value(have.get(key))
 
-    skip = {"layout", "config_json", "grid", "has_head", "text", "name", "model.use_head"}
+    skip = {"layout", "config_json", "grid", "has_head", "text", "name", "model.use_head", "model.pinpoints"}
     for key, ck in arch.items():
         if key in skip or (key == "model.family" and arch.get("layout") is not None
                            and ck == "siglip" and not arch["layout"].carries_connector):

@@ -24,6 +24,7 @@ from safetensors.torch import save_file
 
 from vtlab.checkpoints.layouts import to_hf
 from vtlab.errors import CheckpointError
+from vtlab.tiling.plan import Tiler
 
 _HF_ACT = {"gelu_tanh": "gelu_pytorch_tanh", "gelu": "gelu"}
 
@@ -102,7 +103,6 @@ def hf_config(cfg: Any, stack: torch.nn.Module) -> dict[str, Any]:
                 f"this stack has connector.kind={kind}, depth={c.depth}, factor={c.factor}, hidden_size={c.hidden_size}"
             )
         layers = list(m.feature_layers) if m.feature_layers is not None else [-1]
-        s = m.image_size
         vision = hf_vision_config(m, "siglip_vision_model")
         vision["vision_use_head"] = bool(m.use_head)
         conf = {
@@ -114,7 +114,7 @@ def hf_config(cfg: Any, stack: torch.nn.Module) -> dict[str, Any]:
             "vision_feature_select_strategy": "full",
             "projector_hidden_act": _v(c.act),
             "multimodal_projector_bias": bool(c.bias),
-            "image_grid_pinpoints": [[s * a, s * b] for a in range(1, 5) for b in range(1, 5) if a * b <= 10],
+            "image_grid_pinpoints": [list(p) for p in Tiler.for_config(cfg).pinpoints],  # model.pinpoints or Granite's
         }
     else:
         raise CheckpointError(f"export: unknown model.family={family}")

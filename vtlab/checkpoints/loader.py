@@ -10,6 +10,8 @@ Policies (documented in README "Real weights"):
 - layouts that carry no connector (SiglipVisionModel from the hub, timm) leave the stack's connector as built;
 - LlavaNext's `image_newline` (T,) has no module in the stack: it is kept as a persistent buffer
   `stack.image_newline` (so it moves with `.to()`, is saved in vtlab/Lightning checkpoints and is exported).
+  Stacks with anyres tiling are built with one (N(0, 1/sqrt(T)), as LlavaNext initialises it); a checkpoint
+  without one leaves it as built.
 """
 
 from __future__ import annotations
@@ -76,6 +78,9 @@ def load_weights(stack: torch.nn.Module, path: str, cfg: Any = None) -> dict[str
     if "image_newline" in expected and newline is not None:
         tensors["image_newline"] = newline
         newline = None
+    elif "image_newline" in expected:  # anyres stacks are built with one; a tower-only checkpoint has none
+        tensors["image_newline"] = expected["image_newline"]
+        skipped.append(f"image_newline (the {layout.name} layout has none; kept as built)")
 
     missing = [k for k in expected if k not in tensors]
     unexpected = [conv.origin.get(k, k) for k in tensors if k not in expected] + conv.unexpected

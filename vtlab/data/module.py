@@ -50,6 +50,7 @@ class VtlabDataModule(pl.LightningDataModule):
                 distractors=self.cfg.distractors,
                 glyph_size=self.cfg.glyph_size,
                 task=self.cfg.task,
+                glyphs_per_class=self.cfg.glyphs_per_class,
             )
             self.train_set = GlyphCount(spec, self.cfg.train_size, "train", self.cfg.seed, transform)
             self.val_set = GlyphCount(spec, self.cfg.val_size, "val", self.cfg.seed, transform)

@@ -9,6 +9,8 @@ to resolve the shape of glyphs smaller than one patch, which is what the patch a
 
 `task="count"`: only "+" glyphs, label = how many (a coarse task that a tiny model learns in seconds; the
 CPU tests use it).
+`glyphs_per_class=k` (both tasks): label c means c * k "+" glyphs (and (num_classes - 1) * k + distractors glyphs in
+all for count_plus), a denser variant for large images where a handful of glyphs is a needle in 1024 patches.
 Each sample is generated on the fly from (seed, split, index) with numpy's SeedSequence, so the set is
 deterministic, needs no download and stores nothing.
 """
@@ -52,6 +54,7 @@ class GlyphSpec:
     distractors: int = 3
     glyph_size: int | None = None
     task: str = "count_plus"  # count_plus | count
+    glyphs_per_class: int = 1  # label k means k * glyphs_per_class "+" glyphs (dense variants for large images)
 
     @property
     def glyph(self) -> int:
@@ -63,7 +66,7 @@ class GlyphSpec:
 
     @property
     def num_glyphs(self) -> int:
-        return self.num_classes - 1 + (self.distractors if self.task == "count_plus" else 0)
+        return (self.num_classes - 1) * self.glyphs_per_class + (self.distractors if self.task == "count_plus" else 0)
 
     def check(self) -> None:
         from vtlab.errors import ConfigError
@@ -76,12 +79,15 @@ class GlyphSpec:
             # an even side has no centre pixel: the "x" diagonals do not cross and it gets one pixel more than
             # the "+", so mean intensity alone would tell the classes apart
             raise ConfigError(f"data.glyph_size={self.glyph_size} must be an odd number >= 3 (or null for the default)")
+        if self.glyphs_per_class < 1:
+            raise ConfigError(f"data.glyphs_per_class={self.glyphs_per_class} must be >= 1")
         if self.distractors < 0:
             raise ConfigError(f"data.distractors={self.distractors} must be >= 0")
         cells = (self.image_size // self.cell) ** 2
         if self.num_glyphs > cells:
             raise ConfigError(
-                f"the synthetic set cannot place {self.num_glyphs} glyphs (data.num_classes - 1 + data.distractors) "
+                f"the synthetic set cannot place {self.num_glyphs} glyphs "
+                f"((data.num_classes - 1) * data.glyphs_per_class + data.distractors) "
                 f"of {self.glyph}px in a {self.image_size}px image ({cells} cells of {self.cell}px); "
                 f"use fewer classes or distractors, a smaller data.glyph_size or a larger data.image_size"
             )
@@ -93,13 +99,14 @@ def render(spec: GlyphSpec, rng: np.random.Generator) -> tuple[np.ndarray, int]:
     label = int(rng.integers(spec.num_classes))
     img = rng.integers(0, 48, size=(3, s, s), dtype=np.uint8)
     per_row = s // cell
-    count = spec.num_glyphs if spec.task == "count_plus" else label
+    plus_count = label * spec.glyphs_per_class
+    count = spec.num_glyphs if spec.task == "count_plus" else plus_count
     slots = rng.choice(per_row * per_row, size=count, replace=False)
     plus, cross = glyph_masks(g)
     for i, slot in enumerate(slots):
         y = (slot // per_row) * cell + int(rng.integers(0, cell - g + 1))
         x = (slot % per_row) * cell + int(rng.integers(0, cell - g + 1))
-        mask = plus if i < label else cross
+        mask = plus if i < plus_count else cross
         colour = rng.integers(128, 256, size=3, dtype=np.uint8)
         patch = img[:, y : y + g, x : x + g]
         patch[:, mask] = colour[:, None]

@@ -10,6 +10,10 @@ kernel that ran, and the LM-side prefill FLOPs of the visual tokens. Method: per
 `latency_ms*` from the mode with the lowest batch-1 latency, `throughput_*`, `tflops`, `mfu` and
 `peak_memory_mb` from the mode with the highest throughput (`latency_mode`, `throughput_mode` say which).
 Settings left unset (None) get device defaults, CPU ones small enough for a tiny preset to take seconds.
+
+With an input image size (`data.image_size=[H,W]`) one image is the frames of its tiling plan (SmolVLM
+split, LlavaNext anyres): latency is per image (all its frames in one tower batch, then split and packed),
+throughput counts images (and their packed tokens), FLOPs are per image.
 """
 
 from __future__ import annotations
@@ -40,6 +44,8 @@ from vtlab.measure import (
 from vtlab.modes import COMPILED, check_modes, extra_warmup, make_runner, skip_reason
 from vtlab.progress import StepProgress
 from vtlab.run import RunContext
+from vtlab.tiling.plan import image_size_of
+from vtlab.tiling.stages import image_fields, image_stages
 from vtlab.towers.kernels import configure_kernels
 
 # device defaults for the settings left at None: (CUDA, CPU)
@@ -89,9 +95,12 @@ def _timed(fn: Any, pixels: torch.Tensor, device: torch.device, warmup: int, rep
 
 def measure_mode(mode: str, stack: torch.nn.Module, shape1: tuple[int, ...], batch: int, flops_per_img: int,
                  tokens: int, ceiling_tflops: float, settings: dict[str, Any], device: torch.device,
-                 dtype: torch.dtype, progress: StepProgress) -> dict[str, Any]:
-    """Latency at batch 1 and throughput at `batch` (halved on out-of-memory) for one mode."""
-    fn = make_runner(mode, stack)
+                 dtype: torch.dtype, progress: StepProgress, pack: Any = None) -> dict[str, Any]:
+    """Latency at batch 1 and throughput at `batch` (halved on out-of-memory) for one mode. An image is
+    `shape1[0]` frames; `pack(tokens, images)` (tiled inputs) splits and packs them after the stack."""
+    runner = make_runner(mode, stack)
+    frames = shape1[0]
+    fn = runner if pack is None else (lambda x: pack(runner(x), x.shape[0] // frames))
     warmup = settings["warmup"] + extra_warmup(mode)
     reset_peak_memory(device)
     out: dict[str, Any] = {"status": "ok"}
@@ -104,7 +113,7 @@ def measure_mode(mode: str, stack: torch.nn.Module, shape1: tuple[int, ...], bat
     progress.step(f"{mode}: throughput, batch {batch}" + (" (compiling)" if mode in COMPILED else ""))
     while True:
         try:
-            xb = torch.randn((batch, *shape1[1:]), device=device, dtype=dtype)
+            xb = torch.randn((batch * frames, *shape1[1:]), device=device, dtype=dtype)
             out["first_call_batch_s"] = _first_call_s(fn, xb, device)
             thr = _timed(fn, xb, device, warmup, settings["repeats"], settings["iters"])
             break
@@ -164,16 +173,25 @@ def bench_stack(ctx: RunContext) -> dict[str, Any]:
     # pin inside every block too (an sdpa_kernel context in the traced forward binds compiled modes as well)
     # fc1 bias + tanh GELU in the cuBLASLt GEMM epilogue: CUDA inference only (the layer checks both)
     configure_kernels(stack, task.attention_backend, fused_gelu=task.fused_gelu)
-    shape1 = stack.input_shape(1)
-    tokens = stack.num_tokens
+    size = image_size_of(cfg.data.image_size)
+    plan = stack.plan(*size) if size else None
+    frames = plan.frames if plan else 1
+    shape1 = stack.input_shape(frames)
+    tokens = plan.tokens if plan else stack.num_tokens
+    pack = None
+    if plan:
+        newline = getattr(stack, "image_newline", None)
+
+        def pack(out: torch.Tensor, images: int) -> list[torch.Tensor]:
+            return [stack.tiler.pack(t, plan, newline) for t in out.split(frames)][:images]
     modes = list(dict.fromkeys(task.modes))
     runnable = [m for m in modes if skip_reason(m, device) is None]
 
     steps = 3 + 3 * len(runnable)
     with StepProgress(f"bench {ctx.run_name}", steps) as progress, pinned(task.attention_backend):
         progress.step("FLOPs per stage")
-        pixels = torch.randn(shape1, device=device, dtype=dtype)
-        costs = stage_costs(stack, pixels)
+        pixels = torch.randn(stack.input_shape(1), device=device, dtype=dtype)
+        costs = stage_costs(stack, pixels)  # per frame
         progress.step("attention backend")
         with torch.inference_mode():
             attention = detect_backend(lambda: stack(pixels), task.attention_backend)
@@ -187,8 +205,9 @@ def bench_stack(ctx: RunContext) -> dict[str, Any]:
                 continue
             try:
                 with torch.inference_mode():
-                    results[mode] = measure_mode(mode, stack, shape1, settings["throughput_batch_size"], costs.flops,
-                                                 tokens, ceiling["tflops"], settings, device, dtype, progress)
+                    results[mode] = measure_mode(mode, stack, shape1, settings["throughput_batch_size"],
+                                                 costs.flops * frames, tokens, ceiling["tflops"], settings, device,
+                                                 dtype, progress, pack)
             except Exception as exc:
                 if mode not in COMPILED:
                     raise
@@ -208,7 +227,7 @@ def bench_stack(ctx: RunContext) -> dict[str, Any]:
         "model": ctx.model_choice,
         "factor": cfg.connector.factor,
         "grid": list(stack.grid),
-        "patches": stack.num_patches,
+        **image_fields(plan, stack.num_patches, stack.num_tokens),
         "tokens": tokens,
         "text_hidden": stack.text_hidden,
         "feature_dim": stack.feature_dim,
@@ -219,14 +238,14 @@ def bench_stack(ctx: RunContext) -> dict[str, Any]:
         "attention_backend_requested": task.attention_backend,
         "fused_gelu": bool(task.fused_gelu and device.type == "cuda"),
         "attention": attention,
-        "stages": costs.stages,
+        "stages": image_stages(costs.stages, plan) if plan else costs.stages,
         "params": count_params(stack),
         "params_tower": costs.stages[2]["params"],
         "params_connector": costs.stages[3]["params"],
-        "flops": costs.flops,
-        "flops_tower": costs.tower_flops,
-        "flops_connector": costs.connector_flops,
-        "flops_closed_form": costs.flops_closed_form,
+        "flops": costs.flops * frames,
+        "flops_tower": costs.tower_flops * frames,
+        "flops_connector": costs.connector_flops * frames,
+        "flops_closed_form": costs.flops_closed_form * frames,
         "lm_prefill_flops": prefill["flops"],
         "lm_prefill": prefill,
         **_headline(results),
