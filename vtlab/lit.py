@@ -171,11 +171,16 @@ class VisionClassifier(pl.LightningModule):
     def _shared_step(self, batch: tuple[torch.Tensor, torch.Tensor], split: str) -> torch.Tensor:
         loss, logits = self.loss_and_logits(batch)
         acc = (logits.argmax(-1) == batch[1]).float().mean()
-        on_step = split == "train"
         bs = batch[1].shape[0]
-        # sync_dist: epoch values are means over all ranks (one scalar all-reduce per logged value under DDP)
-        self.log(f"{split}_loss", loss, prog_bar=True, on_step=on_step, on_epoch=True, batch_size=bs, sync_dist=True)
-        self.log(f"{split}_acc", acc, prog_bar=True, on_step=on_step, on_epoch=True, batch_size=bs, sync_dist=True)
+        for name, value in (("loss", loss), ("acc", acc)):
+            if split == "train":  # per-step values are rank 0's own: no collective on every optimizer step under DDP
+                self.log(f"train_{name}_step", value, prog_bar=True, on_step=True, on_epoch=False, batch_size=bs)
+                key = f"train_{name}_epoch"
+            else:
+                key = f"{split}_{name}"
+            # epoch values are means over all ranks (one scalar all-reduce per value per epoch under DDP)
+            self.log(key, value, prog_bar=split != "train", on_step=False, on_epoch=True, batch_size=bs,
+                     sync_dist=True)
         return loss
 
     def training_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> torch.Tensor:
