@@ -321,7 +321,7 @@ def validate(cfg: Any) -> None:
     grid = patch_grid(m)
     from vtlab.tiling.plan import check_tiling, image_size_of
 
-    check_tiling(m, m.input_size or m.image_size, grid, c.factor)
+    check_tiling(m, m.input_size or m.image_size, grid)
     if data is not None:
         size = image_size_of(data.image_size)
         task_name = getattr(getattr(task, "name", None), "value", getattr(task, "name", None))

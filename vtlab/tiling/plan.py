@@ -95,7 +95,7 @@ def default_pinpoints(frame: int) -> list[tuple[int, int]]:
     return [(h // base * frame, w // base * frame) for h, w in anyres.GRANITE_PINPOINTS]
 
 
-def check_tiling(model: Any, frame: int, grid: tuple[int, int], factor: int) -> None:
+def check_tiling(model: Any, frame: int, grid: tuple[int, int]) -> None:
     """The cross-key rules of the tiling settings (called by config validation)."""
     tiling = resolve_tiling(model)
     if model.longest_edge is not None and model.longest_edge < frame:
@@ -111,7 +111,6 @@ def check_tiling(model: Any, frame: int, grid: tuple[int, int], factor: int) -> 
                                   f"the frame size {frame}px (e.g. [{frame}, {2 * frame}])")
     if tiling == "anyres" and grid[0] != grid[1]:
         raise ConfigError(f"model.tiling=anyres needs a square patch grid, got {grid[0]}x{grid[1]}")
-    del factor
 
 
 class Tiler:
