@@ -31,11 +31,12 @@ class RunContext:
     def run_name(self) -> str:
         """`smolvlm-f4`, or `smolvlm-f4-1536x2048` with an input image size (task=profile / bench)."""
         name = f"{self.model_choice}-f{self.cfg.connector.factor}"
-        size = getattr(getattr(self.cfg, "data", None), "image_size", None)
+        from vtlab.tiling.plan import image_size_of
+
+        size = image_size_of(getattr(getattr(self.cfg, "data", None), "image_size", None))
         task = getattr(getattr(self.cfg.task, "name", None), "value", None)
         if size is not None and task in ("profile", "bench"):
-            h, w = (size, size) if isinstance(size, int) else size
-            name += f"-{h}x{w}"
+            name += f"-{size[0]}x{size[1]}"
         return name
 
     @property

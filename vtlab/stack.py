@@ -108,16 +108,20 @@ class VisionStack(nn.Module):
         """Frames, tiles and tokens of an image of (height, width) under the stack's tiling (no pixels)."""
         return self._tiler().plan(height, width)
 
+    def pack(self, tokens: torch.Tensor, plans: Sequence[Any]) -> list[torch.Tensor]:
+        """Connector output of several images' frames (sum of plan.frames, t, T) split per image and packed:
+        a list of (plan.tokens, text_hidden)."""
+        tiler = self._tiler()
+        counts = [p.frames for p in plans]
+        if sum(counts) != tokens.shape[0]:
+            raise ValueError(f"{tokens.shape[0]} frames given, the plans need {sum(counts)}")
+        newline = getattr(self, "image_newline", None)
+        return [tiler.pack(chunk, plan, newline) for chunk, plan in zip(tokens.split(counts), plans, strict=True)]
+
     def encode_frames(self, frames: torch.Tensor, plans: Sequence[Any]) -> list[torch.Tensor]:
         """Frames of several images, concatenated (sum of plan.frames, C, S, S), through ONE tower + connector
         call, then split per image and packed: a list of (plan.tokens, text_hidden)."""
-        tiler = self._tiler()
-        counts = [p.frames for p in plans]
-        if sum(counts) != frames.shape[0]:
-            raise ValueError(f"encode_frames: {frames.shape[0]} frames given, the plans need {sum(counts)}")
-        tokens = self(frames)
-        newline = getattr(self, "image_newline", None)
-        return [tiler.pack(chunk, plan, newline) for chunk, plan in zip(tokens.split(counts), plans, strict=True)]
+        return self.pack(self(frames), plans)
 
     def encode_images(self, images: Sequence[Any]) -> list[torch.Tensor]:
         """Images of any sizes (PIL, or uint8 CHW/HWC tensors or arrays) -> one (tokens_i, text_hidden) per image,

@@ -178,12 +178,7 @@ def bench_stack(ctx: RunContext) -> dict[str, Any]:
     frames = plan.frames if plan else 1
     shape1 = stack.input_shape(frames)
     tokens = plan.tokens if plan else stack.num_tokens
-    pack = None
-    if plan:
-        newline = getattr(stack, "image_newline", None)
-
-        def pack(out: torch.Tensor, images: int) -> list[torch.Tensor]:
-            return [stack.tiler.pack(t, plan, newline) for t in out.split(frames)][:images]
+    pack = (lambda out, images: stack.pack(out, [plan] * images)) if plan else None
     modes = list(dict.fromkeys(task.modes))
     runnable = [m for m in modes if skip_reason(m, device) is None]
 

@@ -55,11 +55,9 @@ def profile_stack(ctx: RunContext) -> dict[str, Any]:
         reset_peak_memory(device)
         if plan:
             plans = [plan] * batch
-            tokens = stack(pixels)
-            newline = getattr(stack, "image_newline", None)
+            tokens = stack.connector(feats, grid)
             total_ms = time_ms(lambda: stack.encode_frames(pixels, plans), device, cfg.task.warmup, cfg.task.repeats)
-            pack_ms = time_ms(lambda: [stack.tiler.pack(t, plan, newline) for t in tokens.split(frames)], device, 1,
-                              cfg.task.repeats)
+            pack_ms = time_ms(lambda: stack.pack(tokens, plans), device, 1, cfg.task.repeats)
         else:
             total_ms = time_ms(lambda: stack(pixels), device, cfg.task.warmup, cfg.task.repeats)
         tower_ms = time_ms(lambda: stack.tower(pixels), device, 1, cfg.task.repeats)

@@ -21,7 +21,7 @@ from typing import Any
 import torch
 
 from vtlab.errors import ConfigError
-from vtlab.preprocess import ImageLike, SiglipPreprocessor
+from vtlab.preprocess import ImageLike, SiglipPreprocessor, to_uint8_hwc
 from vtlab.tiling import anyres, idefics3
 
 TILINGS = ("none", "split", "anyres")
@@ -163,8 +163,6 @@ class Tiler:
     # ------------------------------------------------------------------ pixels
     def frames(self, image: ImageLike) -> tuple[torch.Tensor, ImagePlan]:
         """(frames, 3, S, S) float32 pixels as the transformers processor makes them, and the image's plan."""
-        from vtlab.preprocess import to_uint8_hwc
-
         array = to_uint8_hwc(image)
         plan = self.plan(array.shape[0], array.shape[1])
         if self.tiling == "split":
