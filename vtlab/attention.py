@@ -26,7 +26,13 @@ BACKENDS = {
     "efficient": SDPBackend.EFFICIENT_ATTENTION,
     "math": SDPBackend.MATH,
 }
-CPU_BACKENDS = ("flash", "math")  # what SDPA implements on CPU
+# named sets: PyTorch picks among them. `no_cudnn` is the train task's default: on H100/H200 the cuDNN SDPA
+# backward can return NaN gradients (pytorch/pytorch#196678, NVIDIA/cudnn-frontend#1072; it killed 5 of 8
+# trainings on 2026-11-28, experiments/training/README.md), while flash / efficient are clean.
+BACKEND_SETS = {
+    "no_cudnn": (SDPBackend.FLASH_ATTENTION, SDPBackend.EFFICIENT_ATTENTION, SDPBackend.MATH),
+}
+CPU_BACKENDS = ("flash", "math", "no_cudnn")  # what SDPA implements on CPU
 
 # fused aten op -> the name recorded in results (anything else that SDPA calls decomposes: "math")
 KERNELS = {
@@ -40,8 +46,9 @@ KERNELS = {
 
 def check_backend(name: str, device: torch.device) -> None:
     """Raise ConfigError for an unknown backend or one the device cannot run."""
-    if name != "auto" and name not in BACKENDS:
-        raise ConfigError(f"task.attention_backend={name} is unknown; valid: auto, {', '.join(BACKENDS)}")
+    if name != "auto" and name not in BACKENDS and name not in BACKEND_SETS:
+        valid = ", ".join(["auto", *BACKENDS, *BACKEND_SETS])
+        raise ConfigError(f"task.attention_backend={name} is unknown; valid: {valid}")
     if device.type == "cpu" and name not in ("auto", *CPU_BACKENDS):
         raise ConfigError(
             f"task.attention_backend={name} has no CPU kernel; on CPU use one of: auto, {', '.join(CPU_BACKENDS)}"
@@ -49,8 +56,10 @@ def check_backend(name: str, device: torch.device) -> None:
 
 
 def pinned(name: str) -> contextlib.AbstractContextManager[Any]:
-    """Context that restricts SDPA to the named backend (`auto`: PyTorch's own choice)."""
-    return contextlib.nullcontext() if name == "auto" else sdpa_kernel([BACKENDS[name]])
+    """Context that restricts SDPA to the named backend or set (`auto`: PyTorch's own choice)."""
+    if name == "auto":
+        return contextlib.nullcontext()
+    return sdpa_kernel(list(BACKEND_SETS[name]) if name in BACKEND_SETS else [BACKENDS[name]])
 
 
 class _SdpaCalls(TorchFunctionMode):

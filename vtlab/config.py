@@ -145,6 +145,9 @@ class TrainTaskConfig(TaskConfig):
     head: str = "attention_pool"
     eval_batch_size: int | None = None  # None: batch_size
     keep_every_n_epochs: int = 0  # also keep epochN.ckpt every N epochs (0: best + last only)
+    # SDPA kernels for training: no_cudnn (default; cuDNN's backward can give NaN gradients on H100/H200) |
+    # auto (PyTorch's choice) | cudnn | flash | efficient | math
+    attention_backend: str = "no_cudnn"
 
 
 @dataclass

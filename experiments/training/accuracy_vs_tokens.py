@@ -1,16 +1,19 @@
 """Accuracy vs visual tokens: one `task=train` job per connector factor on the synthetic glyph-count set.
 
 Question: how much accuracy does the visual-token budget cost on a task that needs fine spatial detail
-(count the tiny "+" glyphs among "x" glyphs)? SmolVLM's tower at its native 512 px (32x32 patches) with
-pixel-unshuffle factors 1, 2, 4, 8 gives 1024, 256, 64 and 16 tokens.
+(count the small "+" glyphs among "x" glyphs)? The defaults are the recipe that learned on 2026-11-28 (run 4b of
+experiments/training/README.md): SmolVLM's tower fed 128 px frames (8x8 patches of 16 px, interpolated position
+embeddings), 13 px glyphs, full fine-tuning from random init; pixel-unshuffle factors 1, 2, 4, 8 give 64, 16,
+4 and 1 tokens. At the native 512 px (`--set model.input_size=512`, 32x32 patches: 1024 ... 16 tokens) a step
+costs ~4x more and nothing left chance within 1000 steps from random init.
 
 Each factor is its own `python -m vtlab ... task=train` process (one launcher job per cell, never an
 in-process sweep), writing to `<out>/f<factor>[-s<seed>]/`. The script then collects every `results.json`
 into `results.json`, `results.md` and `accuracy_vs_tokens.png` in `--out`. Cells that already have a
 results.json are not re-run (delete the folder to redo one), so an interrupted sweep can be continued.
 
-GPU (H100):
-    python experiments/training/accuracy_vs_tokens.py --out experiments/training/results/acc_vs_tokens
+GPU (one H100/H200: 4 cells one after the other, ~3 min each; or one process per cell, see gpu_session_glyph13.sh):
+    python experiments/training/accuracy_vs_tokens.py --out experiments/training/results/acc_vs_tokens --seeds 0,1,2
 CPU smoke (seconds):
     python experiments/training/accuracy_vs_tokens.py --model smolvlm_debug --factors 1,2,4,8 \
         --out /tmp/avt --set trainer.max_steps=4 --set data.train_size=64 --set data.val_size=32 \
@@ -27,23 +30,25 @@ import sys
 import time
 from pathlib import Path
 
-# Defaults for one H100 (override any with --set KEY=VALUE; later values win). The H100 runs of 2026-11-28
-# used lr 1e-3 / tower 3e-4 / 100 warm-up steps (or the values their session scripts set) and stayed at chance.
+# Defaults = run 4b's recipe (override any with --set KEY=VALUE; later values win). Runs 1-3 (512 / 256 / 128 px
+# with 5 px glyphs, lr 1e-3 ... 2e-4) stayed at chance; see experiments/training/README.md section 2.
 GPU_DEFAULTS = [
     "task=train",
     "logger=csv",
     "data=synthetic",
     "data.task=count_plus",
-    "data.train_size=12000",
-    "data.val_size=2000",
-    "data.num_workers=12",
+    "model.input_size=128",
+    "data.glyph_size=13",  # 5 px glyphs in 16 px patches: not learned even from raw pixels (cpu_probe_glyph_size)
+    "data.train_size=32768",
+    "data.val_size=1024",
+    "data.num_workers=8",
     "task.batch_size=64",
     "task.freeze=none",
     "task.lr=1e-4",  # 1e-3 never leaves chance with a 576-wide head (results/cpu_diagnosis_head_lr_2026-11-28)
     "task.tower_lr=1e-4",
     "task.warmup_steps=500",
-    "task.compile=true",
-    "trainer.max_epochs=4",
+    "task.compile=false",
+    "trainer.max_epochs=8",  # 4096 steps
     "trainer.enable_progress_bar=false",
 ]
 

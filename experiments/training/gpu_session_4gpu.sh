@@ -14,13 +14,15 @@ PY=${PYTHON:-python3}
 MODEL=smolvlm
 FACTORS=(1 2 4 8)
 COMMON=(--set task.compile=false --set data.val_size=1024 --set data.num_workers=10
+        --set model.input_size=512 --set data.glyph_size=null  # the native frame and glyph (defaults of that day)
         --set task.lr=1e-3 --set task.tower_lr=1e-4 --set task.warmup_steps=100)
 COARSE=(--set data.task=count --set data.train_size=16384 --set trainer.max_epochs=1)
 FINE=(--set data.task=count_plus --set data.train_size=32000 --set trainer.max_epochs=2)
 DDP_SETS="data.task=count data.train_size=8192 data.val_size=512 task.batch_size=64 task.compile=false trainer.max_epochs=1 data.num_workers=8"
 if [ -n "${SMOKE:-}" ]; then
   MODEL=smolvlm_debug
-  COMMON=(--set task.compile=false --set data.val_size=16 --set task.batch_size=8 --set trainer.accelerator=cpu)
+  COMMON=(--set task.compile=false --set data.val_size=16 --set task.batch_size=8 --set trainer.accelerator=cpu
+          --set model.input_size=64 --set data.glyph_size=null)
   COARSE=(--set data.task=count --set data.train_size=32 --set trainer.max_epochs=1)
   FINE=(--set data.task=count_plus --set data.train_size=32 --set trainer.max_epochs=1)
   DDP_SETS="data.task=count data.train_size=32 data.val_size=16 task.batch_size=8 trainer.max_epochs=1 trainer.accelerator=cpu"

@@ -8,7 +8,7 @@
 #     128 px seeds 0 and 1 (3 epochs of 64k images, 3072 steps), then 256 px seed 0 (3 epochs of 32k)
 #   RECIPE=b (run 3): DeiT-scaled learning rates for a from-scratch ViT at batch 64 (lr 2e-4, tower
 #     5e-5, 500 warm-up steps); 128 px count_plus (3072 steps), 128 px `count` (1 epoch), 256 px count_plus
-#   RECIPE=c (default; prepared for the next session, not run yet): lr 1e-4 for connector + head and tower, 500 warm-up steps
+#   RECIPE=c (default; prepared, never run: superseded by gpu_session_glyph13.sh, which found the cause): lr 1e-4 for connector + head and tower, 500 warm-up steps
 #     (the CPU diagnosis' setting that leaves chance); 128 px count_plus, 5 epochs of 64k images (5120 steps),
 #     seeds 0 and 1 (~3.5 min each at ~1700 images/s per H100)
 # Results are tarred into $OUT/results.tgz after every phase.
@@ -22,7 +22,7 @@ PY=${PYTHON:-python3}
 MODEL=smolvlm
 FACTORS=(1 2 4 8)
 COMMON=(--set task.compile=false --set data.task=count_plus --set data.val_size=2048 --set data.num_workers=14
-        --set trainer.max_epochs=3)
+        --set trainer.max_epochs=3 --set data.glyph_size=null)  # the default glyph (5 px at 128-256 px), as run
 RECIPE=${RECIPE:-c}
 if [ "$RECIPE" = a ]; then
   COMMON+=(--set task.lr=1e-3 --set task.tower_lr=3e-4 --set task.warmup_steps=100)
@@ -37,7 +37,7 @@ P256=(--set model.input_size=256 --set data.train_size=32768)
 if [ -n "${SMOKE:-}" ]; then
   MODEL=smolvlm_debug
   COMMON=(--set task.compile=false --set data.task=count_plus --set data.val_size=16 --set task.batch_size=8
-          --set trainer.accelerator=cpu --set trainer.max_epochs=1)
+          --set trainer.accelerator=cpu --set trainer.max_epochs=1 --set data.glyph_size=null)
   P128=(--set model.input_size=32 --set data.train_size=32)
   P256=(--set model.input_size=64 --set data.train_size=32)
   P128C=(--set model.input_size=32 --set data.train_size=32 --set data.task=count)

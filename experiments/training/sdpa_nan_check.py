@@ -1,0 +1,65 @@
+"""Does an SDPA backend return non-finite gradients at the attention shapes of a vtlab training step?
+
+The attention-pool head runs SDPA with one query per image (Sq=1) over the visual tokens; the tower runs
+self-attention over the patches. Upstream reports cuDNN's bf16 SDPA backward returning NaN when every logit of
+a query row is strongly negative (logsumexp below about -88: NVIDIA/cudnn-frontend#1072 for Sq=1,
+pytorch/pytorch#196678 with masks). This builds such inputs (logits shifted by `shift`, finite everywhere),
+runs forward + backward with each backend pinned, and counts non-finite elements of dQ, dK, dV.
+
+    python experiments/training/sdpa_nan_check.py --out results/sdpa_nan_check.json     # a CUDA GPU
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from torch.nn.attention import SDPBackend, sdpa_kernel
+
+BACKENDS = {"cudnn": SDPBackend.CUDNN_ATTENTION, "flash": SDPBackend.FLASH_ATTENTION,
+            "efficient": SDPBackend.EFFICIENT_ATTENTION, "math": SDPBackend.MATH}
+# (name, batch, heads, query length, key length, head dim): smolvlm at 128 px (8x8 patches), factors 1..8
+SHAPES = [("head_f1", 64, 8, 1, 64, 72), ("head_f2", 64, 8, 1, 16, 72), ("head_f4", 64, 8, 1, 4, 72),
+          ("head_f8", 64, 8, 1, 1, 72), ("tower_128px", 64, 12, 64, 64, 64), ("tower_512px", 8, 12, 1024, 1024, 64)]
+
+
+def check(backend: str, b: int, h: int, sq: int, sk: int, d: int, shift: float) -> dict:
+    g = torch.Generator(device="cuda").manual_seed(0)
+    q = torch.randn(b, h, sq, d, device="cuda", generator=g) * 0.1
+    k = torch.randn(b, h, sk, d, device="cuda", generator=g) * 0.1
+    q[..., 0], k[..., 0] = 1.0, shift * math.sqrt(d)  # every logit ~ shift
+    q, k = q.bfloat16().requires_grad_(), k.bfloat16().requires_grad_()
+    v = torch.randn(b, h, sk, d, device="cuda", generator=g).bfloat16().requires_grad_()
+    try:
+        with sdpa_kernel([BACKENDS[backend]]):
+            out = F.scaled_dot_product_attention(q, k, v)
+            out.backward(torch.randn(out.shape, device="cuda", generator=g).bfloat16())
+    except RuntimeError as exc:
+        return {"error": str(exc).splitlines()[0][:120]}
+    bad = {n: int((~torch.isfinite(t.grad)).sum()) for n, t in (("dq", q), ("dk", k), ("dv", v))}
+    return {**bad, "out_nonfinite": int((~torch.isfinite(out)).sum())}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--out", type=Path, required=True)
+    ap.add_argument("--shifts", default="0,-50,-100,-150")
+    a = ap.parse_args()
+    rows = []
+    for name, *shape in SHAPES:
+        for shift in (float(s) for s in a.shifts.split(",")):
+            for backend in BACKENDS:
+                r = check(backend, *shape, shift)
+                rows.append({"shape": name, "bhqkd": shape, "shift": shift, "backend": backend, **r})
+                print(rows[-1], flush=True)
+    a.out.parent.mkdir(parents=True, exist_ok=True)
+    a.out.write_text(json.dumps({"torch": torch.__version__, "cudnn": torch.backends.cudnn.version(),
+                                 "device": torch.cuda.get_device_name(), "rows": rows}, indent=1))
+
+
+if __name__ == "__main__":
+    main()
