@@ -28,6 +28,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # hf_tower.py beside this file
 
 from vtlab.api import compose_config, to_config  # noqa: E402
+from vtlab.attention import check_backend, pinned  # noqa: E402
 from vtlab.connectors import build_connector  # noqa: E402
 from vtlab.lit import OptimSettings, VisionClassifier  # noqa: E402
 from vtlab.stack import VisionStack  # noqa: E402
@@ -96,7 +97,8 @@ def write_outputs(rows: list[dict], meta: dict, out: Path) -> None:
     base = {(r["tower"], r["mode"]): r["images_per_s"] for r in rows if r.get("images_per_s")}
     lines = [
         f"# Training-step throughput: {meta['model']} (factor {meta['factor']}, {meta['tokens']} tokens), "
-        f"batch {meta['batch']}, {meta['precision']}, freeze={meta['freeze']}",
+        f"batch {meta['batch']}, {meta['precision']}, freeze={meta['freeze']}, "
+        f"SDPA {meta.get('attention_backend', 'auto')}",
         "",
         f"device: {meta['device_name']}; torch {meta['torch']}; transformers {meta['transformers']}",
         "",
@@ -146,10 +148,14 @@ def main() -> None:
     ap.add_argument("--classes", type=int, default=4)
     ap.add_argument("--precision", default="bf16-mixed", choices=["bf16-mixed", "32-true"])
     ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    ap.add_argument("--attention-backend", default="auto",
+                    help="SDPA kernels during the steps: auto (PyTorch's choice) or as task.attention_backend, "
+                         "e.g. no_cudnn (the train task's default)")
     ap.add_argument("--out", type=Path, required=True)
     args = ap.parse_args()
 
     device = torch.device(args.device)
+    check_backend(args.attention_backend, device)
     if device.type == "cuda":
         torch.backends.cuda.matmul.allow_tf32 = True
         torch.backends.cudnn.allow_tf32 = True
@@ -164,7 +170,8 @@ def main() -> None:
                 lit.compile_stack()
             print(f"-- {tower_name} {mode} ...", flush=True)
             try:
-                row = {"tower": tower_name, "mode": mode, **measure(lit, args, device)}
+                with pinned(args.attention_backend):
+                    row = {"tower": tower_name, "mode": mode, **measure(lit, args, device)}
             except Exception as exc:  # keep the other variants (e.g. a compile failure in one tower)
                 row = {"tower": tower_name, "mode": mode, "error": f"{exc.__class__.__name__}: {exc}"}
             print(row, flush=True)
@@ -180,6 +187,7 @@ def main() -> None:
         "model": args.model, "overrides": args.override, "factor": cfg.connector.factor, "tokens": probe.num_tokens,
         "input_size": probe.input_size, "batch": args.batch, "steps": args.steps, "warmup": args.warmup,
         "repeats": args.repeats, "precision": args.precision, "freeze": args.freeze,
+        "attention_backend": args.attention_backend,
         "device_name": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
         "torch": torch.__version__, "transformers": transformers.__version__,
     }
