@@ -12,7 +12,7 @@ in-process sweep), writing to `<out>/f<factor>[-s<seed>]/`. The script then coll
 into `results.json`, `results.md` and `accuracy_vs_tokens.png` in `--out`. Cells that already have a
 results.json are not re-run (delete the folder to redo one), so an interrupted sweep can be continued.
 
-GPU (one H100/H200: 4 cells one after the other, ~3 min each; or one process per cell, see gpu_session_glyph13.sh):
+GPU (one H100/H200: 4 cells one after the other, ~3 min each by the measured ~1500-1800 img/s; or one process per cell, see gpu_session_glyph13.sh):
     python experiments/training/accuracy_vs_tokens.py --out experiments/training/results/acc_vs_tokens --seeds 0,1,2
 CPU smoke (seconds):
     python experiments/training/accuracy_vs_tokens.py --model smolvlm_debug --factors 1,2,4,8 \
@@ -53,8 +53,13 @@ GPU_DEFAULTS = [
 ]
 
 
+def cell_dir(out: Path, factor: int, seed: int) -> Path:
+    """The run folder of one (factor, seed) cell: f4, f4-s1, ..."""
+    return out / (f"f{factor}" + (f"-s{seed}" if seed else ""))
+
+
 def run_cell(python: str, model: str, factor: int, seed: int, out: Path, sets: list[str], dry: bool) -> dict | None:
-    cell = out / (f"f{factor}" + (f"-s{seed}" if seed else ""))
+    cell = cell_dir(out, factor, seed)
     result = cell / "results.json"
     if result.exists():
         print(f"[skip] {cell} (results.json exists)")

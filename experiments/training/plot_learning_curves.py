@@ -15,9 +15,7 @@ import json
 import statistics
 from pathlib import Path
 
-
-def cell_dir(run: Path, factor: int, seed: int) -> Path:
-    return run / (f"f{factor}" if seed == 0 else f"f{factor}-s{seed}")  # accuracy_vs_tokens.py's cell names
+from accuracy_vs_tokens import cell_dir  # beside this file
 
 
 def val_curve(cell: Path) -> list[tuple[int, float]]:
@@ -38,11 +36,12 @@ def main() -> None:
     factors = sorted({r["factor"] for r in rows})
     colours = dict(zip(factors, plt.rcParams["axes.prop_cycle"].by_key()["color"], strict=False))
     fig, (left, right) = plt.subplots(1, 2, figsize=(10, 3.8))
+    first_seed = min(r["seed"] for r in rows)  # one legend entry per factor
     for r in rows:
         curve = val_curve(cell_dir(a.run, r["factor"], r["seed"]))
         print(f"f{r['factor']} seed {r['seed']}: " + " ".join(f"{s}:{v:.3f}" for s, v in curve))
         left.plot(*zip(*curve, strict=True), "o-", ms=3, color=colours[r["factor"]], alpha=0.8,
-                  label=f"f{r['factor']} ({r['tokens']} tokens)" if r["seed"] == min(x["seed"] for x in rows) else None)
+                  label=f"f{r['factor']} ({r['tokens']} tokens)" if r["seed"] == first_seed else None)
     chance = rows[0]["chance_acc"]
     left.axhline(chance, color="gray", ls=":", label="chance")
     left.set(xlabel="optimizer step", ylabel="val accuracy", title="val accuracy during training (one line per seed)")

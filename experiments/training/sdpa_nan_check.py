@@ -18,10 +18,9 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
-from torch.nn.attention import SDPBackend, sdpa_kernel
 
-BACKENDS = {"cudnn": SDPBackend.CUDNN_ATTENTION, "flash": SDPBackend.FLASH_ATTENTION,
-            "efficient": SDPBackend.EFFICIENT_ATTENTION, "math": SDPBackend.MATH}
+from vtlab.attention import BACKENDS, pinned
+
 # (name, batch, heads, query length, key length, head dim): smolvlm at 128 px (8x8 patches), factors 1..8
 SHAPES = [("head_f1", 64, 8, 1, 64, 72), ("head_f2", 64, 8, 1, 16, 72), ("head_f4", 64, 8, 1, 4, 72),
           ("head_f8", 64, 8, 1, 1, 72), ("tower_128px", 64, 12, 64, 64, 64), ("tower_512px", 8, 12, 1024, 1024, 64)]
@@ -35,7 +34,7 @@ def check(backend: str, b: int, h: int, sq: int, sk: int, d: int, shift: float) 
     q, k = q.bfloat16().requires_grad_(), k.bfloat16().requires_grad_()
     v = torch.randn(b, h, sk, d, device="cuda", generator=g).bfloat16().requires_grad_()
     try:
-        with sdpa_kernel([BACKENDS[backend]]):
+        with pinned(backend):
             out = F.scaled_dot_product_attention(q, k, v)
             out.backward(torch.randn(out.shape, device="cuda", generator=g).bfloat16())
     except RuntimeError as exc:

@@ -22,7 +22,7 @@ from vtlab.errors import ConfigError
 from vtlab.lit import OptimSettings, VisionClassifier, architecture, check_architecture, load_checkpoint
 from vtlab.run import RunContext
 from vtlab.tasks._common import build_datamodule, metric, model_facts, publish, resolve_ckpt_path
-from vtlab.trainer import build_trainer, checkpoint_callbacks, resolve_precision
+from vtlab.trainer import build_trainer, checkpoint_callbacks, on_gpu, resolve_precision
 
 
 class _LastValStep(pl.Callback):
@@ -43,8 +43,7 @@ def _saved_step(callback: Any) -> int:
 def check(ctx: RunContext) -> None:
     """Refuse an SDPA backend the device lacks, and a fresh run into a directory holding an earlier run's
     checkpoints (it would overwrite them)."""
-    on_cpu = ctx.cfg.trainer.accelerator == "cpu" or not torch.cuda.is_available()
-    check_backend(ctx.cfg.task.attention_backend, torch.device("cpu" if on_cpu else "cuda"))
+    check_backend(ctx.cfg.task.attention_backend, torch.device("cuda" if on_gpu(ctx.cfg.trainer.accelerator) else "cpu"))
     earlier = sorted((ctx.out_dir / "checkpoints").glob("*.ckpt"))
     if earlier and not ctx.cfg.task.ckpt_path and int(os.environ.get("LOCAL_RANK", 0)) == 0:  # ranks > 0 share it
         raise ConfigError(
@@ -78,15 +77,14 @@ def train(ctx: RunContext, tracker: Any) -> tuple[dict[str, Any], pl.Trainer]:
     meter, last_val = ThroughputMeter(), _LastValStep()
     ckpt_cbs = checkpoint_callbacks(ctx.out_dir / "checkpoints", t.keep_every_n_epochs)
     trainer = build_trainer(ctx, tracker, [*ckpt_cbs, meter, last_val])
-    start = time.perf_counter()
-    with pinned(t.attention_backend):  # process-wide SDPA flags: compiled graphs, validation and ranks see them too
-        trainer.fit(lit, datamodule=dm, ckpt_path=ckpt_path)
-    fit_s = time.perf_counter() - start
     last_path = ctx.out_dir / "checkpoints" / "last.ckpt"
-    if not trainer.fast_dev_run and trainer.global_step > 0 and _saved_step(ckpt_cbs[1]) != trainer.global_step:
-        trainer.save_checkpoint(last_path)  # stopped mid-epoch (max_steps / max_time): last.ckpt = final weights
-    if last_val.step != trainer.global_step and not trainer.fast_dev_run:
-        with pinned(t.attention_backend):
+    with pinned(t.attention_backend):  # process-wide SDPA flags: compiled graphs, validation and ranks see them too
+        start = time.perf_counter()
+        trainer.fit(lit, datamodule=dm, ckpt_path=ckpt_path)
+        fit_s = time.perf_counter() - start
+        if not trainer.fast_dev_run and trainer.global_step > 0 and _saved_step(ckpt_cbs[1]) != trainer.global_step:
+            trainer.save_checkpoint(last_path)  # stopped mid-epoch (max_steps / max_time): last.ckpt = final weights
+        if last_val.step != trainer.global_step and not trainer.fast_dev_run:
             trainer.validate(lit, datamodule=dm, verbose=False)  # final metrics at the final weights
     m = trainer.callback_metrics
     best = ckpt_cbs[0]
