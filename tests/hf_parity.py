@@ -26,8 +26,8 @@ from typing import Any
 import torch
 from torch import nn
 
-from vtlab.stack import VisionStack
-from vtlab.towers import VisionTower
+from vtlab.models.stack import VisionStack
+from vtlab.models.towers import VisionTower
 
 _RENAMES = [
     (r"^embeddings\.patch_embedding\.", "patch_embed."),

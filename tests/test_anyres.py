@@ -23,7 +23,7 @@ import pytest
 import torch
 from PIL import Image
 
-from vtlab.tiling.anyres import (
+from vtlab.families.llava_next import (
     GRANITE_PINPOINTS,
     AnyresLayout,
     anyres_frames,

@@ -231,7 +231,7 @@ def test_review_composition_errors_name_the_key(overrides, fragment):
 
 
 def test_review_bad_device_name_is_a_config_error():
-    from vtlab.measure import resolve_device
+    from vtlab.measure.timing import resolve_device
 
     with pytest.raises(ConfigError, match="task.device=gpu is not a device"):
         resolve_device("gpu")

@@ -14,7 +14,7 @@ from transformers.models.idefics3.modeling_idefics3 import Idefics3Connector, Id
 
 import vtlab
 from vtlab.api import compose_config, to_config
-from vtlab.connectors import build_connector, pixel_unshuffle
+from vtlab.models.connectors import build_connector, pixel_unshuffle
 
 CONNECTOR_TOL = 1e-6
 TOWER_TOL = 1e-5

@@ -184,7 +184,7 @@ def test_unreadable_image_names_the_file(tmp_path):
 def test_preset_transform_follows_the_family():
     """siglip: BICUBIC (SiglipImageProcessor); idefics3 (SmolVLM): LANCZOS, as its global frame."""
     from vtlab.api import compose_config, to_config
-    from vtlab.data.transforms import preset_transform
+    from vtlab.families import frame_transform as preset_transform
 
     rng = np.random.default_rng(1)
     img = Image.fromarray(rng.integers(0, 256, size=(48, 40, 3), dtype=np.uint8))

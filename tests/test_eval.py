@@ -9,7 +9,7 @@ import torch
 from train_helpers import TINY, cli, run_inproc
 
 from vtlab.errors import ConfigError
-from vtlab.lit import ArchitectureMismatchError
+from vtlab.errors import ArchitectureMismatchError
 
 
 @pytest.fixture(scope="module")

@@ -13,7 +13,7 @@ import pytest
 import torch
 from PIL import Image
 
-from vtlab.tiling.idefics3 import (
+from vtlab.families.idefics3 import (
     SplitLayout,
     frame_tokens,
     pack_split,

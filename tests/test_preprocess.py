@@ -8,16 +8,11 @@ import torch
 from PIL import Image
 
 from vtlab.api import compose_config, to_config
-from vtlab.preprocess import (
-    Idefics3Preprocessor,
-    LlavaNextPreprocessor,
-    SiglipPreprocessor,
-    encoder_multiple_size,
-    longest_edge_size,
-    preprocess,
-    processor_for,
-    to_uint8_hwc,
-)
+from vtlab.families import preprocess, processor_for
+from vtlab.families.idefics3 import Idefics3Preprocessor, encoder_multiple_size, longest_edge_size
+from vtlab.families.llava_next import LlavaNextPreprocessor
+from vtlab.families.pixels import to_uint8_hwc
+from vtlab.families.siglip import SiglipPreprocessor
 
 TOL = 1e-5
 SIZES = [(50, 80), (120, 37), (64, 64), (300, 200), (17, 250), (97, 96)]  # (H, W): wide, tall, square, odd

@@ -9,7 +9,7 @@ import pickle
 import pytest
 
 from vtlab.errors import ConfigError
-from vtlab.lit import load_checkpoint
+from vtlab.train.checkpoint import load_checkpoint
 
 
 class _RunsCode:

@@ -11,9 +11,9 @@ import torch
 
 import vtlab
 from vtlab.api import build_stack, compose_config
-from vtlab.measure import count_flops
-from vtlab.report import closed_form_flops
-from vtlab.stack import VisionStack
+from vtlab.measure.flops import count_flops
+from vtlab.measure.flops import closed_form_flops
+from vtlab.models.stack import VisionStack
 
 DEBUG = {  # preset: (grid side, tower width, text hidden)
     "siglip_debug": (14, 32, 64),

@@ -67,7 +67,7 @@ def test_profile_sweep_with_offline_wandb_logs_one_run_per_cell_and_the_sweep(tm
 
 
 def test_summary_of_partial_sweep_orders_jobs_and_keeps_failures(tmp_path: Path) -> None:
-    from vtlab.sweep import SweepSummary, write_summary
+    from vtlab.results.sweep import SweepSummary, write_summary
 
     def cell(name: str, result: dict) -> None:
         (tmp_path / name).mkdir()

@@ -22,8 +22,8 @@ from PIL import Image
 
 import vtlab
 from vtlab.api import compose_config, to_config
-from vtlab.tiling import Tiler
-from vtlab.tiling.plan import default_pinpoints
+from vtlab.families import Tiler
+from vtlab.families.llava_next import default_pinpoints
 
 TOL = 1e-5
 SIZES = [(150, 230), (64, 64), (40, 300), (333, 97)]  # (H, W)

@@ -17,7 +17,7 @@ from transformers.models.idefics3.modeling_idefics3 import Idefics3VisionTransfo
 
 import vtlab
 from vtlab.api import compose_config, to_config
-from vtlab.towers import build_tower
+from vtlab.models.towers import build_tower
 
 TOL = 1e-5
 DEBUG_PRESETS = ["siglip_debug", "smolvlm_debug", "llavanext_debug"]  # 14x14, 8x8 and floored 9x9 (66px/7px)

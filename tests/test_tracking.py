@@ -59,8 +59,8 @@ def test_online_without_account_or_network_still_finishes(tmp_path: Path) -> Non
 
 def test_wandb_mode_and_dir_follow_the_environment(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     from vtlab.api import compose_config, to_config
-    from vtlab.run import RunContext
-    from vtlab.tracking import Tracker, open_tracker, wandb_dir, wandb_mode
+    from vtlab.results.record import RunContext
+    from vtlab.results.tracking import Tracker, open_tracker, wandb_dir, wandb_mode
 
     monkeypatch.delenv("WANDB_MODE", raising=False)
     monkeypatch.delenv("WANDB_DIR", raising=False)
@@ -75,7 +75,7 @@ def test_wandb_mode_and_dir_follow_the_environment(tmp_path: Path, monkeypatch: 
 
 
 def test_scalars_flatten_modes_and_skip_non_numbers() -> None:
-    from vtlab.tracking import scalars
+    from vtlab.results.tracking import scalars
 
     flat = scalars({"tokens": 64, "latency_ms": 1.5, "model": "smolvlm", "ok": True, "latency_ms_all": [1.0, 2.0],
                     "modes": {"eager": {"latency_ms": 1.5, "status": "ok"}, "cudagraphs": {"status": "skipped"}},
@@ -86,7 +86,7 @@ def test_scalars_flatten_modes_and_skip_non_numbers() -> None:
 def test_log_sweep_is_a_no_op_without_wandb(tmp_path: Path) -> None:
     from omegaconf import OmegaConf
 
-    from vtlab.tracking import log_sweep
+    from vtlab.results.tracking import log_sweep
 
     for kind, mode in (("none", "offline"), ("csv", "offline"), ("wandb", "disabled")):
         logger = OmegaConf.create({"kind": kind, "mode": mode, "project": "p", "entity": None, "tags": []})

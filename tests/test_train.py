@@ -14,7 +14,8 @@ import torch
 from train_helpers import ONE_THREAD, REPO, TINY, cli, make_ctx, run_inproc
 
 from vtlab.api import build
-from vtlab.lit import NonFiniteLossError, OptimSettings, VisionClassifier, warmup_cosine
+from vtlab.errors import NonFiniteLossError
+from vtlab.train.module import OptimSettings, VisionClassifier, warmup_cosine
 
 
 def test_fast_dev_run_train_cli(tmp_path):

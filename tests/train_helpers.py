@@ -13,7 +13,7 @@ from typing import Any
 import torch
 
 from vtlab.api import compose_config, to_config
-from vtlab.run import RunContext
+from vtlab.results.record import RunContext
 
 REPO = Path(__file__).resolve().parents[1]
 

@@ -17,9 +17,14 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
 from omegaconf import DictConfig
 
-from vtlab.config import model_names, register_configs
+from hydra.core.override_parser.overrides_parser import OverridesParser
+
+from vtlab.config.compose import compose_config, to_config
+from vtlab.config.presets import config_dir, group_options, model_names
+from vtlab.config.schema import register_configs
 from vtlab.errors import ConfigError, InvalidCellError, VtlabError
-from vtlab.paths import config_dir, group_options
+from vtlab.results.record import RunContext, record_not_run
+from vtlab.tasks import run_task
 
 register_configs()
 
@@ -34,10 +39,6 @@ FAILED_CELLS: list[str] = []  # sweep cells refused or stopped by a VtlabError (
 
 @hydra.main(version_base="1.3", config_path=str(config_dir()), config_name="config")
 def _app(raw: DictConfig) -> None:
-    from vtlab.api import to_config
-    from vtlab.run import RunContext
-    from vtlab.tasks import run_task
-
     hc = HydraConfig.get()
     model_choice = hc.runtime.choices.get("model")
     is_sweep = hc.mode == RunMode.MULTIRUN
@@ -49,9 +50,7 @@ def _app(raw: DictConfig) -> None:
         """Outside a sweep: the one-line error. Inside: record the cell (the sweep goes on, its summary shows it)."""
         if not is_sweep:
             _fail(str(exc))
-        from vtlab.tasks.skip import record_skipped
-
-        record_skipped(raw, out_dir, model_choice, str(exc), overrides, hc, status=status)
+        record_not_run(raw, out_dir, model_choice, str(exc), overrides, status=status)
         if status == "failed":
             FAILED_CELLS.append(f"{out_dir.name}: {exc}")
 
@@ -73,9 +72,6 @@ def _app(raw: DictConfig) -> None:
         job_num=hc.job.num if is_sweep else None,
         overrides=overrides,
     )
-    if not is_sweep and cfg.task.name.value in ("profile", "bench") and (out_dir / "results.json").exists():
-        _fail(f"out_dir={out_dir} already holds results.json of an earlier run, which this run would overwrite; "
-              f"choose another out_dir (or leave it unset for a fresh outputs/<date>/<time>/)")
     try:
         run_task(ctx)
     except VtlabError as exc:
@@ -112,10 +108,6 @@ def check_composition(argv: list[str]) -> str | None:
     sweep override is checked (with the first value of the others); `hydra.*` overrides and
     anything the override parser rejects are left to Hydra.
     """
-    from hydra.core.override_parser.overrides_parser import OverridesParser
-
-    from vtlab.api import compose_config
-
     try:
         parsed = OverridesParser.create().parse_overrides([a for a in argv if not a.startswith("-")])
         base: list[str] = []

@@ -1,8 +1,9 @@
-"""Errors that vtlab reports to the user as one clear message (no traceback).
+"""Every error that vtlab reports to the user as one clear message (no traceback).
 
-`ConfigError` is raised by validation before anything is built; the CLI prints its message and exits
-with status 2. `InvalidCellError` is the subset that makes one cell of a sweep impossible (for example
-a factor that does not divide the patch grid): inside a `-m` sweep such a cell is recorded as skipped.
+`ConfigError` is raised by validation before anything is built; the CLI prints `vtlab: error: <message>` and
+exits with status 2. `InvalidCellError` is the subset that makes one cell of a sweep impossible (for example
+a factor that does not divide the patch grid): inside a `-m` sweep such a cell is recorded as skipped. The
+others are raised while a run works (a checkpoint that does not fit, unreadable data, a NaN loss).
 """
 
 from __future__ import annotations
@@ -22,3 +23,15 @@ class InvalidCellError(ConfigError):
 
 class CheckpointError(ConfigError):
     """A checkpoint cannot be read or does not fit the model (vtlab.checkpoints); the message says why."""
+
+
+class ArchitectureMismatchError(ConfigError):
+    """A training checkpoint was written for another architecture than the current config describes."""
+
+
+class DataError(VtlabError):
+    """The data on disk cannot be used as is (unreadable image, ...)."""
+
+
+class NonFiniteLossError(VtlabError):
+    """The training loss became NaN or infinite; the run stops without touching earlier checkpoints."""

@@ -29,9 +29,9 @@ from pathlib import Path
 import torch
 
 import vtlab
-from vtlab.checkpoints.export import hf_vision_config
-from vtlab.measure import tower_flops_closed_form
-from vtlab.towers.kernels import configure_kernels
+from vtlab.families.siglip import hf_vision_config
+from vtlab.measure.flops import tower_flops_closed_form
+from vtlab.models.sdpa import configure as configure_kernels
 
 BATCH = {"siglip": 256, "smolvlm": 64, "llavanext": 64}
 BASELINE_2026_11_27 = {  # performance.md section 6: best of HF/timm compiled (img/s), HF reduce-overhead (ms)
@@ -209,7 +209,7 @@ def bench_preset(preset: str, args: argparse.Namespace, device: torch.device) ->
         del hf32
         row["check"]["hf_bf16_vs_fp32"] = rel_err(ref, ref32)
         row["check"]["timm_bf16_vs_fp32"] = rel_err(fns["timm"](x[:2]), ref32)
-        configure_kernels(native, attention=args.attention, fused_gelu=args.fused_gelu)
+        configure_kernels(native, args.attention, fused_gelu=args.fused_gelu)
         row["check"]["native_fast_vs_hf"] = rel_err(native(x[:2]), ref)
         row["check"]["native_fast_bf16_vs_fp32"] = rel_err(native(x[:2]), ref32)
         row["backends"]["native"] = sdpa_backend_ran(lambda: native(x[:2]))

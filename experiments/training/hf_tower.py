@@ -17,7 +17,7 @@ class HFSiglipTower(nn.Module):
         super().__init__()
         from transformers import SiglipVisionConfig, SiglipVisionModel
 
-        from vtlab.checkpoints.export import hf_vision_config
+        from vtlab.families.siglip import hf_vision_config
 
         if model_cfg.feature_layers is not None:
             raise ValueError("HFSiglipTower supports post-LN last-layer features only (model.feature_layers=null)")

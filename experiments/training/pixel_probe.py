@@ -20,9 +20,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from vtlab.connectors.pixel_unshuffle import pixel_unshuffle
+from vtlab.models.connectors.pixel_unshuffle import pixel_unshuffle
 from vtlab.data.synthetic import GlyphCount, GlyphSpec
-from vtlab.heads import build_head
+from vtlab.models.heads import build_head
 
 
 def patches(ds: GlyphCount, n: int, patch: int) -> tuple[torch.Tensor, torch.Tensor]:

@@ -19,7 +19,7 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from vtlab.attention import BACKENDS, pinned
+from vtlab.models.sdpa import BACKENDS, pinned
 
 # (name, batch, heads, query length, key length, head dim): smolvlm at 128 px (8x8 patches), factors 1..8
 SHAPES = [("head_f1", 64, 8, 1, 64, 72), ("head_f2", 64, 8, 1, 16, 72), ("head_f4", 64, 8, 1, 4, 72),

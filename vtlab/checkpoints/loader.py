@@ -23,6 +23,7 @@ import torch
 from vtlab.checkpoints.layouts import Layout, detect, native_to_hf, to_native
 from vtlab.checkpoints.sources import Source, read_shapes, read_tensors, resolve
 from vtlab.errors import CheckpointError
+from vtlab.families import get_family
 
 MAX_LISTED = 8
 
@@ -36,8 +37,8 @@ def _ckpt_names(native: str, layout: Layout) -> str:
     """How a native key is spelled in the checkpoint's own layout (best effort, for messages)."""
     if layout.style == "hf" and layout.family:
         names = native_to_hf(native, layout.family)
-        hub = {"siglip": "vision_model.", "idefics3": "model.vision_model.", "llava_next": "vision_tower.vision_model."}
-        names = [layout.prefix + n[len(hub[layout.family]):] if n.startswith(hub[layout.family]) else n for n in names]
+        hub = get_family(layout.family).hub_prefix
+        names = [layout.prefix + n[len(hub):] if n.startswith(hub) else n for n in names]
         return " / ".join(names)
     return native
 
@@ -111,7 +112,7 @@ def load_weights(stack: torch.nn.Module, path: str, cfg: Any = None) -> dict[str
                               + "; ".join(problems) + "." + hint + " Nothing was loaded.")
 
     stack.load_state_dict(tensors, strict=True)
-    if newline is not None:
+    if newline is not None:  # a checkpoint's image_newline for a stack built without one (no anyres tiling)
         param = next(stack.parameters(), None)
         like = param if param is not None else newline
         stack.register_buffer("image_newline", newline.to(device=like.device, dtype=like.dtype))

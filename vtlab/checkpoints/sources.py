@@ -11,10 +11,13 @@ from __future__ import annotations
 
 import json
 import os
+import pickle
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import torch
+from safetensors import safe_open
 
 from vtlab.errors import CheckpointError
 
@@ -171,27 +174,31 @@ def _unwrap(obj: object, spec: str) -> dict[str, torch.Tensor]:
     )
 
 
-def _torch_load(path: Path, spec: str) -> dict[str, torch.Tensor]:
-    import pickle
-
+def torch_load(path: Path, spec: str) -> Any:
+    """`torch.load(weights_only=True)` on CPU: tensors and plain data only; a pickle that would run code, or a
+    corrupt file, is a CheckpointError naming the file."""
     try:
         obj = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as exc:
         lines = [ln.strip() for ln in str(exc).splitlines() if "GLOBAL" in ln or "Unsupported" in ln]
         first = lines[0] if lines else type(exc).__name__
         raise CheckpointError(
-            f"checkpoint {spec}: refused to load {path}: it contains pickled Python objects that are not plain "
-            f"tensors, and vtlab only loads weights safely (torch.load(weights_only=True)); convert it to "
-            f"safetensors or a plain state dict. Detail: {first}"
+            f"checkpoint {spec}: refused to load {path}: it cannot be read safely, it contains pickled Python "
+            f"objects that are not tensors or plain data ({first}). vtlab never unpickles code: it reads safetensors "
+            f"files and torch files of plain tensors (torch.load(weights_only=True)); convert it to safetensors or "
+            f"a plain state dict"
         ) from None
     except Exception as exc:  # noqa: BLE001 - garbage bytes surface as KeyError, IndexError, ... from the unpickler
-        raise CheckpointError(f"checkpoint {spec}: {path} is truncated or corrupt ({type(exc).__name__}: {exc})") from None
-    return _unwrap(obj, spec)
+        raise CheckpointError(f"checkpoint {spec}: {path} cannot be read: it is truncated or corrupt "
+                              f"({type(exc).__name__}: {exc})") from None
+    return obj
+
+
+def _torch_load(path: Path, spec: str) -> dict[str, torch.Tensor]:
+    return _unwrap(torch_load(path, spec), spec)
 
 
 def _safetensors_open(path: Path, spec: str):
-    from safetensors import safe_open
-
     try:
         return safe_open(str(path), framework="pt", device="cpu")
     except Exception as exc:  # safetensors raises its own SafetensorError / OSError types

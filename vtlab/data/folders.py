@@ -14,19 +14,17 @@ from PIL import Image, UnidentifiedImageError
 from torchvision.datasets import ImageFolder
 from torchvision.datasets.folder import IMG_EXTENSIONS
 
-from vtlab.errors import ConfigError, VtlabError
-
-
-class DataError(VtlabError):
-    """The data on disk cannot be used as is (unreadable image, ...)."""
+from vtlab.errors import ConfigError, DataError
 
 
 def load_rgb(path: str) -> Image.Image:
-    """Open an image as RGB, or raise DataError naming the file."""
+    """Open and decode an image (its own mode: the family preprocessor converts RGBA, P, LA as upstream does), or
+    raise DataError naming the file."""
     try:
         with open(path, "rb") as fh:
             img = Image.open(fh)
-            return img.convert("RGB")
+            img.load()  # decode now (errors surface here); the family's preprocessor converts the mode
+            return img
     except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as exc:
         raise DataError(f"cannot read image {path}: {exc.__class__.__name__}: {exc}; remove or replace the file") from None
 

@@ -1,29 +1,41 @@
-"""Tasks a run can perform (`task=profile|bench|train|eval`); each takes a RunContext and writes results."""
+"""The tasks a run can perform, one module each: `TASKS[name] = Task(check, run)`.
+
+`run_task(ctx)` is the one wrapper around every task: the task's `check` (refusals that need the run folder,
+e.g. a results.json it would overwrite) runs before the tracker opens, the tracker is always finished
+(`wandb.finish()`), and the task writes its one record through `ctx.write_result`.
+"""
 
 from __future__ import annotations
 
-from importlib import import_module
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
 
-from vtlab.run import RunContext
+from vtlab.results.record import RunContext
+from vtlab.results.tracking import open_tracker
+from vtlab.tasks import bench, evaluate, profile, train
 
-TASKS = {
-    "profile": "vtlab.tasks.profile",
-    "bench": "vtlab.tasks.bench",
-    "train": "vtlab.tasks.train",
-    "eval": "vtlab.tasks.evaluate",
+
+@dataclass(frozen=True)
+class Task:
+    check: Callable[[RunContext], None]
+    run: Callable[[RunContext, Any], dict[str, Any]]
+
+
+TASKS: dict[str, Task] = {
+    "profile": Task(profile.check, profile.run),
+    "bench": Task(bench.check, bench.run),
+    "train": Task(train.check, train.run),
+    "eval": Task(evaluate.check, evaluate.run),
 }
 
 
-def run_task(ctx: RunContext) -> dict:
+def run_task(ctx: RunContext) -> dict[str, Any]:
     """Run the configured task with its tracker open, and always close the tracker (wandb.finish())."""
-    from vtlab.tracking import open_tracker
-
-    name = ctx.cfg.task.name.value
-    module = import_module(TASKS[name])
-    if hasattr(module, "check"):  # refusals (e.g. a run dir it would overwrite) before any tracker run opens
-        module.check(ctx)
+    task = TASKS[str(ctx.cfg.task.name)]
+    task.check(ctx)  # refusals before any tracker run opens
     tracker = open_tracker(ctx)
     try:
-        return module.run(ctx, tracker)
+        return task.run(ctx, tracker)
     finally:
         tracker.finish()

@@ -3,8 +3,8 @@
 For the stack of the composed config it records tokens handed to the LM, parameters and FLOPs per stage,
 latency at batch 1 (p50, p90), throughput at a large batch (images/s, visual tokens/s), peak memory,
 achieved TFLOP/s and its share (`mfu`) of a matmul ceiling measured in the same process, the attention
-kernel that ran, and the LM-side prefill FLOPs of the visual tokens. Method: performance.md 1b and 3.14
-(warm-up past compilation, synchronise before each clock read, randn inputs, medians).
+kernel that ran, and the LM-side prefill FLOPs of the visual tokens. Method: warm-up past compilation,
+synchronise before each clock read, randn inputs, medians (timm's benchmark.py).
 
 `results.json` holds one sub-dict per mode under `modes` plus flat top-level scalars for dashboards:
 `latency_ms*` from the mode with the lowest batch-1 latency, `throughput_*`, `tflops`, `mfu` and
@@ -25,11 +25,13 @@ from typing import Any
 import torch
 
 from vtlab.api import build_stack
-from vtlab.attention import check_backend, detect_backend, pinned
-from vtlab.bench_report import print_bench_table
-from vtlab.ceiling import matmul_ceiling
-from vtlab.costs import lm_prefill, stage_costs
-from vtlab.measure import (
+from vtlab.config.schema import image_size_of
+from vtlab.measure.ceiling import matmul_ceiling
+from vtlab.measure.flops import lm_prefill, stage_costs
+from vtlab.measure.modes import COMPILED, extra_warmup, make_runner, skip_reason
+from vtlab.measure.progress import StepProgress
+from vtlab.measure.stages import image_stages
+from vtlab.measure.timing import (
     count_params,
     device_info,
     median,
@@ -41,12 +43,13 @@ from vtlab.measure import (
     synchronize,
     time_ms,
 )
-from vtlab.modes import COMPILED, check_modes, extra_warmup, make_runner, skip_reason
-from vtlab.progress import StepProgress
-from vtlab.run import RunContext
-from vtlab.tiling.plan import image_size_of
-from vtlab.tiling.stages import image_fields, image_stages
-from vtlab.towers.kernels import configure_kernels
+from vtlab.models.sdpa import configure, detect_backend, pinned
+from vtlab.results.record import RunContext
+from vtlab.tasks import profile
+from vtlab.tasks.common import stack_facts
+from vtlab.tasks.console import print_bench_table
+
+check = profile.check  # the same refusal: an out_dir that already holds results.json
 
 # device defaults for the settings left at None: (CUDA, CPU)
 DEFAULTS = {
@@ -67,10 +70,6 @@ def bench_settings(task: Any, device: torch.device) -> dict[str, Any]:
         if value is None:
             value = on_cpu if cpu else on_cuda
             defaulted.append(key)
-        if value < 1:
-            from vtlab.errors import ConfigError
-
-            raise ConfigError(f"task.{key}={value} must be >= 1 (or null for the device default)")
         settings[key] = value
     settings["defaulted"] = defaulted
     settings["defaults_for"] = "cpu" if cpu else "cuda"
@@ -165,21 +164,19 @@ def bench_stack(ctx: RunContext) -> dict[str, Any]:
     cfg, task = ctx.cfg, ctx.cfg.task
     device = resolve_device(task.device)
     dtype = resolve_dtype(task.dtype, device)
-    check_modes(list(task.modes))
-    check_backend(task.attention_backend, device)
     settings = bench_settings(task, device)
     torch.manual_seed(cfg.seed)
     stack = build_stack(cfg).to(device=device, dtype=dtype).eval()
     # pin inside every block too (an sdpa_kernel context in the traced forward binds compiled modes as well)
     # fc1 bias + tanh GELU in the cuBLASLt GEMM epilogue: CUDA inference only (the layer checks both)
-    configure_kernels(stack, task.attention_backend, fused_gelu=task.fused_gelu)
+    configure(stack, task.attention_backend, fused_gelu=task.fused_gelu)
     size = image_size_of(cfg.data.image_size)
     plan = stack.plan(*size) if size else None
     frames = plan.frames if plan else 1
     shape1 = stack.input_shape(frames)
     tokens = plan.tokens if plan else stack.num_tokens
     pack = (lambda out, images: stack.pack(out, [plan] * images)) if plan else None
-    modes = list(dict.fromkeys(task.modes))
+    modes = list(dict.fromkeys(str(m) for m in task.modes))
     runnable = [m for m in modes if skip_reason(m, device) is None]
 
     steps = 3 + 3 * len(runnable)
@@ -189,7 +186,7 @@ def bench_stack(ctx: RunContext) -> dict[str, Any]:
         costs = stage_costs(stack, pixels)  # per frame
         progress.step("attention backend")
         with torch.inference_mode():
-            attention = detect_backend(lambda: stack(pixels), task.attention_backend)
+            attention = detect_backend(lambda: stack(pixels), str(task.attention_backend))
         progress.step(f"matmul ceiling ({settings['matmul_size']}^3)")
         ceiling = matmul_ceiling(device, dtype, settings["matmul_size"])
         results: dict[str, dict[str, Any]] = {}
@@ -216,27 +213,19 @@ def bench_stack(ctx: RunContext) -> dict[str, Any]:
     info = device_info(device)
     prefill = lm_prefill(cfg.text, tokens, stack.text_hidden)
     return {
-        "task": "bench",
-        "status": "ok",
-        "run_name": ctx.run_name,
-        "model": ctx.model_choice,
-        "factor": cfg.connector.factor,
-        "grid": list(stack.grid),
-        **image_fields(plan, stack.num_patches, stack.num_tokens),
-        "tokens": tokens,
-        "text_hidden": stack.text_hidden,
-        "feature_dim": stack.feature_dim,
+        **ctx.header(),
+        **stack_facts(stack, plan),
         "dtype": str(dtype).removeprefix("torch."),
         "device_name": info["device_name"],
         "torch_version": torch.__version__,
         "attention_backend": attention["ran"],
-        "attention_backend_requested": task.attention_backend,
+        "attention_backend_requested": str(task.attention_backend),
         "fused_gelu": bool(task.fused_gelu and device.type == "cuda"),
         "attention": attention,
         "stages": image_stages(costs.stages, plan) if plan else costs.stages,
         "params": count_params(stack),
-        "params_tower": costs.stages[2]["params"],
-        "params_connector": costs.stages[3]["params"],
+        "params_tower": costs.row("tower")["params"],
+        "params_connector": costs.row("connector")["params"],
         "flops": costs.flops * frames,
         "flops_tower": costs.tower_flops * frames,
         "flops_connector": costs.connector_flops * frames,
@@ -257,7 +246,7 @@ def bench_stack(ctx: RunContext) -> dict[str, Any]:
 
 def run(ctx: RunContext, tracker: Any) -> dict[str, Any]:
     result = bench_stack(ctx)
-    path = ctx.write_json("results.json", result | {"config": ctx.config_dict()})
+    path = ctx.write_result(result)
     print_bench_table(result)
     print(f"results: {path}")
     tracker.log_result(result)

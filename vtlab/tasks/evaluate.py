@@ -13,12 +13,13 @@ from typing import Any
 import lightning.pytorch as pl
 
 from vtlab.api import build_stack
-from vtlab.callbacks import ThroughputMeter
-from vtlab.errors import ConfigError
-from vtlab.lit import ArchitectureMismatchError, VisionClassifier, architecture, check_architecture, load_checkpoint
-from vtlab.run import RunContext
-from vtlab.tasks._common import build_datamodule, metric, model_facts, publish, resolve_ckpt_path
-from vtlab.trainer import build_trainer, resolve_precision
+from vtlab.errors import ArchitectureMismatchError, ConfigError
+from vtlab.results.record import RESULTS, RunContext
+from vtlab.tasks.common import build_datamodule, classifier_facts, metric, publish
+from vtlab.train.callbacks import ThroughputMeter
+from vtlab.train.checkpoint import architecture, check_architecture, load_checkpoint, resolve_ckpt_path
+from vtlab.train.module import VisionClassifier
+from vtlab.train.trainer import build_trainer, resolve_precision
 
 
 def _task_of(results: Path) -> str | None:
@@ -32,7 +33,7 @@ def check(ctx: RunContext) -> None:
     """Refuse a missing task.ckpt_path, and an out_dir whose results.json belongs to another task."""
     if not ctx.cfg.task.ckpt_path:
         raise ConfigError("task=eval needs task.ckpt_path=PATH (a best-*.ckpt or last.ckpt written by task=train)")
-    previous = ctx.out_dir / "results.json"
+    previous = ctx.out_dir / RESULTS
     if previous.is_file() and _task_of(previous) != "eval":
         raise ConfigError(
             f"out_dir={ctx.out_dir} holds another task's results.json (e.g. the training run's), which task=eval "
@@ -62,9 +63,8 @@ def evaluate(ctx: RunContext, tracker: Any) -> tuple[dict[str, Any], pl.Trainer]
     out = trainer.validate(lit, datamodule=dm, verbose=False)
     m = out[0] if out else {}
     return {
-        "task": "eval",
-        "status": "ok",
-        **model_facts(ctx, stack, dm.num_classes),
+        **ctx.header(),
+        **classifier_facts(stack, dm.num_classes, cfg.data.kind),
         "ckpt_path": path,
         "precision": resolve_precision(cfg.trainer.precision, cfg.trainer.accelerator),
         "world_size": trainer.world_size,
@@ -82,7 +82,7 @@ def run(ctx: RunContext, tracker: Any) -> dict[str, Any]:
     if trainer.is_global_zero:
         ips = result["images_per_s"]
         publish(ctx, tracker, result, (
-            f"eval {result['run_name']} on {result['val_images']} images: val_acc {result['val_acc']:.4f} "
+            f"eval {ctx.run_name} on {result['val_images']} images: val_acc {result['val_acc']:.4f} "
             f"(chance {result['chance_acc']:.3f}), val_loss {result['val_loss']:.4f}, "
             + (f"{ips:.1f} images/s" if ips else "throughput n/a (too few batches)")
         ))

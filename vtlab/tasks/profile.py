@@ -5,8 +5,8 @@ Builds the stack (random weights unless `model.weights` is set), prints a table 
 numbers to `results.json` in the run directory. With an input image size (`data.image_size=[H,W]`) the
 image is planned with the model's tiling (SmolVLM split, LlavaNext anyres): the table gains the frames
 and packed-token rows, FLOPs are per image (all frames), and the latency is that of `batch_size` images
-whose frames go through the tower as one batch, split back and packed. FLOPs are counted with torch.utils.flop_counter and
-checked against the closed form of performance.md section 2.
+whose frames go through the tower as one batch, split back and packed. FLOPs are counted with
+torch.utils.flop_counter and reported beside the modules' closed forms (vtlab.measure.flops).
 """
 
 from __future__ import annotations
@@ -16,8 +16,11 @@ from typing import Any
 import torch
 
 from vtlab.api import build_stack
-from vtlab.costs import stage_costs
-from vtlab.measure import (
+from vtlab.config.schema import image_size_of
+from vtlab.errors import ConfigError
+from vtlab.measure.flops import stage_costs
+from vtlab.measure.stages import image_stages
+from vtlab.measure.timing import (
     count_params,
     device_info,
     median,
@@ -28,11 +31,17 @@ from vtlab.measure import (
     resolve_dtype,
     time_ms,
 )
-from vtlab.report import print_stage_table
-from vtlab.run import RunContext
-from vtlab.tiling.plan import image_size_of
-from vtlab.tiling.stages import image_fields, image_stages
-from vtlab.towers.kernels import configure_kernels
+from vtlab.models.sdpa import configure
+from vtlab.results.record import RESULTS, RunContext
+from vtlab.tasks.common import stack_facts
+from vtlab.tasks.console import print_stage_table
+
+
+def check(ctx: RunContext) -> None:
+    """Refuse an out_dir that already holds a results.json (outside a sweep: a sweep cell has its own folder)."""
+    if not ctx.is_sweep and (ctx.out_dir / RESULTS).exists():
+        raise ConfigError(f"out_dir={ctx.out_dir} already holds results.json of an earlier run, which this run would "
+                          f"overwrite; choose another out_dir (or leave it unset for a fresh outputs/<date>/<time>/)")
 
 
 def profile_stack(ctx: RunContext) -> dict[str, Any]:
@@ -41,7 +50,7 @@ def profile_stack(ctx: RunContext) -> dict[str, Any]:
     dtype = resolve_dtype(cfg.task.dtype, device)
     torch.manual_seed(cfg.seed)
     stack = build_stack(cfg).to(device=device, dtype=dtype).eval()
-    configure_kernels(stack, fused_gelu=cfg.task.fused_gelu)  # acts on CUDA inference only
+    configure(stack, fused_gelu=cfg.task.fused_gelu)  # acts on CUDA inference only
     batch = cfg.task.batch_size
     size = image_size_of(cfg.data.image_size)
     plan = stack.plan(*size) if size else None
@@ -64,23 +73,15 @@ def profile_stack(ctx: RunContext) -> dict[str, Any]:
         conn_ms = time_ms(lambda: stack.connector(feats, grid), device, 1, cfg.task.repeats)
     peak, peak_kind = peak_memory_mb(device)
 
+    costs.row("tower").update(latency_ms=median(tower_ms))
+    costs.row("connector").update(latency_ms=median(conn_ms))
     stages = costs.stages
-    stages[2].update(latency_ms=median(tower_ms))
-    stages[3].update(latency_ms=median(conn_ms))
     if plan:
         stages = image_stages(stages, plan)
-        stages[-1].update(latency_ms=median(pack_ms))
+        next(s for s in stages if s["name"] == "packed").update(latency_ms=median(pack_ms))
     return {
-        "task": "profile",
-        "status": "ok",
-        "run_name": ctx.run_name,
-        "model": ctx.model_choice,
-        "factor": cfg.connector.factor,
-        "grid": list(grid),
-        **image_fields(plan, stack.num_patches, stack.num_tokens),
-        "tokens": plan.tokens if plan else stack.num_tokens,
-        "text_hidden": stack.text_hidden,
-        "feature_dim": stack.feature_dim,
+        **ctx.header(),
+        **stack_facts(stack, plan),
         "batch_size": batch,
         "dtype": str(dtype).removeprefix("torch."),
         "stages": stages,
@@ -97,9 +98,9 @@ def profile_stack(ctx: RunContext) -> dict[str, Any]:
     }
 
 
-def run(ctx: RunContext, tracker) -> dict[str, Any]:
+def run(ctx: RunContext, tracker: Any) -> dict[str, Any]:
     result = profile_stack(ctx)
-    path = ctx.write_json("results.json", result | {"config": ctx.config_dict()})
+    path = ctx.write_result(result)
     print_stage_table(result)
     print(f"results: {path}")
     tracker.log_result(result)

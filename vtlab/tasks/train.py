@@ -8,32 +8,19 @@ glyph-count set; `data=folder data.root=PATH` on image folders. Checkpoints go t
 
 from __future__ import annotations
 
-import os
 import time
 from typing import Any
 
 import lightning.pytorch as pl
-import torch
 
 from vtlab.api import build_stack
-from vtlab.attention import check_backend, pinned
-from vtlab.callbacks import ThroughputMeter
-from vtlab.errors import ConfigError
-from vtlab.lit import OptimSettings, VisionClassifier, architecture, check_architecture, load_checkpoint
-from vtlab.run import RunContext
-from vtlab.tasks._common import build_datamodule, metric, model_facts, publish, resolve_ckpt_path
-from vtlab.trainer import build_trainer, checkpoint_callbacks, on_gpu, resolve_precision
-
-
-class _LastValStep(pl.Callback):
-    """Remembers the global step of the latest real validation (to know whether a final one is needed)."""
-
-    def __init__(self) -> None:
-        self.step = -1
-
-    def on_validation_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        if not trainer.sanity_checking:
-            self.step = trainer.global_step
+from vtlab.models.sdpa import pinned
+from vtlab.results.record import RunContext, process_rank
+from vtlab.tasks.common import build_datamodule, classifier_facts, metric, publish
+from vtlab.train.callbacks import LastValStep, ThroughputMeter
+from vtlab.train.checkpoint import architecture, check_fresh_run, check_resume, load_checkpoint, resolve_ckpt_path
+from vtlab.train.module import OptimSettings, VisionClassifier
+from vtlab.train.trainer import build_trainer, checkpoint_callbacks, resolve_precision
 
 
 def _saved_step(callback: Any) -> int:
@@ -41,15 +28,8 @@ def _saved_step(callback: Any) -> int:
 
 
 def check(ctx: RunContext) -> None:
-    """Refuse an SDPA backend the device lacks, and a fresh run into a directory holding an earlier run's
-    checkpoints (it would overwrite them)."""
-    check_backend(ctx.cfg.task.attention_backend, torch.device("cuda" if on_gpu(ctx.cfg.trainer.accelerator) else "cpu"))
-    earlier = sorted((ctx.out_dir / "checkpoints").glob("*.ckpt"))
-    if earlier and not ctx.cfg.task.ckpt_path and int(os.environ.get("LOCAL_RANK", 0)) == 0:  # ranks > 0 share it
-        raise ConfigError(
-            f"out_dir={ctx.out_dir} already holds checkpoints of an earlier run ({earlier[0].name}, ...); a fresh "
-            f"run would overwrite them: resume with task.ckpt_path=last, or choose another out_dir"
-        )
+    """Refuse a fresh run into a directory holding an earlier run's checkpoints (it would overwrite them)."""
+    check_fresh_run(ctx.out_dir, ctx.cfg.task.ckpt_path, process_rank())
 
 
 def train(ctx: RunContext, tracker: Any) -> tuple[dict[str, Any], pl.Trainer]:
@@ -60,21 +40,13 @@ def train(ctx: RunContext, tracker: Any) -> tuple[dict[str, Any], pl.Trainer]:
     arch = architecture(cfg, dm.num_classes)
     ckpt_path = resolve_ckpt_path(t.ckpt_path, ctx.out_dir)
     if ckpt_path:
-        ckpt = load_checkpoint(ckpt_path)
-        check_architecture(ckpt, arch, ckpt_path)
-        saved_freeze = ckpt.get("vtlab_train", {}).get("freeze")
-        if saved_freeze is not None and saved_freeze != t.freeze:
-            raise ConfigError(
-                f"checkpoint {ckpt_path} was trained with task.freeze={saved_freeze}, this run has "
-                f"task.freeze={t.freeze}; resume with task.freeze={saved_freeze} (the optimizer state depends on it)"
-            )
-        del ckpt
+        check_resume(load_checkpoint(ckpt_path), arch, str(t.freeze), ckpt_path)
     optim = OptimSettings(lr=t.lr, tower_lr=t.tower_lr, weight_decay=t.weight_decay,
                           warmup_steps=t.warmup_steps, min_lr_ratio=t.min_lr_ratio)
     lit = VisionClassifier(stack, dm.num_classes, head=t.head, freeze=t.freeze, optim=optim, arch=arch)
     if t.compile:
         lit.compile_stack()
-    meter, last_val = ThroughputMeter(), _LastValStep()
+    meter, last_val = ThroughputMeter(), LastValStep()
     ckpt_cbs = checkpoint_callbacks(ctx.out_dir / "checkpoints", t.keep_every_n_epochs)
     trainer = build_trainer(ctx, tracker, [*ckpt_cbs, meter, last_val])
     last_path = ctx.out_dir / "checkpoints" / "last.ckpt"
@@ -89,15 +61,14 @@ def train(ctx: RunContext, tracker: Any) -> tuple[dict[str, Any], pl.Trainer]:
     m = trainer.callback_metrics
     best = ckpt_cbs[0]
     return {
-        "task": "train",
-        "status": "ok",
-        **model_facts(ctx, stack, dm.num_classes),
-        "freeze": t.freeze,
+        **ctx.header(),
+        **classifier_facts(stack, dm.num_classes, cfg.data.kind),
+        "freeze": str(t.freeze),
         "trainable_params": lit.trainable_parameters(),
         "precision": resolve_precision(cfg.trainer.precision, cfg.trainer.accelerator),
         "world_size": trainer.world_size,
         "compile": t.compile,
-        "attention_backend": t.attention_backend,
+        "attention_backend": str(t.attention_backend),
         "resumed_from": ckpt_path,
         "global_step": trainer.global_step,
         "epochs": trainer.current_epoch,
@@ -119,8 +90,8 @@ def run(ctx: RunContext, tracker: Any) -> dict[str, Any]:
     if trainer.is_global_zero:
         ips = result["train_images_per_s"]
         publish(ctx, tracker, result, (
-            f"train {result['run_name']}: {result['global_step']} steps, val_acc {result['val_acc']} "
+            f"train {ctx.run_name}: {result['global_step']} steps, val_acc {result['val_acc']} "
             f"(chance {result['chance_acc']:.3f}), val_loss {result['val_loss']}, "
-            f"{ips:.1f} train images/s" if ips else f"train {result['run_name']}: val_acc {result['val_acc']}"
+            f"{ips:.1f} train images/s" if ips else f"train {ctx.run_name}: val_acc {result['val_acc']}"
         ))
     return result

@@ -1,0 +1,74 @@
+"""Composition: `conf/` + `+model=NAME` + overrides -> a validated, typed `VTLabConfig`.
+
+`compose_config` is what the CLI composes (Hydra and OmegaConf errors become one line naming the key);
+`to_config` applies the checkpoint-derived architecture (`+model=hf`, vtlab.config.from_checkpoint), converts
+to the typed dataclasses and runs every check (vtlab.config.validate); `config(model, overrides)` does both.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import re
+from collections.abc import Sequence
+
+from hydra.errors import HydraException
+from omegaconf import DictConfig, OmegaConf
+from omegaconf.errors import ConfigAttributeError, ConfigKeyError, OmegaConfBaseException
+
+from vtlab.config.from_checkpoint import apply_checkpoint_architecture
+from vtlab.config.presets import compose_raw
+from vtlab.config.schema import VTLabConfig
+from vtlab.config.validate import validate
+from vtlab.errors import ConfigError
+
+
+def compose_config(model: str | None, overrides: Sequence[str] = ()) -> DictConfig:
+    """Compose `conf/config.yaml` + `+model=<model>` + overrides, as the CLI would (no run directory)."""
+    args = ([f"+model={model}"] if model else []) + list(overrides)
+    try:
+        return compose_raw(args)
+    except (HydraException, OmegaConfBaseException) as exc:
+        raise ConfigError(composition_message(exc)) from None
+
+
+def composition_message(exc: BaseException) -> str:
+    """One line for a Hydra/OmegaConf composition error: the key, the value's problem and what is valid.
+
+    Hydra's own text ("Could not override 'x.y'. To append to your config use +x.y=...", "Error merging
+    override ...") hides the reason in the chained OmegaConf error and suggests `+key`, which the typed
+    schema refuses anyway; the OmegaConf error names the key and, for a missing one, its dataclass.
+    """
+    cause: BaseException | None = exc
+    while cause is not None and not (isinstance(cause, OmegaConfBaseException) and getattr(cause, "full_key", None)):
+        cause = cause.__cause__ or cause.__context__
+    if cause is None:
+        return " ".join(str(exc).split())
+    key = cause.full_key
+    reason = str(cause).split("\n")[0].strip()
+    enum = re.match(r"Invalid value '(.*)', expected one of \[(.*)\]", reason)
+    if enum:  # a closed set (an enum of the schema): name the value and the valid ones
+        return f"{key}={enum.group(1)} is unknown; valid: {enum.group(2)} ({key}: {reason})"
+    if isinstance(cause, (ConfigAttributeError, ConfigKeyError)) and dataclasses.is_dataclass(cause.object_type):
+        valid = [f.name for f in dataclasses.fields(cause.object_type)]
+        parent = key.rpartition(".")[0]
+        return f"{key} is not a known key; valid keys{' of ' + parent if parent else ''}: {', '.join(valid)}"
+    return f"{key}: {reason}"
+
+
+def to_config(cfg: DictConfig | VTLabConfig) -> VTLabConfig:
+    """Resolve interpolations, apply checkpoint-derived architecture, validate, return the typed object."""
+    if isinstance(cfg, DictConfig):
+        cfg = apply_checkpoint_architecture(cfg)
+        try:
+            obj = OmegaConf.to_object(cfg)
+        except OmegaConfBaseException as exc:
+            raise ConfigError(composition_message(exc)) from None
+    else:
+        obj = cfg
+    validate(obj)
+    return obj  # type: ignore[return-value]
+
+
+def config(model: str | None, overrides: Sequence[str] = ()) -> VTLabConfig:
+    """The validated, typed config of `python -m vtlab +model=<model> <overrides...>` in one call."""
+    return to_config(compose_config(model, overrides))

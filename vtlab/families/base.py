@@ -1,0 +1,149 @@
+"""`Family`: everything vtlab knows about one upstream model family, and the registry the rest of the code asks.
+
+A family (torchtitan's `ModelSpec` + `StateDictAdapter`, timm's per-family file, at vtlab's scale) owns:
+- its pixels: the RGB conversion, resampling, mean / std and size rule of its PIL image processor
+  (`preprocess_frame`, `single_frame`), and its default tiling scheme (`tiling`, vtlab.families.tiler);
+- its tower: which native tower it builds and the position-embedding rule for other frame sizes;
+- its checkpoints: the Hugging Face layouts it recognises (`detect`), the key maps of its tower and connector
+  both ways, what its config.json says (`read_hf_config`) and what it writes on export (`hf_config`);
+- its defaults for `+model=hf`, and the settings a checkpoint carries that a preset may leave open.
+
+`register_family(FamilyClass())` adds one; `get_family(name)` returns it (a `ConfigError` lists the valid
+names). Nothing outside vtlab.families compares a family name to a string.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+from typing import Any, ClassVar
+
+import numpy as np
+import torch
+from PIL import Image
+
+from vtlab.errors import ConfigError
+from vtlab.families.pixels import ImageLike, normalise, resize, to_uint8_hwc
+from vtlab.models.towers.siglip import build_tower as build_siglip_tower
+
+Rules = list[tuple[str, str]]
+
+
+@dataclass
+class Layout:
+    """A recognised checkpoint layout: its name, the owning family, where the tower and connector live."""
+
+    name: str
+    family: str | None  # the owning family, or None (timm, vtlab files: no owning upstream model)
+    style: str  # hf | timm | vtlab
+    prefix: str  # tower prefix in the checkpoint
+    connector_prefix: str = ""
+    newline_key: str | None = None
+    carries_connector: bool = False
+    notes: list[str] = field(default_factory=list)
+
+    def describe(self) -> str:
+        where = f"tower under '{self.prefix}'" if self.prefix else "tower at the top level"
+        return f"{self.name} ({where})"
+
+
+def apply_rules(rules: Rules, rel: str) -> str | None:
+    """The first rule whose pattern matches `rel` whole, applied; None if none does."""
+    for pattern, repl in rules:
+        if re.fullmatch(pattern, rel):
+            return re.sub(f"^{pattern}$", repl, rel)
+    return None
+
+
+class Family:
+    """Base class of a family; subclasses set the class attributes and override what differs."""
+
+    name: ClassVar[str]
+    tiling: ClassVar[str] = "none"  # default tiling scheme (model.tiling=null)
+    position_rule: ClassVar[str] = "bicubic"  # position table for a non-native grid
+    model_types: ClassVar[tuple[str, ...]] = ()  # config.json model_type values this family reads
+    hub_prefix: ClassVar[str] = ""  # tower prefix of the hub checkpoint layout (export, messages)
+    resample: ClassVar[int] = Image.Resampling.BICUBIC
+    mean: ClassVar[tuple[float, ...]] = (0.5, 0.5, 0.5)
+    std: ClassVar[tuple[float, ...]] = (0.5, 0.5, 0.5)
+    # checkpoint fields (config keys) a named preset may leave null: taken from the checkpoint then, and a
+    # value that differs from the checkpoint's is refused (never silently replaced by a preset default)
+    carried_fields: ClassVar[tuple[str, ...]] = ()
+    needs_feature_layers: ClassVar[bool] = False  # its connector reads feature taps (no MAP head is run)
+    feature_layers_hint: ClassVar[str] = ""
+
+    # ------------------------------------------------------------------ tower
+    def build_tower(self, model_cfg: Any) -> torch.nn.Module:
+        """The native tower of this family for a `ModelConfig` (SigLIP's ViT with the family's position rule)."""
+        return build_siglip_tower(model_cfg, position_rule=self.position_rule)
+
+    # ------------------------------------------------------------------ pixels
+    def preprocess_frame(self, image: ImageLike, size: int) -> torch.Tensor:
+        """One square (3, size, size) float32 frame: RGB conversion, resize, rescale, normalise."""
+        return normalise(resize(to_uint8_hwc(image), size, size, self.resample), self.mean, self.std)
+
+    def single_frame(self, array: np.ndarray, frame: int, longest_edge: int) -> torch.Tensor:
+        """(1, 3, frame, frame): the image as ONE tower frame (tiling `none`), as the processor makes it."""
+        return self.preprocess_frame(array, frame)[None]
+
+    # ------------------------------------------------------------------ checkpoints
+    def detect(self, keys: list[str], keyset: set[str], hf_prefix: str | None) -> Layout | None:
+        """The layout of a checkpoint whose SigLIP-style tower sits under `hf_prefix`, if this family owns it."""
+        return None
+
+    def tower_key_to_native(self, rel: str) -> str | None:
+        """A tower key (relative to the layout's prefix) -> its native name (q/k/v are fused by the caller)."""
+        return None
+
+    def tower_native_to_hf(self, rel: str) -> str | None:
+        """Inverse of `tower_key_to_native` (native name relative to `tower.`)."""
+        return None
+
+    qkv_pattern: ClassVar[re.Pattern[str] | None] = None  # HF q/k/v projection keys to fuse into attn.qkv
+    tower_roots: ClassVar[tuple[str, ...]] = ()  # what its tower's keys start with (others under the prefix: ignored)
+    detect_order: ClassVar[int] = 10  # families are asked in this order; generic layouts (bare towers) last
+
+    def connector_key_to_native(self, rel: str) -> str | None:
+        """A connector key relative to the layout's connector prefix -> its native `connector.*` name."""
+        return None
+
+    def connector_native_to_hf(self, name: str) -> str | None:
+        """Native `connector.*` name -> the hub checkpoint's name (export)."""
+        return None
+
+    def read_hf_config(self, conf: dict[str, Any], where: str) -> dict[str, Any]:
+        """Flat architecture fields (`model.*`, `connector.*`, `text`, `text_hidden`) from a config.json."""
+        return {}
+
+    def shape_fields(self, native: dict[str, tuple[int, ...]], width: int) -> dict[str, Any]:
+        """What the connector tensors' shapes say (e.g. the unshuffle factor)."""
+        return {}
+
+    def hf_defaults(self, arch: dict[str, Any]) -> dict[str, Any]:
+        """Connector settings for `+model=hf` when the checkpoint does not spell them out."""
+        return {"connector.kind": "linear", "connector.factor": 1, "connector.bias": True}
+
+    def hf_config(self, cfg: Any, stack: torch.nn.Module, extra: dict[str, Any]) -> dict[str, Any]:
+        """config.json of an export in this family's Hugging Face format."""
+        raise ConfigError(f"export: family {self.name} has no Hugging Face export")
+
+
+FAMILIES: dict[str, Family] = {}
+
+
+def register_family(family: Family) -> Family:
+    """Add a family to the registry (its `name` is what `model.family` accepts)."""
+    FAMILIES[family.name] = family
+    return family
+
+
+def get_family(name: Any, key: str = "model.family") -> Family:
+    name = str(getattr(name, "value", name))
+    if name not in FAMILIES:
+        raise ConfigError(f"{key}={name} is unknown; valid: {', '.join(sorted(FAMILIES))}")
+    return FAMILIES[name]
+
+
+def family_for_model_type(model_type: str) -> Family | None:
+    """The family that reads config.json files of `model_type`, if any."""
+    return next((f for f in FAMILIES.values() if model_type in f.model_types), None)

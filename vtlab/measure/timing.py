@@ -1,0 +1,134 @@
+"""Timing, memory and device facts: what every measurement of profile and bench rests on.
+
+Timing follows timm's benchmark method (`benchmark.py`): warm-up runs excluded, the device synchronised before
+each clock read, the median of the repeats reported.
+"""
+
+from __future__ import annotations
+
+import platform
+import resource
+import statistics
+import sys
+import time
+from collections.abc import Callable
+from typing import Any
+
+import torch
+
+from vtlab.errors import ConfigError
+
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+
+
+def on_gpu(accelerator: str) -> bool:
+    """Whether a Lightning `trainer.accelerator` setting runs on a GPU here."""
+    return accelerator in ("gpu", "cuda") or (accelerator == "auto" and torch.cuda.is_available())
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        device = torch.device(name)
+    except RuntimeError:
+        raise ConfigError(f"task.device={name} is not a device; valid: auto, cpu, cuda, cuda:N") from None
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ConfigError(f"task.device={name} but no CUDA device is available; use task.device=cpu or auto")
+    return device
+
+
+def resolve_dtype(name: Any, device: torch.device) -> torch.dtype:
+    name = str(getattr(name, "value", name))
+    if name == "auto":
+        return torch.bfloat16 if device.type == "cuda" else torch.float32
+    if name not in DTYPES:
+        raise ConfigError(f"task.dtype={name} is unknown; valid: auto, {', '.join(DTYPES)}")
+    return DTYPES[name]
+
+
+def synchronize(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def time_ms(fn: Callable[[], Any], device: torch.device, warmup: int, repeats: int, iters: int = 1) -> list[float]:
+    """Milliseconds per call of `fn` for each repeat (each repeat = `iters` calls), after `warmup` calls."""
+    for _ in range(warmup):
+        fn()
+    synchronize(device)
+    times = []
+    for _ in range(repeats):
+        synchronize(device)
+        start = time.perf_counter()
+        for _ in range(iters):
+            fn()
+        synchronize(device)
+        times.append((time.perf_counter() - start) * 1e3 / iters)
+    return times
+
+
+def percentile(values: list[float], q: float) -> float:
+    """Linear-interpolated percentile (q in 0..100)."""
+    ordered = sorted(values)
+    if len(ordered) == 1:
+        return ordered[0]
+    pos = (len(ordered) - 1) * q / 100
+    lo = int(pos)
+    hi = min(lo + 1, len(ordered) - 1)
+    return ordered[lo] + (ordered[hi] - ordered[lo]) * (pos - lo)
+
+
+def median(values: list[float]) -> float:
+    return statistics.median(values)
+
+
+def reset_peak_memory(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+
+
+def peak_memory_mb(device: torch.device) -> tuple[float, str]:
+    """(MiB, what was measured): CUDA allocator peak, or the process's peak resident set on CPU."""
+    if device.type == "cuda":
+        return torch.cuda.max_memory_allocated(device) / 2**20, "cuda_max_allocated"
+    rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return (rss / 2**20 if sys.platform == "darwin" else rss / 2**10), "process_max_rss"
+
+
+def cpu_name() -> str:
+    """The CPU model name (/proc/cpuinfo on Linux), else what `platform` knows."""
+    try:
+        with open("/proc/cpuinfo") as fh:
+            for line in fh:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def device_info(device: torch.device) -> dict[str, Any]:
+    """Name and versions of what ran: recorded with every result."""
+    info: dict[str, Any] = {
+        "device": str(device),
+        "torch": torch.__version__,
+        "python": platform.python_version(),
+        "platform": platform.platform(),
+    }
+    if device.type == "cuda":
+        props = torch.cuda.get_device_properties(device)
+        info.update(
+            device_name=props.name,
+            cuda=torch.version.cuda,
+            cudnn=torch.backends.cudnn.version(),
+            sm_count=props.multi_processor_count,
+            capability=f"{props.major}.{props.minor}",
+        )
+    else:
+        info.update(device_name=cpu_name(), threads=torch.get_num_threads())
+    return info
+
+
+def count_params(module: torch.nn.Module) -> int:
+    return sum(p.numel() for p in module.parameters())

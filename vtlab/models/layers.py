@@ -1,0 +1,129 @@
+"""Building blocks of the native towers and heads: fused-QKV attention, MLP, pre-LN block, attention pooling.
+
+Numerics mirror transformers' `SiglipEncoderLayer` (pre-LN, LayerNorm eps from the config, tanh GELU,
+scale head_dim^-0.5, no mask, no dropout at inference) with q/k/v fused into one GEMM, and attention
+through `F.scaled_dot_product_attention` so that PyTorch picks cuDNN/flash kernels on a GPU.
+`AttentionPool` is the one learned-probe pooling module (timm's `AttentionPoolLatent` idea): SigLIP's MAP
+head (`SiglipMultiheadAttentionPoolingHead`, fused `in_proj` like `nn.MultiheadAttention`) and the
+classifier head of `task=train` (vtlab.models.heads) are both built on it.
+"""
+
+from __future__ import annotations
+
+from contextlib import nullcontext
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.nn.attention import SDPBackend, sdpa_kernel
+
+
+def activation(name: str) -> nn.Module:
+    """`gelu_tanh` = HF gelu_pytorch_tanh (towers); `gelu` = exact erf GELU (projectors, timm default)."""
+    return nn.GELU(approximate="tanh" if name == "gelu_tanh" else "none")
+
+
+class Attention(nn.Module):
+    """Multi-head self-attention with one fused qkv projection (rows ordered q, k, v as in timm)."""
+
+    def __init__(self, dim: int, num_heads: int) -> None:
+        super().__init__()
+        self.num_heads = num_heads
+        self.head_dim = dim // num_heads
+        self.qkv = nn.Linear(dim, 3 * dim)
+        self.proj = nn.Linear(dim, dim)
+        self.sdpa_backends: list[SDPBackend] | None = None  # None: PyTorch's own choice (vtlab.models.sdpa.configure)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        b, n, d = x.shape
+        qkv = self.qkv(x).view(b, n, 3, self.num_heads, self.head_dim).permute(2, 0, 3, 1, 4)
+        q, k, v = qkv.unbind(0)
+        with sdpa_kernel(self.sdpa_backends) if self.sdpa_backends else nullcontext():
+            out = F.scaled_dot_product_attention(q, k, v)
+        return self.proj(out.transpose(1, 2).reshape(b, n, d))
+
+
+class Mlp(nn.Module):
+    """fc1 -> GELU -> fc2. With `fused_gelu` set (CUDA inference, tanh GELU), fc1's bias and GELU run in
+    the cuBLASLt GEMM epilogue (`torch._addmm_activation`), saving one read and one write of the
+    (tokens x hidden) activation; it has no backward, so training always takes the plain path."""
+
+    def __init__(self, dim: int, hidden: int, act: str) -> None:
+        super().__init__()
+        self.fc1 = nn.Linear(dim, hidden)
+        self.act = activation(act)
+        self.fc2 = nn.Linear(hidden, dim)
+        self.tanh_gelu = act == "gelu_tanh"
+        self.fused_gelu = False
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.fused_gelu and self.tanh_gelu and x.is_cuda and not torch.is_grad_enabled():
+            flat = x.reshape(-1, x.shape[-1])
+            h = torch._addmm_activation(self.fc1.bias, flat, self.fc1.weight.t(), use_gelu=True)
+            return self.fc2(h.view(*x.shape[:-1], h.shape[-1]))
+        return self.fc2(self.act(self.fc1(x)))
+
+
+class Block(nn.Module):
+    """Pre-LN transformer block: x + attn(LN1(x)), then + mlp(LN2(.))."""
+
+    def __init__(self, dim: int, num_heads: int, mlp_hidden: int, eps: float, act: str) -> None:
+        super().__init__()
+        self.norm1 = nn.LayerNorm(dim, eps=eps)
+        self.attn = Attention(dim, num_heads)
+        self.norm2 = nn.LayerNorm(dim, eps=eps)
+        self.mlp = Mlp(dim, mlp_hidden, act)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = x + self.attn(self.norm1(x))
+        return x + self.mlp(self.norm2(x))
+
+
+class AttentionPool(nn.Module):
+    """One learned probe attends over all tokens: (B, N, D) -> (B, D), after the output projection.
+
+    `fused_in_proj=True`: `in_proj` holds [Wq; Wk; Wv] like `nn.MultiheadAttention.in_proj_weight` (SigLIP's
+    MAP head); otherwise separate `q` and `kv` Linears. Either way only the probe's one query row is computed.
+    """
+
+    def __init__(self, dim: int, num_heads: int, fused_in_proj: bool = True, probe_std: float | None = None) -> None:
+        super().__init__()
+        if dim % num_heads:
+            raise ValueError(f"AttentionPool: dim {dim} is not divisible by num_heads {num_heads}")
+        self.num_heads = num_heads
+        self.fused_in_proj = fused_in_proj
+        probe = torch.zeros(1, 1, dim) if probe_std is None else torch.randn(1, 1, dim) * probe_std
+        self.probe = nn.Parameter(probe)
+        if fused_in_proj:
+            self.in_proj = nn.Linear(dim, 3 * dim)
+        else:
+            self.q = nn.Linear(dim, dim)
+            self.kv = nn.Linear(dim, 2 * dim)
+        self.out_proj = nn.Linear(dim, dim)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        b, n, d = x.shape
+        h, hd = self.num_heads, d // self.num_heads
+        if self.fused_in_proj:
+            w, bias = self.in_proj.weight, self.in_proj.bias
+            q = F.linear(self.probe, w[:d], bias[:d])
+            kv = F.linear(x, w[d:], bias[d:])
+        else:
+            q, kv = self.q(self.probe), self.kv(x)
+        q = q.expand(b, 1, d).reshape(b, 1, h, hd).transpose(1, 2)
+        kv = kv.view(b, n, 2, h, hd).permute(2, 0, 3, 1, 4)
+        pooled = F.scaled_dot_product_attention(q, kv[0], kv[1]).transpose(1, 2).reshape(b, d)
+        return self.out_proj(pooled)
+
+
+class MAPHead(AttentionPool):
+    """Multihead attention pooling (SigLIP `head`): the pooled probe, then + mlp(LayerNorm(.))."""
+
+    def __init__(self, dim: int, num_heads: int, mlp_hidden: int, eps: float, act: str) -> None:
+        super().__init__(dim, num_heads, fused_in_proj=True)
+        self.norm = nn.LayerNorm(dim, eps=eps)
+        self.mlp = Mlp(dim, mlp_hidden, act)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        a = super().forward(x)
+        return a + self.mlp(self.norm(a))

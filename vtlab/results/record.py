@@ -1,0 +1,135 @@
+"""One results record per run: its name, its header and the one writer of `results.json`.
+
+Every task, every skipped or failed sweep cell, the sweep summary and the trackers go through here (the
+lightning-hydra-template's `task_wrapper` idea, made explicit): `run_name()` is the only derivation of a
+run's name (`smolvlm-f4`, `smolvlm-f4-1536x2048` with an input image size for profile / bench),
+`RunContext.write_result()` and `record_not_run()` the only writers. A record is written to a temporary
+file in the same folder, flushed to disk and renamed over the old one, so a reader (or a kill) never sees a
+half-written file. Inside a `-m` sweep the group is the sweep directory's name so that W&B groups one
+sweep's cells together.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from omegaconf import DictConfig, OmegaConf
+
+from vtlab.config.schema import VTLabConfig, image_size_of
+from vtlab.errors import ConfigError
+
+RESULTS = "results.json"
+# the string fields of a record that dashboards group and filter by (W&B run summary, sweep summary)
+TEXT_KEYS = ("model", "run_name", "task", "dtype", "device_name", "torch_version", "attention_backend",
+             "latency_mode", "throughput_mode", "tiling", "image")
+SIZED_TASKS = ("profile", "bench")  # tasks whose runs are named with their input image size
+
+
+def process_rank() -> int:
+    """This process's rank in a DDP job (0 alone): the launchers set RANK (torchrun) or LOCAL_RANK (Lightning's
+    subprocess launcher). Only rank 0 writes results, logs and checkpoints."""
+    return int(os.environ.get("RANK", os.environ.get("LOCAL_RANK", "0")))
+
+
+def run_name(model: str, factor: Any, task: Any = None, image_size: Any = None) -> str:
+    """`smolvlm-f4`, or `smolvlm-f4-1536x2048` with an input image size (task=profile / bench)."""
+    name = f"{model}-f{factor}"
+    try:
+        size = image_size_of(image_size)
+    except ConfigError:
+        size = None
+    if size is not None and str(getattr(task, "value", task)) in SIZED_TASKS:
+        name += f"-{size[0]}x{size[1]}"
+    return name
+
+
+def image_label(image_size: Any) -> str | None:
+    """`1536x2048` for an input image size, else None (the summary's `image` column)."""
+    try:
+        size = image_size_of(image_size)
+    except ConfigError:
+        return None
+    return None if size is None else f"{size[0]}x{size[1]}"
+
+
+def write_json_atomic(path: Path, payload: dict[str, Any]) -> Path:
+    """Write `payload` as JSON to `path` through a temporary file in the same folder, fsync, rename."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    try:
+        with open(tmp, "w") as fh:
+            fh.write(json.dumps(payload, indent=2, default=str) + "\n")
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    finally:
+        if tmp.exists():
+            tmp.unlink()
+    return path
+
+
+@dataclass
+class RunContext:
+    cfg: VTLabConfig
+    raw: DictConfig  # the composed config (for logging it whole)
+    out_dir: Path
+    model_choice: str
+    is_sweep: bool = False
+    sweep_dir: Path | None = None
+    job_num: int | None = None
+    overrides: list[str] = field(default_factory=list)
+
+    @property
+    def run_name(self) -> str:
+        return run_name(self.model_choice, self.cfg.connector.factor, self.cfg.task.name, self.cfg.data.image_size)
+
+    @property
+    def group(self) -> str | None:
+        if self.cfg.logger.group:
+            return self.cfg.logger.group
+        return self.sweep_dir.name if self.sweep_dir is not None else None
+
+    def config_dict(self) -> dict[str, Any]:
+        return OmegaConf.to_container(self.raw, resolve=True, throw_on_missing=False)  # type: ignore[return-value]
+
+    def header(self) -> dict[str, Any]:
+        """The fields every record of this run starts with."""
+        return {"task": str(self.cfg.task.name), "status": "ok", "run_name": self.run_name,
+                "model": self.model_choice, "factor": self.cfg.connector.factor}
+
+    def write_result(self, result: dict[str, Any]) -> Path:
+        """The run's `results.json`: the header, `result`, the overrides and the whole config."""
+        record = self.header() | result
+        record.setdefault("overrides", self.overrides)
+        record["config"] = self.config_dict()
+        return write_json_atomic(self.out_dir / RESULTS, record)
+
+    def write_json(self, name: str, payload: dict[str, Any]) -> Path:
+        return write_json_atomic(self.out_dir / name, payload)
+
+
+def record_not_run(raw: DictConfig, out_dir: Path, model_choice: str | None, reason: str, overrides: list[str],
+                   status: str = "skipped") -> Path:
+    """results.json of a cell that did not run: `skipped` (it cannot exist) or `failed` (refused or stopped)."""
+    factor = OmegaConf.select(raw, "connector.factor", default=None)
+    task = OmegaConf.select(raw, "task.name", default=None)
+    image_size = OmegaConf.select(raw, "data.image_size", default=None)
+    model = str(model_choice)
+    record = {
+        "task": str(getattr(task, "value", task)),
+        "status": status,
+        "reason": reason,
+        "run_name": run_name(model, factor, task, image_size),
+        "model": model,
+        "factor": factor,
+        "image": image_label(image_size),
+        "overrides": overrides,
+    }
+    path = write_json_atomic(out_dir / RESULTS, record)
+    print(f"vtlab: {status} {record['run_name']}: {reason}")
+    return path

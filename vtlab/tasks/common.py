@@ -1,0 +1,72 @@
+"""Pieces every task shares: the facts about the stack that head every record, the data module, metrics.
+
+`stack_facts` is the one header of a run's record after `RunContext.header()` (grid, patches, tokens, widths,
+the input image's tiling plan); profile, bench, train and eval all start from it. `publish` writes the record,
+prints the one-line summary and the path, and logs the result to the tracker.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from vtlab.data import VtlabDataModule
+from vtlab.families import FrameTransform
+from vtlab.families.tiler import ImagePlan
+from vtlab.measure.stages import image_fields
+from vtlab.models.stack import VisionStack
+from vtlab.results.record import RunContext
+
+
+def build_datamodule(ctx: RunContext, stack: VisionStack, batch_size: int, eval_batch_size: int | None = None) -> VtlabDataModule:
+    """The data module, already set up so that bad data fails before the Trainer starts.
+
+    Images get the family's own preprocessing, one square frame at the tower input (no tiling)."""
+    transform = FrameTransform(ctx.cfg.model.family, stack.input_size)
+    dm = VtlabDataModule(ctx.cfg.data, stack.input_size, batch_size, eval_batch_size, transform)
+    dm.setup()
+    return dm
+
+
+def stack_facts(stack: VisionStack, plan: ImagePlan | None = None) -> dict[str, Any]:
+    """What the stack hands the LM and how it got there: grid, patches, tokens, widths, the image plan."""
+    return {
+        "grid": list(stack.grid),
+        **image_fields(plan, stack.num_patches, stack.num_tokens),
+        "tokens": plan.tokens if plan else stack.num_tokens,
+        "text_hidden": stack.text_hidden,
+        "feature_dim": stack.feature_dim,
+    }
+
+
+def classifier_facts(stack: VisionStack, num_classes: int, data_kind: Any) -> dict[str, Any]:
+    """The header of a train / eval record: the stack's facts plus the classification problem."""
+    return {
+        "grid": list(stack.grid),
+        "patches": stack.num_patches,
+        "tokens": stack.num_tokens,
+        "text_hidden": stack.text_hidden,
+        "input_size": stack.input_size,
+        "num_classes": num_classes,
+        "chance_acc": 1.0 / num_classes,
+        "data": str(data_kind),
+        "cuda": torch.cuda.get_device_name() if torch.cuda.is_available() else None,
+    }
+
+
+def metric(metrics: dict[str, Any], *names: str) -> float | None:
+    for name in names:
+        if name in metrics:
+            return float(metrics[name])
+    return None
+
+
+def publish(ctx: RunContext, tracker: Any, result: dict[str, Any], summary: str) -> Path:
+    """Write `results.json` (header, result, config), print a one-line summary and the path, log to the tracker."""
+    path = ctx.write_result(result)
+    print(summary)
+    print(f"results: {path}")
+    tracker.log_result(result)
+    return path
