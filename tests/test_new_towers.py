@@ -44,6 +44,7 @@ from vtlab.models.towers.dinov2 import Dinov2Tower
 from vtlab.models.towers.siglip2 import Siglip2Tower
 
 TOL = 1e-5
+COMPILE_BACKEND = "inductor"  # fullgraph=True is the check: any graph break (host sync, value branch) fails
 
 
 # ---------------------------------------------------------------------------------------------- helpers
@@ -89,7 +90,7 @@ def count_flops(fn, *args) -> int:
 
 def assert_compiles(tower: nn.Module, *inputs: torch.Tensor) -> None:
     torch._dynamo.reset()
-    compiled = torch.compile(tower, fullgraph=True, backend="aot_eager")
+    compiled = torch.compile(tower, fullgraph=True, backend=COMPILE_BACKEND)
     with torch.no_grad():
         diff = max_diff(compiled(*inputs), tower(*inputs))
     report(f"{type(tower).__name__} compiled(fullgraph) vs eager", diff)
@@ -543,10 +544,19 @@ def test_siglip2_flops_closed_form_equals_flop_counter():
 
 
 @pytest.mark.slow
-def test_siglip2_compiles_fullgraph():
+def test_siglip2_compiles_fullgraph_without_recompiling_for_new_shapes():
+    """Per-image sizes are tensor values: other images of the same padded length reuse the graph."""
     _, tower = siglip2_pair()
     batch = siglip2.naflex_batch(pil_images(SIGLIP2_IMAGES), patch_size=4, max_num_patches=64)
     assert_compiles(tower, batch["pixel_values"], batch["pixel_attention_mask"], batch["spatial_shapes"])
+    compiled = torch.compile(tower, fullgraph=True, backend=COMPILE_BACKEND)
+    other = siglip2.naflex_batch(pil_images([(30, 90), (70, 50), (20, 20)], seed=3), patch_size=4, max_num_patches=64)
+    assert not torch.equal(other["spatial_shapes"], batch["spatial_shapes"])
+    with torch.no_grad():
+        compiled(*batch.values())
+        with torch.compiler.set_stance("fail_on_recompile"):
+            diff = max_diff(compiled(*other.values()), tower(*other.values()))
+    report("siglip2 compiled, new spatial shapes, no recompile", diff)
 
 
 # ================================================================================================ preprocessing
@@ -596,3 +606,59 @@ def test_naflex_patchify_other_inputs(name, image):
     assert torch.equal(mine["spatial_shapes"], ref["spatial_shapes"][0])
     assert torch.equal(mine["pixel_attention_mask"], ref["pixel_attention_mask"][0])
     report(f"naflex_patchify {name}", max_diff(mine["pixel_values"], ref["pixel_values"][0]))
+
+
+# ================================================================================================ structure
+REAL = {  # real-size configs, built on the meta device only
+    "clip-L/14-336 (LLaVA-1.5)": (
+        CLIPVisionModel, CLIPVisionConfig(hidden_size=1024, intermediate_size=4096, num_hidden_layers=24,
+                                          num_attention_heads=16, image_size=336, patch_size=14),
+        clip, ClipTower, 303_507_456,
+    ),
+    "dinov2-giant (SwiGLU)": (
+        Dinov2Model, Dinov2Config(hidden_size=1536, num_hidden_layers=40, num_attention_heads=24, image_size=518,
+                                  patch_size=14, use_swiglu_ffn=True),
+        dinov2, Dinov2Tower, None,
+    ),
+    "dinov2-large-registers": (
+        Dinov2WithRegistersModel, Dinov2WithRegistersConfig(hidden_size=1024, num_hidden_layers=24,
+                                                             num_attention_heads=16, image_size=518, patch_size=14),
+        dinov2, Dinov2Tower, None,
+    ),
+    "siglip2-so400m-16-naflex": (
+        Siglip2VisionModel, Siglip2VisionConfig(hidden_size=1152, intermediate_size=4304, num_hidden_layers=27,
+                                                num_attention_heads=16, patch_size=16, num_patches=256),
+        siglip2, Siglip2Tower, None,
+    ),
+}
+
+
+@pytest.mark.parametrize("name", list(REAL))
+def test_real_size_configs_map_one_to_one_on_meta(name):
+    hf_cls, cfg, module, tower_cls, params = REAL[name]
+    with torch.device("meta"):
+        hf = hf_cls(cfg)
+        tower = tower_cls(**module.tower_kwargs_from_hf_config(cfg.to_dict()))
+    native = module.hf_to_native(hf.state_dict())
+    assert {k: tuple(v.shape) for k, v in native.items()} == {k: tuple(v.shape) for k, v in tower.state_dict().items()}
+    n = sum(p.numel() for p in tower.parameters())
+    assert n == sum(p.numel() for p in hf.parameters())
+    if params is not None:
+        assert n == params
+
+
+@pytest.mark.parametrize("tower", [
+    ClipTower(**CLIP_TOWER_KW),
+    Dinov2Tower(image_size=28, patch_size=7, hidden_size=32, num_layers=2, num_heads=4, num_register_tokens=2,
+                layerscale_value=0.1),
+    Siglip2Tower(patch_size=4, hidden_size=32, intermediate_size=64, num_layers=2, num_heads=4, num_patches=64,
+                 use_head=True),
+], ids=["clip", "dinov2", "siglip2"])
+def test_reset_parameters_gives_a_working_tower(tower):
+    tower.reset_parameters()
+    with torch.no_grad():
+        out = tower.eval()(pixels(2, 3, 32, 32) if isinstance(tower, ClipTower) else pixels(2, 3, 28, 28))
+    assert torch.isfinite(out).all() and out.std() > 0
+    assert out.shape[-1] == tower.feature_dim
+    if isinstance(tower, Dinov2Tower):
+        assert torch.all(tower.blocks[0].ls1.gamma == 0.1) and torch.all(tower.reg_token == 0)
