@@ -80,8 +80,8 @@ def count_flops(fn, *args) -> int:
     """FlopCounterMode total; the CPU flash SDPA kernel is not in torch's table, count it as 4 N^2 d."""
     extra = {}
     if hasattr(torch.ops.aten, "_scaled_dot_product_flash_attention_for_cpu"):
-        extra[torch.ops.aten._scaled_dot_product_flash_attention_for_cpu] = (
-            lambda q, k, v, *a, out_shape=None, **kw: sdpa_flop_count(q, k, v)
+        extra[torch.ops.aten._scaled_dot_product_flash_attention_for_cpu] = lambda q, k, v, *a, out_shape=None, **kw: (
+            sdpa_flop_count(q, k, v)
         )
     with torch.no_grad(), FlopCounterMode(display=False, custom_mapping=extra) as counter:
         fn(*args)
@@ -96,7 +96,9 @@ def assert_compiles(tower: nn.Module, *inputs: torch.Tensor) -> None:
     report(f"{type(tower).__name__} compiled(fullgraph) vs eager", diff)
 
 
-CLIP_VISION = dict(hidden_size=32, intermediate_size=64, num_hidden_layers=3, num_attention_heads=4, image_size=32, patch_size=8)
+CLIP_VISION = dict(
+    hidden_size=32, intermediate_size=64, num_hidden_layers=3, num_attention_heads=4, image_size=32, patch_size=8
+)
 
 
 # ================================================================================================ CLIP
@@ -120,14 +122,18 @@ def test_clip_last_hidden_state_hidden_states_and_pooler(hidden_act):
         pooled = tower.pool(out)
     assert out.shape == (2, 17, 32) and len(states) == len(ref.hidden_states) == 4
     report(f"clip[{hidden_act}] last_hidden_state", max_diff(out, ref.last_hidden_state))
-    report(f"clip[{hidden_act}] hidden_states", max(max_diff(a, b) for a, b in zip(states, ref.hidden_states)))
+    report(
+        f"clip[{hidden_act}] hidden_states", max(max_diff(a, b) for a, b in zip(states, ref.hidden_states, strict=True))
+    )
     report(f"clip[{hidden_act}] pooler_output", max_diff(pooled, ref.pooler_output))
 
 
 def test_clip_feature_taps_select_hidden_states_and_stop_early():
     hf, full = clip_pair()
     taps = [0, 1, -2]
-    tower = ClipTower(**clip.tower_kwargs_from_hf_config(hf.config.to_dict()), feature_layers=taps, select_strategy="full")
+    tower = ClipTower(
+        **clip.tower_kwargs_from_hf_config(hf.config.to_dict()), feature_layers=taps, select_strategy="full"
+    )
     tower.load_state_dict(full.state_dict())
     tower.eval()
     assert tower.feature_layers == [0, 1, 2] and tower.depth_used == 2 and tower.feature_dim == 96
@@ -172,8 +178,13 @@ def tiny_llava() -> LlavaForConditionalGeneration:
     cfg = LlavaConfig(
         vision_config=dict(model_type="clip_vision_model", **CLIP_VISION),
         text_config=dict(
-            model_type="llama", hidden_size=48, intermediate_size=96, num_hidden_layers=1,
-            num_attention_heads=4, num_key_value_heads=4, vocab_size=128,
+            model_type="llama",
+            hidden_size=48,
+            intermediate_size=96,
+            num_hidden_layers=1,
+            num_attention_heads=4,
+            num_key_value_heads=4,
+            vocab_size=128,
         ),
         image_token_index=100,
         vision_feature_layer=-2,
@@ -216,8 +227,17 @@ def test_clip_timm_state_dict_loads_to_the_hf_outputs():
 
     torch.manual_seed(0)
     vit = VisionTransformer(
-        img_size=32, patch_size=8, embed_dim=32, depth=3, num_heads=4, mlp_ratio=2.0, pre_norm=True,
-        class_token=True, global_pool="token", act_layer="quick_gelu", norm_layer=partial(LayerNorm, eps=1e-5),
+        img_size=32,
+        patch_size=8,
+        embed_dim=32,
+        depth=3,
+        num_heads=4,
+        mlp_ratio=2.0,
+        pre_norm=True,
+        class_token=True,
+        global_pool="token",
+        act_layer="quick_gelu",
+        norm_layer=partial(LayerNorm, eps=1e-5),
         num_classes=16,
     )
     perturb_(vit.eval())
@@ -252,8 +272,16 @@ def test_clip_save_pretrained_layouts_map_to_native(tmp_path):
     `vision_tower.vision_model.` and the v5 runtime `model.vision_tower.` map too."""
     torch.manual_seed(0)
     vision = perturb_(CLIPVisionModel(CLIPVisionConfig(**CLIP_VISION, attn_implementation="eager")).eval())
-    text = dict(hidden_size=32, intermediate_size=64, num_hidden_layers=1, num_attention_heads=4, vocab_size=100,
-                bos_token_id=0, eos_token_id=1, pad_token_id=1)
+    text = dict(
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=1,
+        num_attention_heads=4,
+        vocab_size=100,
+        bos_token_id=0,
+        eos_token_id=1,
+        pad_token_id=1,
+    )
     both = perturb_(CLIPModel(CLIPConfig(vision_config=CLIP_VISION, text_config=text)).eval(), seed=1)
     llava = tiny_llava()
     x = pixels(2, 3, 32, 32)
@@ -278,15 +306,21 @@ def test_clip_save_pretrained_layouts_map_to_native(tmp_path):
         report(f"clip saved layout {name} (prefix {prefix!r})", diff)
     native = clip.hf_to_native(layouts["CLIPVisionModel"][0])
     assert set(clip.native_to_hf(native)) == set(layouts["CLIPVisionModel"][0])
-    assert set(clip.native_to_hf(native, prefix="vision_model.")) == {k for k in layouts["CLIPModel"][0] if k.startswith("vision_model.")}
+    assert set(clip.native_to_hf(native, prefix="vision_model.")) == {
+        k for k in layouts["CLIPModel"][0] if k.startswith("vision_model.")
+    }
     with pytest.raises(KeyError, match="vision_model.encoder.layers.0.extra.weight"):
-        clip.hf_to_native({**layouts["CLIPModel"][0], "vision_model.encoder.layers.0.extra.weight": torch.zeros(1)}, "vision_model.")
+        clip.hf_to_native(
+            {**layouts["CLIPModel"][0], "vision_model.encoder.layers.0.extra.weight": torch.zeros(1)}, "vision_model."
+        )
 
 
 def test_clip_config_reader_defaults():
     assert clip.tower_kwargs_from_hf_config({}) == clip.tower_kwargs_from_hf_config(CLIPVisionConfig().to_dict())
     assert clip.tower_kwargs_from_hf_config({"model_type": "clip", "vision_config": CLIP_VISION})["num_layers"] == 3
-    llava = clip.tower_kwargs_from_hf_config({"model_type": "llava", "vision_config": {"image_size": 336, "patch_size": 14}})
+    llava = clip.tower_kwargs_from_hf_config(
+        {"model_type": "llava", "vision_config": {"image_size": 336, "patch_size": 14}}
+    )
     assert llava["feature_layers"] == [-2] and llava["select_strategy"] == "default" and llava["image_size"] == 336
 
 
@@ -316,8 +350,16 @@ DINO_KINDS = {
 def dino_pair(kind: str):
     cls, conf_cls, extra = DINO_KINDS[kind]
     torch.manual_seed(0)
-    cfg = conf_cls(hidden_size=32, num_hidden_layers=3, num_attention_heads=4, image_size=28, patch_size=7,
-                   layer_norm_eps=1e-5, attn_implementation="eager", **extra)
+    cfg = conf_cls(
+        hidden_size=32,
+        num_hidden_layers=3,
+        num_attention_heads=4,
+        image_size=28,
+        patch_size=7,
+        layer_norm_eps=1e-5,
+        attn_implementation="eager",
+        **extra,
+    )
     hf = perturb_(cls(cfg).eval())
     tower = Dinov2Tower(**dinov2.tower_kwargs_from_hf_config(cfg.to_dict()), keep_prefix=True).eval()
     tower.load_state_dict(dinov2.hf_to_native(hf.state_dict()), strict=True)
@@ -337,12 +379,17 @@ def test_dinov2_last_hidden_state_hidden_states_and_patch_tokens(kind):
         patch_out = patches.eval()(x)
     assert out.shape == (2, 1 + r + 16, 32) and tower.prefix_tokens == 1 + r and patches.prefix_tokens == 0
     report(f"dinov2[{kind}] last_hidden_state (all tokens)", max_diff(out, ref.last_hidden_state))
-    report(f"dinov2[{kind}] hidden_states", max(max_diff(a, b) for a, b in zip(states, ref.hidden_states)))
-    report(f"dinov2[{kind}] patch tokens vs last_hidden_state[:, 1+R:]", max_diff(patch_out, ref.last_hidden_state[:, 1 + r :]))
+    report(f"dinov2[{kind}] hidden_states", max(max_diff(a, b) for a, b in zip(states, ref.hidden_states, strict=True)))
+    report(
+        f"dinov2[{kind}] patch tokens vs last_hidden_state[:, 1+R:]",
+        max_diff(patch_out, ref.last_hidden_state[:, 1 + r :]),
+    )
 
 
 @pytest.mark.parametrize("kind", list(DINO_KINDS))
-@pytest.mark.parametrize("size", [(42, 35), (21, 21), (56, 56), (28, 30)], ids=["rect", "smaller", "larger", "same-grid-nonsquare"])
+@pytest.mark.parametrize(
+    "size", [(42, 35), (21, 21), (56, 56), (28, 30)], ids=["rect", "smaller", "larger", "same-grid-nonsquare"]
+)
 def test_dinov2_interpolated_position_embeddings(kind, size):
     hf, tower = dino_pair(kind)
     x = pixels(2, 3, *size)
@@ -355,7 +402,9 @@ def test_dinov2_interpolated_position_embeddings(kind, size):
 def test_dinov2_registers_interpolation_needs_antialias():
     """Dinov2WithRegistersModel resizes with antialias=True, Dinov2Model without: the flag is not cosmetic."""
     hf, tower = dino_pair("registers")
-    plain = Dinov2Tower(**{**dinov2.tower_kwargs_from_hf_config(hf.config.to_dict()), "antialias": False}, keep_prefix=True)
+    plain = Dinov2Tower(
+        **{**dinov2.tower_kwargs_from_hf_config(hf.config.to_dict()), "antialias": False}, keep_prefix=True
+    )
     plain.load_state_dict(tower.state_dict())
     x = pixels(2, 3, 42, 35)
     with torch.no_grad():
@@ -395,7 +444,9 @@ def test_dinov2_save_pretrained_names_round_trip(kind, tmp_path):
 def test_dinov2_config_reader_defaults():
     for conf_cls in (Dinov2Config, Dinov2WithRegistersConfig):
         full = conf_cls().to_dict()
-        assert dinov2.tower_kwargs_from_hf_config({"model_type": full["model_type"]}) == dinov2.tower_kwargs_from_hf_config(full)
+        assert dinov2.tower_kwargs_from_hf_config(
+            {"model_type": full["model_type"]}
+        ) == dinov2.tower_kwargs_from_hf_config(full)
     assert dinov2.tower_kwargs_from_hf_config({"model_type": "dinov2_with_registers"})["antialias"] is True
 
 
@@ -403,7 +454,10 @@ def test_dinov2_flops_closed_form_equals_flop_counter():
     for kind in DINO_KINDS:
         hf, tower = dino_pair(kind)
         for size in [(28, 28), (42, 35)]:
-            assert count_flops(tower, pixels(1, 3, *size)) == tower.flops_closed_form(*tower.grid_for(*size)), (kind, size)
+            assert count_flops(tower, pixels(1, 3, *size)) == tower.flops_closed_form(*tower.grid_for(*size)), (
+                kind,
+                size,
+            )
 
 
 @pytest.mark.slow
@@ -419,8 +473,15 @@ SIGLIP2_IMAGES = [(50, 80), (120, 40), (64, 64)]
 @functools.cache
 def siglip2_pair(patch_size: int = 4, num_patches: int = 64):
     torch.manual_seed(0)
-    cfg = Siglip2VisionConfig(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
-                              patch_size=patch_size, num_patches=num_patches, attn_implementation="eager")
+    cfg = Siglip2VisionConfig(
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        patch_size=patch_size,
+        num_patches=num_patches,
+        attn_implementation="eager",
+    )
     hf = perturb_(Siglip2VisionModel(cfg).eval())
     tower = Siglip2Tower(**siglip2.tower_kwargs_from_hf_config(cfg.to_dict())).eval()
     tower.load_state_dict(siglip2.hf_to_native(hf.state_dict()), strict=True)
@@ -457,10 +518,14 @@ def test_siglip2_naflex_forward_matches_hf(budget):
         ref = hf(**ref_in, output_hidden_states=True)
         out = tower(**mine)
         states = tower.hidden_states(mine["pixel_values"], None, mine["pixel_attention_mask"], mine["spatial_shapes"])
-    report(f"siglip2 budget={budget} last_hidden_state (valid rows)", max_diff(out[valid], ref.last_hidden_state[valid]))
+    report(
+        f"siglip2 budget={budget} last_hidden_state (valid rows)", max_diff(out[valid], ref.last_hidden_state[valid])
+    )
     report(f"siglip2 budget={budget} last_hidden_state (padded rows too)", max_diff(out, ref.last_hidden_state))
-    report(f"siglip2 budget={budget} hidden_states (valid rows)",
-           max(max_diff(a[valid], b[valid]) for a, b in zip(states, ref.hidden_states)))
+    report(
+        f"siglip2 budget={budget} hidden_states (valid rows)",
+        max(max_diff(a[valid], b[valid]) for a, b in zip(states, ref.hidden_states, strict=True)),
+    )
 
 
 def test_siglip2_two_image_sizes_in_one_batch_and_map_head():
@@ -510,7 +575,9 @@ def test_siglip2_image_input_patchifies_in_graph():
 
 def test_siglip2_feature_taps():
     hf, tower = siglip2_pair()
-    tapped = Siglip2Tower(**siglip2.tower_kwargs_from_hf_config(hf.config.to_dict(), use_head=False), feature_layers=[0, -2])
+    tapped = Siglip2Tower(
+        **siglip2.tower_kwargs_from_hf_config(hf.config.to_dict(), use_head=False), feature_layers=[0, -2]
+    )
     tapped.load_state_dict(siglip2.hf_to_native(hf.state_dict(), keep_head=False), strict=True)
     assert tapped.depth_used == 1 and tapped.blocks[1] in tapped.inactive_modules()
     batch = siglip2.naflex_batch(pil_images(SIGLIP2_IMAGES), patch_size=4, max_num_patches=64)
@@ -577,22 +644,28 @@ def test_clip_preprocess_matches_clip_image_processor_pil(name, image):
     ref = CLIPImageProcessorPil()(image, return_tensors="pt")["pixel_values"][0]
     report(f"clip_preprocess {name}", max_diff(clip.clip_preprocess(image), ref))
     ref336 = CLIPImageProcessorPil(size={"shortest_edge": 336}, crop_size={"height": 336, "width": 336})(
-        image, return_tensors="pt")["pixel_values"][0]
+        image, return_tensors="pt"
+    )["pixel_values"][0]
     report(f"clip_preprocess 336 {name}", max_diff(clip.clip_preprocess(image, 336, 336), ref336))
 
 
 def test_clip_preprocess_crop_larger_than_resize_pads_like_hf():
     image = Image.fromarray(rand_image(50, 80, 3))
     ref = CLIPImageProcessorPil(size={"shortest_edge": 30}, crop_size={"height": 41, "width": 37})(
-        image, return_tensors="pt")["pixel_values"][0]
+        image, return_tensors="pt"
+    )["pixel_values"][0]
     report("clip_preprocess crop > resized image (zero pad)", max_diff(clip.clip_preprocess(image, 30, (41, 37)), ref))
 
 
 @pytest.mark.parametrize("name,image", list(prep_inputs()), ids=[n for n, _ in prep_inputs()])
 def test_dinov2_preprocess_matches_bit_image_processor_pil(name, image):
     proc = BitImageProcessorPil(  # facebook/dinov2-* preprocessor_config.json
-        size={"shortest_edge": 256}, crop_size={"height": 224, "width": 224}, resample=3,
-        image_mean=[0.485, 0.456, 0.406], image_std=[0.229, 0.224, 0.225], do_convert_rgb=True,
+        size={"shortest_edge": 256},
+        crop_size={"height": 224, "width": 224},
+        resample=3,
+        image_mean=[0.485, 0.456, 0.406],
+        image_std=[0.229, 0.224, 0.225],
+        do_convert_rgb=True,
     )
     ref = proc(image, return_tensors="pt")["pixel_values"][0]
     report(f"dinov2_preprocess {name}", max_diff(dinov2.dinov2_preprocess(image), ref))
@@ -611,24 +684,55 @@ def test_naflex_patchify_other_inputs(name, image):
 # ================================================================================================ structure
 REAL = {  # real-size configs, built on the meta device only
     "clip-L/14-336 (LLaVA-1.5)": (
-        CLIPVisionModel, CLIPVisionConfig(hidden_size=1024, intermediate_size=4096, num_hidden_layers=24,
-                                          num_attention_heads=16, image_size=336, patch_size=14),
-        clip, ClipTower, 303_507_456,
+        CLIPVisionModel,
+        CLIPVisionConfig(
+            hidden_size=1024,
+            intermediate_size=4096,
+            num_hidden_layers=24,
+            num_attention_heads=16,
+            image_size=336,
+            patch_size=14,
+        ),
+        clip,
+        ClipTower,
+        303_507_456,
     ),
     "dinov2-giant (SwiGLU)": (
-        Dinov2Model, Dinov2Config(hidden_size=1536, num_hidden_layers=40, num_attention_heads=24, image_size=518,
-                                  patch_size=14, use_swiglu_ffn=True),
-        dinov2, Dinov2Tower, None,
+        Dinov2Model,
+        Dinov2Config(
+            hidden_size=1536,
+            num_hidden_layers=40,
+            num_attention_heads=24,
+            image_size=518,
+            patch_size=14,
+            use_swiglu_ffn=True,
+        ),
+        dinov2,
+        Dinov2Tower,
+        None,
     ),
     "dinov2-large-registers": (
-        Dinov2WithRegistersModel, Dinov2WithRegistersConfig(hidden_size=1024, num_hidden_layers=24,
-                                                             num_attention_heads=16, image_size=518, patch_size=14),
-        dinov2, Dinov2Tower, None,
+        Dinov2WithRegistersModel,
+        Dinov2WithRegistersConfig(
+            hidden_size=1024, num_hidden_layers=24, num_attention_heads=16, image_size=518, patch_size=14
+        ),
+        dinov2,
+        Dinov2Tower,
+        None,
     ),
     "siglip2-so400m-16-naflex": (
-        Siglip2VisionModel, Siglip2VisionConfig(hidden_size=1152, intermediate_size=4304, num_hidden_layers=27,
-                                                num_attention_heads=16, patch_size=16, num_patches=256),
-        siglip2, Siglip2Tower, None,
+        Siglip2VisionModel,
+        Siglip2VisionConfig(
+            hidden_size=1152,
+            intermediate_size=4304,
+            num_hidden_layers=27,
+            num_attention_heads=16,
+            patch_size=16,
+            num_patches=256,
+        ),
+        siglip2,
+        Siglip2Tower,
+        None,
     ),
 }
 
@@ -647,13 +751,25 @@ def test_real_size_configs_map_one_to_one_on_meta(name):
         assert n == params
 
 
-@pytest.mark.parametrize("tower", [
-    ClipTower(**CLIP_TOWER_KW),
-    Dinov2Tower(image_size=28, patch_size=7, hidden_size=32, num_layers=2, num_heads=4, num_register_tokens=2,
-                layerscale_value=0.1),
-    Siglip2Tower(patch_size=4, hidden_size=32, intermediate_size=64, num_layers=2, num_heads=4, num_patches=64,
-                 use_head=True),
-], ids=["clip", "dinov2", "siglip2"])
+@pytest.mark.parametrize(
+    "tower",
+    [
+        ClipTower(**CLIP_TOWER_KW),
+        Dinov2Tower(
+            image_size=28,
+            patch_size=7,
+            hidden_size=32,
+            num_layers=2,
+            num_heads=4,
+            num_register_tokens=2,
+            layerscale_value=0.1,
+        ),
+        Siglip2Tower(
+            patch_size=4, hidden_size=32, intermediate_size=64, num_layers=2, num_heads=4, num_patches=64, use_head=True
+        ),
+    ],
+    ids=["clip", "dinov2", "siglip2"],
+)
 def test_reset_parameters_gives_a_working_tower(tower):
     tower.reset_parameters()
     with torch.no_grad():

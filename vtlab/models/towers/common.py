@@ -138,15 +138,17 @@ def resolve_layers(layers: Sequence[int] | None, num_layers: int) -> list[int] |
     if layers is None:
         return None
     out = [i if i >= 0 else num_layers + 1 + i for i in layers]
-    bad = [i for i, r in zip(layers, out) if not 0 <= r <= num_layers]
+    bad = [i for i, r in zip(layers, out, strict=True) if not 0 <= r <= num_layers]
     if bad or not out:
-        raise ValueError(f"feature_layers {list(layers)} out of range for {num_layers} layers (valid -{num_layers + 1}..{num_layers})")
+        raise ValueError(
+            f"feature_layers {list(layers)} out of range for {num_layers} layers (valid -{num_layers + 1}..{num_layers})"
+        )
     return out
 
 
 def split_qkv(state: dict[str, torch.Tensor], key: str, out: dict[str, torch.Tensor], names: Sequence[str]) -> None:
     """native `...qkv.{weight,bias}` (rows q, k, v) -> three HF tensors under `names` (q, k, v order)."""
-    for name, part in zip(names, state[key].chunk(3, dim=0)):
+    for name, part in zip(names, state[key].chunk(3, dim=0), strict=True):
         out[name] = part
 
 

@@ -183,7 +183,9 @@ class Dinov2Tower(nn.Module):
         if (grid_h, grid_w) == (n, n):
             return self.pos_embed
         patch = self.pos_embed[1:].reshape(1, n, n, -1).permute(0, 3, 1, 2).float()
-        patch = F.interpolate(patch, size=(grid_h, grid_w), mode="bicubic", align_corners=False, antialias=self.antialias)
+        patch = F.interpolate(
+            patch, size=(grid_h, grid_w), mode="bicubic", align_corners=False, antialias=self.antialias
+        )
         patch = patch.to(self.pos_embed.dtype).permute(0, 2, 3, 1).reshape(grid_h * grid_w, -1)
         return torch.cat([self.pos_embed[:1], patch])
 
@@ -309,7 +311,9 @@ def native_to_hf(state: dict[str, torch.Tensor], legacy: bool = False) -> dict[s
         if kind == "gamma":
             out[f"{base}layer_scale{name[-1]}.lambda1"] = value
         elif name == "attn.qkv":
-            names = ["attention.query", "attention.key", "attention.value"] if legacy else ["q_proj", "k_proj", "v_proj"]
+            names = (
+                ["attention.query", "attention.key", "attention.value"] if legacy else ["q_proj", "k_proj", "v_proj"]
+            )
             split_qkv(state, key, out, [f"{base}attention.{n}.{kind}" for n in names])
         elif name == "attn.proj":
             out[f"{base}attention.{'output.dense' if legacy else 'o_proj'}.{kind}"] = value

@@ -30,8 +30,17 @@ import torch.nn.functional as F
 from PIL import Image
 from torch import nn
 
-from vtlab.models.towers.common import Block, Mlp, block_flops, resolve_layers, split_qkv, strip_prefix, to_rgb_uint8
-from vtlab.models.towers.common import pil_resize, rescale_normalize
+from vtlab.models.towers.common import (
+    Block,
+    Mlp,
+    block_flops,
+    pil_resize,
+    rescale_normalize,
+    resolve_layers,
+    split_qkv,
+    strip_prefix,
+    to_rgb_uint8,
+)
 
 
 class MaskedMAPHead(nn.Module):
@@ -103,7 +112,9 @@ class Siglip2Tower(nn.Module):
             Block(hidden_size, num_heads, intermediate_size, layer_norm_eps, hidden_act) for _ in range(num_layers)
         )
         self.post_norm = nn.LayerNorm(hidden_size, eps=layer_norm_eps)
-        self.head = MaskedMAPHead(hidden_size, num_heads, intermediate_size, layer_norm_eps, hidden_act) if use_head else None
+        self.head = (
+            MaskedMAPHead(hidden_size, num_heads, intermediate_size, layer_norm_eps, hidden_act) if use_head else None
+        )
         self.feature_layers = resolve_layers(feature_layers, num_layers)
         self.reset_parameters()
 
