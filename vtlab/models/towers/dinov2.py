@@ -325,8 +325,10 @@ def native_to_hf(state: dict[str, torch.Tensor], legacy: bool = False) -> dict[s
             else:
                 gate, up = value.chunk(2, dim=0)
                 out[f"{base}mlp.gate_proj.{kind}"], out[f"{base}mlp.up_proj.{kind}"] = gate, up
+        elif name in ("norm1", "norm2", "mlp.fc1", "mlp.fc2"):
+            out[f"{base}{name}.{kind}"] = value
         else:
-            out[base + name + "." + kind] = value
+            raise KeyError(f"no HF DINOv2 name for native key {key!r}")
     return out
 
 
