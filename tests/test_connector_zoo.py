@@ -38,22 +38,51 @@ def tiny_idefics2_config(n_latents: int = 8):
     from transformers import Idefics2Config
 
     text = dict(
-        model_type="mistral", hidden_size=64, intermediate_size=96, num_hidden_layers=1, num_attention_heads=4,
-        num_key_value_heads=2, vocab_size=128, hidden_act="silu", rms_norm_eps=1e-5,
+        model_type="mistral",
+        hidden_size=64,
+        intermediate_size=96,
+        num_hidden_layers=1,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        vocab_size=128,
+        hidden_act="silu",
+        rms_norm_eps=1e-5,
     )
-    vision = dict(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4, image_size=32,
-                  patch_size=4, attention_dropout=0.0)
-    perceiver = dict(hidden_size=64, resampler_n_latents=n_latents, resampler_depth=2, resampler_n_heads=4,
-                     resampler_head_dim=12, num_key_value_heads=2, rms_norm_eps=1e-5, hidden_act="silu")
+    vision = dict(
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        image_size=32,
+        patch_size=4,
+        attention_dropout=0.0,
+    )
+    perceiver = dict(
+        hidden_size=64,
+        resampler_n_latents=n_latents,
+        resampler_depth=2,
+        resampler_n_heads=4,
+        resampler_head_dim=12,
+        num_key_value_heads=2,
+        rms_norm_eps=1e-5,
+        hidden_act="silu",
+    )
     return Idefics2Config(vision_config=vision, perceiver_config=perceiver, text_config=text, image_token_id=127)
 
 
 def native_perceiver(cfg) -> PerceiverResampler:
     p = cfg.perceiver_config
     return PerceiverResampler(
-        cfg.vision_config.hidden_size, cfg.text_config.hidden_size, p.resampler_n_latents, depth=p.resampler_depth,
-        num_heads=p.resampler_n_heads, head_dim=p.resampler_head_dim, num_kv_heads=p.num_key_value_heads,
-        proj_hidden=cfg.text_config.intermediate_size, proj_act=cfg.text_config.hidden_act, act=p.hidden_act,
+        cfg.vision_config.hidden_size,
+        cfg.text_config.hidden_size,
+        p.resampler_n_latents,
+        depth=p.resampler_depth,
+        num_heads=p.resampler_n_heads,
+        head_dim=p.resampler_head_dim,
+        num_kv_heads=p.num_key_value_heads,
+        proj_hidden=cfg.text_config.intermediate_size,
+        proj_act=cfg.text_config.hidden_act,
+        act=p.hidden_act,
         eps=p.rms_norm_eps,
     )
 
@@ -61,22 +90,51 @@ def native_perceiver(cfg) -> PerceiverResampler:
 def tiny_blip2_config():
     from transformers import Blip2Config
 
-    vision = dict(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4, image_size=32,
-                  patch_size=4, attention_dropout=0.0)
-    qformer = dict(hidden_size=40, num_hidden_layers=3, num_attention_heads=4, intermediate_size=56,
-                   cross_attention_frequency=2, hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0)
-    text = dict(model_type="opt", hidden_size=48, ffn_dim=64, num_hidden_layers=1, num_attention_heads=4,
-                vocab_size=128, word_embed_proj_dim=48, max_position_embeddings=64)
-    return Blip2Config(vision_config=vision, qformer_config=qformer, text_config=text, num_query_tokens=6,
-                       image_token_index=127)
+    vision = dict(
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        image_size=32,
+        patch_size=4,
+        attention_dropout=0.0,
+    )
+    qformer = dict(
+        hidden_size=40,
+        num_hidden_layers=3,
+        num_attention_heads=4,
+        intermediate_size=56,
+        cross_attention_frequency=2,
+        hidden_dropout_prob=0.0,
+        attention_probs_dropout_prob=0.0,
+    )
+    text = dict(
+        model_type="opt",
+        hidden_size=48,
+        ffn_dim=64,
+        num_hidden_layers=1,
+        num_attention_heads=4,
+        vocab_size=128,
+        word_embed_proj_dim=48,
+        max_position_embeddings=64,
+    )
+    return Blip2Config(
+        vision_config=vision, qformer_config=qformer, text_config=text, num_query_tokens=6, image_token_index=127
+    )
 
 
 def native_qformer(cfg) -> QFormer:
     q = cfg.qformer_config
     return QFormer(
-        cfg.vision_config.hidden_size, cfg.text_config.hidden_size, cfg.num_query_tokens, hidden=q.hidden_size,
-        depth=q.num_hidden_layers, num_heads=q.num_attention_heads, intermediate=q.intermediate_size,
-        cross_attention_frequency=q.cross_attention_frequency, eps=q.layer_norm_eps,
+        cfg.vision_config.hidden_size,
+        cfg.text_config.hidden_size,
+        cfg.num_query_tokens,
+        hidden=q.hidden_size,
+        depth=q.num_hidden_layers,
+        num_heads=q.num_attention_heads,
+        intermediate=q.intermediate_size,
+        cross_attention_frequency=q.cross_attention_frequency,
+        eps=q.layer_norm_eps,
     )
 
 
@@ -98,6 +156,9 @@ def test_perceiver_matches_idefics2_connector(padded):
     with torch.no_grad():
         ref = hf(x, attention_mask=mask.long())
         out = ours(x, GRID, mask=mask if padded else None)
+        unmasked = ours(x, GRID)
+    if padded:  # the mask matters: padding patches are not attended
+        assert max_diff(out[1], unmasked[1]) > 1e-3 and max_diff(out[0], unmasked[0]) <= TOL
     diff = max_diff(out, ref)
     print(f"[parity] perceiver vs Idefics2Connector (padded={padded}) max|diff| = {diff:.2e}")
     assert out.shape == (2, 8, 64)
@@ -152,14 +213,17 @@ def test_idefics2_feature_path_matches_get_image_features(padded):
         patch_mask = pmask[:, 0].unfold(1, 4, 4).unfold(2, 4, 4).sum((-1, -2)) == 16
         feats = hf.vision_model(pixels[:, 0], patch_attention_mask=patch_mask).last_hidden_state
         out = ours(feats, GRID, mask=patch_mask.view(2, -1))
+        unmasked = ours(feats, GRID)
+    assert (max_diff(out[1], unmasked[1]) > 1e-3) == padded
     diff = max(max_diff(out[b], ref[b]) for b in range(2))
     print(f"[parity] Idefics2 tower + perceiver vs get_image_features (padded={padded}) max|diff| = {diff:.2e}")
     assert diff <= TOL
 
 
 def test_idefics2_vision_tower_vs_native_siglip_tower():
-    """Idefics2VisionTransformer == SigLIP numerics on full (unpadded) images at the native size; it differs only
-    through the patch mask of padded images (masked keys, bucketed fractional position ids)."""
+    """Idefics2VisionTransformer == SigLIP numerics on full (unpadded) images at the native size. It differs on
+    padded images (masked keys; position ids bucketed from each image's own fractional coordinates) and at other
+    sizes (the position table is looked up by bucket, where the native tower interpolates it bicubically)."""
     from transformers.models.idefics2.modeling_idefics2 import Idefics2VisionTransformer
 
     from vtlab.towers import VisionTower
@@ -177,9 +241,15 @@ def test_idefics2_vision_tower_vs_native_siglip_tower():
         mask[1, 5:] = False
         padded = hf(x, patch_attention_mask=mask).last_hidden_state
         pad_diff = max_diff(tower(x)[1].view(8, 8, -1)[:5], padded[1].view(8, 8, -1)[:5])
-    print(f"[parity] Idefics2VisionTransformer vs native SigLIP tower: full {full:.2e}, padded image (valid rows) {pad_diff:.2e}")
+        big = torch.randn(1, 3, 48, 48)  # 12 x 12 grid on an 8 x 8 table: bucketed ids vs bicubic interpolation
+        size_diff = max_diff(tower(big), hf(big).last_hidden_state)
+    print(
+        f"[parity] Idefics2VisionTransformer vs native SigLIP tower: native size {full:.2e}; "
+        f"padded image (valid rows) {pad_diff:.2e}; 48 px input {size_diff:.2e}"
+    )
     assert full <= TOL
     assert pad_diff > 1e-3  # padded images are NOT SigLIP numerics: the tower needs the patch mask for those
+    assert size_diff > 1e-3  # nor other sizes: Idefics2 looks positions up by bucket, SigLIP interpolates
 
 
 # ---------------------------------------------------------------------- Q-Former (BLIP-2)
@@ -187,8 +257,14 @@ def test_qformer_matches_blip2_qformer_model():
     from transformers import Blip2QFormerConfig
     from transformers.models.blip_2.modeling_blip_2 import Blip2QFormerModel
 
-    cfg = Blip2QFormerConfig(hidden_size=40, num_hidden_layers=4, num_attention_heads=4, intermediate_size=56,
-                             encoder_hidden_size=32, cross_attention_frequency=2)
+    cfg = Blip2QFormerConfig(
+        hidden_size=40,
+        num_hidden_layers=4,
+        num_attention_heads=4,
+        intermediate_size=56,
+        encoder_hidden_size=32,
+        cross_attention_frequency=2,
+    )
     cfg._attn_implementation = "eager"
     torch.manual_seed(0)
     hf = perturb_(Blip2QFormerModel(cfg).eval())
@@ -200,8 +276,11 @@ def test_qformer_matches_blip2_qformer_model():
     assert [layer.has_cross for layer in ours.layers] == [True, False, True, False]
     x = torch.randn(2, N, 32)
     with torch.no_grad():
-        ref = hf(query_embeds=state["query_tokens"].expand(2, -1, -1), encoder_hidden_states=x,
-                 encoder_attention_mask=torch.ones(2, N, dtype=torch.long)).last_hidden_state
+        ref = hf(
+            query_embeds=state["query_tokens"].expand(2, -1, -1),
+            encoder_hidden_states=x,
+            encoder_attention_mask=torch.ones(2, N, dtype=torch.long),
+        ).last_hidden_state
         out = ours.query_states(x)
     diff = max_diff(out, ref)
     print(f"[parity] QFormer vs Blip2QFormerModel max|diff| = {diff:.2e}")
@@ -218,9 +297,13 @@ def test_qformer_matches_blip2_get_image_features_and_saved_keys(tmp_path):
     hf.save_pretrained(tmp_path)
     state = load_file(tmp_path / "model.safetensors")
     mine = {k for k in state if k.startswith(("qformer.", "query_tokens", "language_projection."))}
-    assert {"query_tokens", "language_projection.weight", "qformer.layernorm.weight",
-            "qformer.encoder.layer.0.crossattention.attention.key.weight",
-            "qformer.encoder.layer.1.output_query.LayerNorm.bias"} <= mine
+    assert {
+        "query_tokens",
+        "language_projection.weight",
+        "qformer.layernorm.weight",
+        "qformer.encoder.layer.0.crossattention.attention.key.weight",
+        "qformer.encoder.layer.1.output_query.LayerNorm.bias",
+    } <= mine
     assert not any(TEXT_BRANCH.fullmatch(k) for k in mine)  # use_qformer_text_input=False: no text branch saved
     assert not any(".crossattention." in k for k in mine if k.startswith("qformer.encoder.layer.1."))
     ours = native_qformer(cfg).eval()
@@ -271,13 +354,16 @@ def test_c_abstractor_parameter_count_of_the_honeybee_reference():
         ours = CAbstractor(1024, 4096, 144, hidden=1024, depth=3, mlp_depth=2, input_tokens=576)
         ref = honeybee_reference_net(1024, 1024, 12, 3)
     count = sum(p.numel() for p in ours.parameters())
-    ref_count = sum(p.numel() for p in ref.parameters()) + sum(p.numel() for p in ours.readout.parameters()) + 576 * 1024
+    ref_count = (
+        sum(p.numel() for p in ref.parameters()) + sum(p.numel() for p in ours.readout.parameters()) + 576 * 1024
+    )
     formula = CAbstractor.param_count(1024, 4096, 1024, 3, 2, input_tokens=576)
     print(f"[params] C-Abstractor Honeybee-C-7B reference: {count:,} (formula {formula:,}, timm-built {ref_count:,})")
     assert count == formula == ref_count
     for tokens in (64, 144, 256):  # the budget does not change the parameter count
         assert CAbstractor.param_count(24, 40, 32, 2, 2) == sum(
-            p.numel() for p in CAbstractor(24, 40, tokens, hidden=32, depth=2).parameters())
+            p.numel() for p in CAbstractor(24, 40, tokens, hidden=32, depth=2).parameters()
+        )
 
 
 def test_c_abstractor_refuses_a_non_square_budget():

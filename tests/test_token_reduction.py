@@ -27,7 +27,9 @@ DEPTH, N = 4, 64
 
 def tiny_tower() -> VisionTower:
     torch.manual_seed(0)
-    tower = VisionTower(image_size=32, patch_size=4, hidden_size=32, intermediate_size=64, num_layers=DEPTH, num_heads=4)
+    tower = VisionTower(
+        image_size=32, patch_size=4, hidden_size=32, intermediate_size=64, num_layers=DEPTH, num_heads=4
+    )
     return perturb_(tower).eval()
 
 
@@ -107,7 +109,9 @@ def test_bipartite_soft_matching_merge_and_unmerge():
     assert restored.shape == x.shape
     m = match(metric, 6)
     kept_a = 2 * m.unm_idx[..., 0]
-    assert torch.equal(restored.gather(1, kept_a[..., None].expand(-1, -1, 5)), x.gather(1, kept_a[..., None].expand(-1, -1, 5)))
+    assert torch.equal(
+        restored.gather(1, kept_a[..., None].expand(-1, -1, 5)), x.gather(1, kept_a[..., None].expand(-1, -1, 5))
+    )
     ident, _ = bipartite_soft_matching(metric[:, :1], 4)  # one token: nothing to merge
     assert ident(x) is x
 
@@ -156,8 +160,15 @@ def test_tome_backward_is_finite(pixels):
 
 
 def test_tome_refuses_a_tower_with_feature_taps(pixels):
-    tower = VisionTower(image_size=32, patch_size=4, hidden_size=32, intermediate_size=64, num_layers=2, num_heads=4,
-                        feature_layers=[-1])
+    tower = VisionTower(
+        image_size=32,
+        patch_size=4,
+        hidden_size=32,
+        intermediate_size=64,
+        num_layers=2,
+        num_heads=4,
+        feature_layers=[-1],
+    )
     with pytest.raises(ValueError, match="feature_layers=None"):
         tome_forward(tower, pixels, 2)
 

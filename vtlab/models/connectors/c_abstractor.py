@@ -151,8 +151,15 @@ class CAbstractor(nn.Module):
         return total + sum(2 * self.tokens * m.in_features * m.out_features for m in linears)
 
     @staticmethod
-    def param_count(in_dim: int, out_dim: int, hidden: int, depth: int, mlp_depth: int,
-                    se_ratio: float = 0.25, input_tokens: int = 0) -> int:
+    def param_count(
+        in_dim: int,
+        out_dim: int,
+        hidden: int,
+        depth: int,
+        mlp_depth: int,
+        se_ratio: float = 0.25,
+        input_tokens: int = 0,
+    ) -> int:
         """Closed-form parameter count (conv weights, LayerNorm2d affine, SE and readout biases)."""
 
         def block(cin: int, cout: int) -> int:

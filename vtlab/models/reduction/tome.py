@@ -92,7 +92,9 @@ def merge_wavg(merge, x: torch.Tensor, size: torch.Tensor | None = None) -> tupl
     return x / size, size
 
 
-def proportional_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, size: torch.Tensor | None) -> torch.Tensor:
+def proportional_attention(
+    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, size: torch.Tensor | None
+) -> torch.Tensor:
     """SDPA with log(size) of each key added to the logits (size None: plain attention)."""
     mask = None if size is None else size.log()[:, None, None, :, 0].to(q.dtype)
     return F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
