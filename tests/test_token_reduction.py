@@ -100,18 +100,22 @@ def test_tome_never_merges_two_tokens_of_the_same_side():
 
 
 def test_bipartite_soft_matching_merge_and_unmerge():
+    """unmerge(merge(x)) gives every input position the value of the token it was merged into."""
     torch.manual_seed(0)
-    metric, x = torch.randn(2, 20, 8), torch.randn(2, 20, 5)
+    metric, x = torch.randn(2, 21, 8), torch.randn(2, 21, 5)
     merge, unmerge = bipartite_soft_matching(metric, 6)
     merged = merge(x)
-    assert merged.shape == (2, 14, 5)
+    assert merged.shape == (2, 15, 5)
     restored = unmerge(merged)
     assert restored.shape == x.shape
     m = match(metric, 6)
-    kept_a = 2 * m.unm_idx[..., 0]
-    assert torch.equal(
-        restored.gather(1, kept_a[..., None].expand(-1, -1, 5)), x.gather(1, kept_a[..., None].expand(-1, -1, 5))
-    )
+    n_unm = m.unm_idx.shape[1]
+    for b in range(2):
+        for j, a in enumerate(m.unm_idx[b, :, 0].tolist()):  # kept A tokens come back unchanged
+            assert torch.equal(restored[b, 2 * a], x[b, 2 * a]) and torch.equal(merged[b, j], x[b, 2 * a])
+        for a, dst in zip(m.src_idx[b, :, 0].tolist(), m.dst_idx[b, :, 0].tolist(), strict=True):
+            assert torch.equal(restored[b, 2 * a], merged[b, n_unm + dst])  # merged A -> its B token's value
+        assert torch.equal(restored[b, 1::2], merged[b, n_unm:])
     ident, _ = bipartite_soft_matching(metric[:, :1], 4)  # one token: nothing to merge
     assert ident(x) is x
 
@@ -157,6 +161,18 @@ def test_tome_backward_is_finite(pixels):
     tokens, size = tome_forward(tower, pixels, 8)
     (tokens * size).square().mean().backward()
     assert all(p.grad is not None and torch.isfinite(p.grad).all() for p in tower.parameters())
+
+
+@pytest.mark.slow
+def test_tome_compiles_fullgraph(pixels):
+    """About 26 s on 2 CPU cores."""
+    tower = tiny_tower()
+    compiled = torch.compile(lambda p: tome_forward(tower, p, 8), fullgraph=True)
+    with torch.no_grad():
+        (a, size_a), (b, size_b) = compiled(pixels), tome_forward(tower, pixels, 8)
+    diff = (a - b).abs().max().item()
+    print(f"[compile] tome_forward r=8 fullgraph max|diff| vs eager = {diff:.2e}")
+    assert diff <= 1e-5 and torch.equal(size_a, size_b)
 
 
 def test_tome_refuses_a_tower_with_feature_taps(pixels):

@@ -17,12 +17,14 @@ With r = 0 everywhere nothing changes: `tome_forward` is then bit-identical to `
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from contextlib import nullcontext
 from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.nn.attention import sdpa_kernel
 
 
 @dataclass
@@ -77,13 +79,17 @@ def _identity(x: torch.Tensor, mode: str = "mean") -> torch.Tensor:
     return x
 
 
-def bipartite_soft_matching(metric: torch.Tensor, r: int):
+def bipartite_soft_matching(
+    metric: torch.Tensor, r: int
+) -> tuple[Callable[..., torch.Tensor], Callable[..., torch.Tensor]]:
     """(merge, unmerge) callables of ToMe's matching; both are the identity when r is capped to 0."""
     m = match(metric, r)
     return (_identity, _identity) if m is None else (m.merge, m.unmerge)
 
 
-def merge_wavg(merge, x: torch.Tensor, size: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+def merge_wavg(
+    merge: Callable[..., torch.Tensor], x: torch.Tensor, size: torch.Tensor | None = None
+) -> tuple[torch.Tensor, torch.Tensor]:
     """Size-weighted average merge: returns (merged x, merged size); size (B, t, 1) defaults to ones."""
     if size is None:
         size = torch.ones_like(x[..., :1])
@@ -108,7 +114,8 @@ def tome_block_forward(
     b, n, d = x.shape
     qkv = attn.qkv(block.norm1(x)).view(b, n, 3, attn.num_heads, attn.head_dim).permute(2, 0, 3, 1, 4)
     q, k, v = qkv.unbind(0)
-    out = proportional_attention(q, k, v, size)
+    with sdpa_kernel(attn.backends) if attn.backends else nullcontext():  # the tower's kernel pinning, if any
+        out = proportional_attention(q, k, v, size)
     x = x + attn.proj(out.transpose(1, 2).reshape(b, n, d))
     m = match(k.mean(1), r)
     if m is not None:
