@@ -45,7 +45,7 @@ def tiny_idefics2_config(n_latents: int = 8):
         num_attention_heads=4,
         num_key_value_heads=2,
         vocab_size=128,
-        hidden_act="silu",
+        hidden_act="gelu",  # the modality projection's act (the perceiver's own MLP uses its config's silu)
         rms_norm_eps=1e-5,
     )
     vision = dict(
