@@ -2,16 +2,24 @@
 
 from __future__ import annotations
 
+import os
+from pathlib import Path
+
 import pytest
 import torch
 from hydra.core.global_hydra import GlobalHydra
 
 
+REPO = Path(__file__).resolve().parent.parent
+
+
 @pytest.fixture(autouse=True)
 def _isolated_run_state(monkeypatch):
     """No test talks to W&B (subprocesses inherit WANDB_MODE unless a test sets it), and no test inherits
-    or leaks an initialised Hydra (compose_config reuses an initialised GlobalHydra's search path)."""
+    or leaks an initialised Hydra (compose_config reuses an initialised GlobalHydra's search path).
+    Subprocesses import this checkout's vtlab (not another checkout's editable install)."""
     monkeypatch.setenv("WANDB_MODE", "disabled")
+    monkeypatch.setenv("PYTHONPATH", os.pathsep.join(p for p in (str(REPO), os.environ.get("PYTHONPATH", "")) if p))
     GlobalHydra.instance().clear()
     yield
     GlobalHydra.instance().clear()

@@ -226,7 +226,7 @@ def test_idefics2_vision_tower_vs_native_siglip_tower():
     sizes (the position table is looked up by bucket, where the native tower interpolates it bicubically)."""
     from transformers.models.idefics2.modeling_idefics2 import Idefics2VisionTransformer
 
-    from vtlab.towers import VisionTower
+    from vtlab.models.towers import VisionTower
 
     cfg = tiny_idefics2_config().vision_config
     cfg._attn_implementation = "eager"

@@ -19,8 +19,8 @@ from vtlab.models.reduction.tome import (
     tome_block_forward,
     tome_forward,
 )
-from vtlab.towers import VisionTower
-from vtlab.towers.layers import MAPHead
+from vtlab.models.towers import VisionTower
+from vtlab.models.layers import MAPHead
 
 DEPTH, N = 4, 64
 

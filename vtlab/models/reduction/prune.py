@@ -2,7 +2,7 @@
 
 Scores: `"norm"`, the feature L2 norm; `"attention"`, the attention of one probe query over the tokens,
 softmax(q k^T / sqrt(head_dim)) averaged over heads, with the probe either a learned `AttentionProbe` or
-the tower's SigLIP MAP head (`vtlab.towers.layers.MAPHead`: its `probe` and the q/k rows of `in_proj`). This is
+the tower's SigLIP MAP head (`vtlab.models.layers.MAPHead`: its `probe` and the q/k rows of `in_proj`). This is
 the CLS/probe-attention selection of FasterVLM / VisionZip-style pruning; with `merge=True` every pruned token
 is folded into its most similar kept token (cosine similarity of the features), size-weighted, in the spirit
 of LLaVA-PruMerge (Shang et al., 2024, arXiv 2403.15388; upstream 42Shawn/LLaVA-PruMerge, which selects by IQR

@@ -2,7 +2,7 @@
 
 Paper: Bolya et al., "Token Merging: Your ViT But Faster" (ICLR 2023). Upstream: facebookresearch/ToMe
 `tome/merge.py` (`bipartite_soft_matching`, `merge_wavg`) and `tome/patch/timm.py` (`ToMeBlock`,
-`ToMeAttention`). Re-written for vtlab's fused-qkv `Block` (`vtlab/towers/layers.py`):
+`ToMeAttention`). Re-written for vtlab's fused-qkv `Block` (`vtlab/models/layers.py`):
 
 - split the tokens alternately into A (even positions) and B (odd positions); score every A token by its
   best cosine similarity to a B token, using the keys averaged over heads as the metric;
@@ -114,7 +114,7 @@ def tome_block_forward(
     b, n, d = x.shape
     qkv = attn.qkv(block.norm1(x)).view(b, n, 3, attn.num_heads, attn.head_dim).permute(2, 0, 3, 1, 4)
     q, k, v = qkv.unbind(0)
-    with sdpa_kernel(attn.backends) if attn.backends else nullcontext():  # the tower's kernel pinning, if any
+    with sdpa_kernel(attn.sdpa_backends) if attn.sdpa_backends else nullcontext():  # the tower's kernel pinning, if any
         out = proportional_attention(q, k, v, size)
     x = x + attn.proj(out.transpose(1, 2).reshape(b, n, d))
     m = match(k.mean(1), r)
