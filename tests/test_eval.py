@@ -8,8 +8,7 @@ import pytest
 import torch
 from train_helpers import TINY, cli, run_inproc
 
-from vtlab.errors import ConfigError
-from vtlab.errors import ArchitectureMismatchError
+from vtlab.errors import ArchitectureMismatchError, ConfigError
 
 
 @pytest.fixture(scope="module")

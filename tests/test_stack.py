@@ -11,8 +11,7 @@ import torch
 
 import vtlab
 from vtlab.api import build_stack, compose_config
-from vtlab.measure.flops import count_flops
-from vtlab.measure.flops import closed_form_flops
+from vtlab.measure.flops import closed_form_flops, count_flops
 from vtlab.models.stack import VisionStack
 
 DEBUG = {  # preset: (grid side, tower width, text hidden)

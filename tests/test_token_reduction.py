@@ -8,6 +8,7 @@ import torch.nn.functional as F
 from hf_parity import perturb_
 from torch import nn
 
+from vtlab.models.layers import MAPHead
 from vtlab.models.reduction.prune import AttentionProbe, probe_attention, prune_tokens, token_scores
 from vtlab.models.reduction.tome import (
     ToMeTower,
@@ -20,7 +21,6 @@ from vtlab.models.reduction.tome import (
     tome_forward,
 )
 from vtlab.models.towers import VisionTower
-from vtlab.models.layers import MAPHead
 
 DEPTH, N = 4, 64
 

@@ -14,10 +14,9 @@ from pathlib import Path
 
 import hydra
 from hydra.core.hydra_config import HydraConfig
+from hydra.core.override_parser.overrides_parser import OverridesParser
 from hydra.types import RunMode
 from omegaconf import DictConfig
-
-from hydra.core.override_parser.overrides_parser import OverridesParser
 
 from vtlab.config.compose import compose_config, to_config
 from vtlab.config.presets import config_dir, group_options, model_names

@@ -15,10 +15,10 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from omegaconf import DictConfig
 from safetensors.torch import save_file
 
 from vtlab.checkpoints.layouts import to_hf
-from vtlab.config.schema import VTLabConfig
 from vtlab.errors import CheckpointError
 from vtlab.families import get_family
 
@@ -27,7 +27,7 @@ def _v(x: Any) -> Any:
     return getattr(x, "value", x)
 
 
-def hf_config(cfg: VTLabConfig, stack: torch.nn.Module) -> dict[str, Any]:
+def hf_config(cfg: Any, stack: torch.nn.Module) -> dict[str, Any]:
     """The config.json for `cfg` in the owning model's format, with the `vtlab` block."""
     m, c = cfg.model, cfg.connector
     t = stack.connector.out_dim
@@ -44,9 +44,10 @@ def hf_config(cfg: VTLabConfig, stack: torch.nn.Module) -> dict[str, Any]:
     return conf
 
 
-def export_hf(stack: torch.nn.Module, cfg: VTLabConfig, out_dir: str | Path) -> Path:
-    """Write `stack` to `out_dir` as `model.safetensors` + `config.json` in Hugging Face layout; returns the dir."""
-    if not isinstance(cfg, VTLabConfig):
+def export_hf(stack: torch.nn.Module, cfg: Any, out_dir: str | Path) -> Path:
+    """Write `stack` to `out_dir` as `model.safetensors` + `config.json` in Hugging Face layout; returns the dir.
+    `cfg` is the typed VTLabConfig the stack was built from (`vtlab.config(...)` / `vtlab.to_config(...)`)."""
+    if isinstance(cfg, DictConfig | dict) or not hasattr(cfg, "model"):
         raise CheckpointError("export: pass the VTLabConfig the stack was built from (vtlab.config(...) or "
                               "vtlab.to_config(...))")
     conf = hf_config(cfg, stack)

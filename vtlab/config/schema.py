@@ -22,6 +22,7 @@ from omegaconf import II, MISSING
 
 from vtlab.data.synthetic import TASKS as SYNTHETIC_TASKS
 from vtlab.errors import ConfigError, InvalidCellError
+from vtlab.families.tiler import image_size_of, patch_grid, valid_factors
 from vtlab.measure.modes import MODES
 from vtlab.measure.timing import DTYPES
 from vtlab.models.connectors import CONNECTORS
@@ -387,39 +388,7 @@ def register_configs() -> None:
 
 
 # ----------------------------------------------------------------------------------------------------
-# Geometry helpers the checks and the builders share
-
-
-def patch_grid(model: ModelConfig) -> tuple[int, int]:
-    """(rows, cols) of the patch grid: floor(input / patch), e.g. 384/14 -> 27x27 (the last 6 px are unused)."""
-    size = model.input_size or model.image_size
-    return size // model.patch_size, size // model.patch_size
-
-
-def valid_factors(grid: tuple[int, int]) -> list[int]:
-    h, w = grid
-    return [f for f in range(1, min(h, w) + 1) if h % f == 0 and w % f == 0]
-
-
-def image_size_of(value: Any, key: str = "data.image_size") -> tuple[int, int] | None:
-    """(H, W) from an int (square) or an [H, W] pair; None stays None. Anything else is a ConfigError."""
-    if value is None:
-        return None
-    if isinstance(value, bool):
-        raise ConfigError(f"{key}={value!r} is not an image size; give an int (square) or [H, W]")
-    if isinstance(value, int):
-        pair = (value, value)
-    else:
-        try:
-            items = list(value)
-        except TypeError:
-            raise ConfigError(f"{key}={value!r} is not an image size; give an int (square) or [H, W]") from None
-        if len(items) != 2 or not all(isinstance(v, int) and not isinstance(v, bool) for v in items):
-            raise ConfigError(f"{key}={items} is not an image size; give an int (square) or [H, W], e.g. [1536,2048]")
-        pair = (items[0], items[1])
-    if min(pair) < 1:
-        raise ConfigError(f"{key}={list(pair)} must be positive; give an int (square) or [H, W], e.g. [1536,2048]")
-    return pair
+# The connector factor against the patch grid (the geometry itself is vtlab.families.tiler's)
 
 
 def check_factor(cfg: Any) -> None:

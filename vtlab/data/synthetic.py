@@ -24,6 +24,8 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
+from vtlab.errors import ConfigError
+
 SPLITS = {"train": 0, "val": 1, "test": 2}
 TASKS = ("count_plus", "count")
 
@@ -69,8 +71,6 @@ class GlyphSpec:
         return (self.num_classes - 1) * self.glyphs_per_class + (self.distractors if self.task == "count_plus" else 0)
 
     def check(self) -> None:
-        from vtlab.errors import ConfigError
-
         if self.num_classes < 2:
             raise ConfigError(f"data.num_classes={self.num_classes} must be >= 2 for the synthetic set")
         if self.task not in TASKS:

@@ -2,14 +2,12 @@
 
 Mirrors transformers' `SiglipImageProcessor` (do_resize to size x size with PIL bicubic, rescale 1/255,
 normalise mean = std = 0.5, so pixels end in [-1, 1]) as used by SigLIP, Idefics3/SmolVLM's tower and
-LlavaNext's tower. Works on PIL images (image folders) and on uint8 CHW tensors (the synthetic set).
-`preset_transform` picks the preset family's resampling through vtlab.preprocess (what the tasks use).
+LlavaNext's tower, with torchvision. Works on PIL images and on uint8 CHW tensors. The tasks use each family's
+own PIL-exact preprocessing instead (vtlab.families.frame_transform); this is the DataModule's default when none
+is given.
 """
 
 from __future__ import annotations
-
-from collections.abc import Callable
-from typing import Any
 
 import torch
 from torchvision.transforms import v2
@@ -30,22 +28,3 @@ def siglip_transform(size: int, mean: tuple[float, ...] = SIGLIP_MEAN, std: tupl
             v2.Normalize(mean=list(mean), std=list(std)),
         ]
     )
-
-
-def preset_transform(model_cfg: Any, size: int) -> Callable[[Any], torch.Tensor]:
-    """The preset's own single-frame preprocessing (vtlab.preprocess, PIL like transformers' processors).
-
-    siglip / llava_next: square BICUBIC resize (SiglipImageProcessor, LlavaNext's base crop); idefics3
-    (SmolVLM): square LANCZOS resize, as the processor makes its global frame (the tiling into extra frames
-    is not used for classification). All rescale to [0, 1] and normalise with mean = std = 0.5. Falls back to
-    `siglip_transform` if vtlab.preprocess is unavailable.
-    """
-    try:
-        from PIL import Image
-
-        from vtlab.preprocess import SiglipPreprocessor
-    except ImportError:
-        return siglip_transform(size)
-    family = getattr(model_cfg.family, "value", model_cfg.family)
-    resample = Image.Resampling.LANCZOS if family == "idefics3" else Image.Resampling.BICUBIC
-    return SiglipPreprocessor(size, resample=resample)

@@ -20,7 +20,6 @@ backend of transformers v5 (antialiased tensor resize; LANCZOS may fall back to 
 
 from __future__ import annotations
 
-import math
 from collections.abc import Sequence
 from typing import Any
 

@@ -19,7 +19,6 @@ from typing import Any
 
 import torch
 
-from vtlab.config.schema import patch_grid
 from vtlab.errors import ConfigError
 from vtlab.families.base import Family, get_family
 from vtlab.families.pixels import ImageLike, to_uint8_hwc
@@ -53,6 +52,18 @@ class ImagePlan:
         extra = "global" if self.tiling == "split" else "base"
         return (f"{h}x{w} -> {self.rows}x{self.cols} tiles + {extra} = {self.frames} frames, "
                 f"{self.tokens} tokens ({self.tiling})")
+
+
+def patch_grid(model: Any) -> tuple[int, int]:
+    """(rows, cols) of the patch grid: floor(input / patch), e.g. 384/14 -> 27x27 (the last 6 px are unused)."""
+    size = model.input_size or model.image_size
+    return size // model.patch_size, size // model.patch_size
+
+
+def valid_factors(grid: tuple[int, int]) -> list[int]:
+    """The unshuffle factors that divide a (rows, cols) grid."""
+    h, w = grid
+    return [f for f in range(1, min(h, w) + 1) if h % f == 0 and w % f == 0]
 
 
 def image_size_of(value: Any, key: str = "data.image_size") -> tuple[int, int] | None:

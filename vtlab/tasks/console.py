@@ -8,7 +8,6 @@ from rich.console import Console
 from rich.table import Table
 
 
-
 def _fmt(n: float, unit: str = "") -> str:
     for scale, suffix in ((1e12, "T"), (1e9, "G"), (1e6, "M"), (1e3, "k")):
         if abs(n) >= scale:

@@ -16,10 +16,9 @@ from pathlib import Path
 from typing import Any
 
 import lightning.pytorch as pl
-import torch
 from lightning.fabric.utilities.exceptions import MisconfigurationException
 from lightning.pytorch.callbacks import Callback, ModelCheckpoint
-from lightning.pytorch.loggers import CSVLogger
+from lightning.pytorch.loggers import CSVLogger, WandbLogger
 
 from vtlab.errors import ConfigError
 from vtlab.measure.timing import on_gpu
@@ -38,8 +37,6 @@ def build_loggers(ctx: RunContext, tracker: Any) -> list[Any] | bool:
     if kind == "none" or (kind == "wandb" and (os.environ.get("WANDB_MODE") or lg.mode) == "disabled"):
         return False
     if kind == "wandb" and getattr(tracker, "run", None) is not None:
-        from lightning.pytorch.loggers import WandbLogger
-
         return [WandbLogger(experiment=tracker.run, save_dir=str(ctx.out_dir))]
     if kind == "wandb" and process_rank() == 0:
         print(f"vtlab: W&B run unavailable; logging metrics to {ctx.out_dir}/csv/metrics.csv", file=sys.stderr)

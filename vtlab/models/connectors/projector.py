@@ -9,10 +9,10 @@ Every kind honours `factor` (unshuffle first), so a token budget can be swept fo
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 from torch import nn
-
-from typing import Any
 
 from vtlab.models.connectors.pixel_unshuffle import pixel_unshuffle
 from vtlab.models.layers import activation
