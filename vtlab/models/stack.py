@@ -78,10 +78,15 @@ class VisionStack(nn.Module):
         return self.grid[0] * self.grid[1]
 
     @property
+    def prefix_tokens(self) -> int:
+        """Tokens the tower output carries before the patch grid (a kept CLS / registers; 0 for most towers)."""
+        return int(getattr(self.tower, "prefix_tokens", 0))
+
+    @property
     def num_tokens(self) -> int:
         """Visual tokens handed to the language model per image."""
         f = self.connector.factor
-        return (self.grid[0] // f) * (self.grid[1] // f)
+        return (self.grid[0] // f) * (self.grid[1] // f) + self.prefix_tokens
 
     @property
     def feature_dim(self) -> int:
@@ -101,7 +106,7 @@ class VisionStack(nn.Module):
         return Stages([
             Stage("image", self.input_shape(1), f"{self.input_size}x{self.input_size} RGB"),
             Stage("patch grid", (h, w), f"{h}x{w} patches of {p}px{crop}"),
-            Stage("tower", (1, self.num_patches, self.feature_dim), self._tower_detail()),
+            Stage("tower", (1, self.num_patches + self.prefix_tokens, self.feature_dim), self._tower_detail()),
             Stage(
                 "connector",
                 (1, self.num_tokens, self.text_hidden),
@@ -112,7 +117,8 @@ class VisionStack(nn.Module):
     def _tower_detail(self) -> str:
         t = self.tower
         taps = "post-LN last layer" if t.feature_layers is None else f"taps {t.feature_layers} concatenated"
-        return f"{t.depth_used}/{t.num_layers} blocks, width {t.hidden_size}, {taps}"
+        prefix = f", {self.prefix_tokens} prefix token(s) kept" if self.prefix_tokens else ""
+        return f"{t.depth_used}/{t.num_layers} blocks, width {t.hidden_size}, {taps}{prefix}"
 
     # ------------------------------------------------------------------ forward
     def features(self, pixel_values: torch.Tensor) -> torch.Tensor:
