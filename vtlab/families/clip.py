@@ -173,9 +173,9 @@ class ClipFamily(Family):
             "model.num_heads": int(k["num_heads"]), "model.layer_norm_eps": float(k["layer_norm_eps"]),
             "model.hidden_act": _act(k["hidden_act"], where),
             "model.feature_layers": k.get("feature_layers"),
-            "model.select_strategy": k.get("select_strategy", "default"),
         }
         if mt == "llava":
+            out["model.select_strategy"] = k["select_strategy"]
             act = conf.get("projector_hidden_act", "gelu")
             if act not in ("gelu", "gelu_pytorch_tanh"):
                 raise CheckpointError(f"{where}: projector_hidden_act '{act}' is not supported (gelu, gelu_pytorch_tanh)")

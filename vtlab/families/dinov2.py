@@ -144,11 +144,14 @@ class Dinov2Family(Family):
         if m.feature_layers is not None:
             raise CheckpointError("export: a Dinov2Model has no feature_layers (its output is the normed last layer)")
         registers = m.num_registers > 0
+        if m.intermediate_size % m.hidden_size:
+            raise CheckpointError(f"export: Dinov2Config.mlp_ratio is an int; model.intermediate_size="
+                                  f"{m.intermediate_size} is not a multiple of model.hidden_size={m.hidden_size}")
         conf: dict[str, Any] = {
             "architectures": ["Dinov2WithRegistersModel" if registers else "Dinov2Model"],
             "model_type": "dinov2_with_registers" if registers else "dinov2",
             "hidden_size": m.hidden_size, "num_hidden_layers": m.num_layers, "num_attention_heads": m.num_heads,
-            "mlp_ratio": m.intermediate_size / m.hidden_size, "image_size": m.image_size, "patch_size": m.patch_size,
+            "mlp_ratio": m.intermediate_size // m.hidden_size, "image_size": m.image_size, "patch_size": m.patch_size,
             "num_channels": m.num_channels, "layer_norm_eps": m.layer_norm_eps, "hidden_act": "gelu",
             "qkv_bias": True, "use_swiglu_ffn": False, "layerscale_value": 1.0, "attention_probs_dropout_prob": 0.0,
             "hidden_dropout_prob": 0.0, "drop_path_rate": 0.0,
