@@ -308,3 +308,50 @@ def test_closed_form_flops_equal_counted(preset):
     for row in ("tower", "connector"):
         r = costs.row(row)
         assert r["flops"] == r["flops_closed_form"] > 0, (row, r)
+
+
+# ---------------------------------------------------------------------------------------------- CLI
+@pytest.mark.slow
+def test_bench_sweep_over_the_towers_has_a_row_per_tower(tmp_path):
+    """`python -m vtlab -m +model=siglip_debug,clip_debug,dinov2_debug task=bench task.modes=[eager]
+    logger=none` in a subprocess: one ok results.json per tower."""
+    import json
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    import vtlab
+
+    repo = Path(vtlab.__file__).resolve().parent.parent
+    env = {**os.environ, "PYTHONPATH": str(repo), "WANDB_MODE": "disabled"}
+    env.pop("HYDRA_FULL_ERROR", None)
+    presets = ["siglip_debug", "clip_debug", "dinov2_debug", "llava15_debug"]
+    proc = subprocess.run([sys.executable, "-m", "vtlab", "-m", "+model=" + ",".join(presets), "task=bench",
+                           "task.modes=[eager]", "logger=none", "task.iters=1", "task.latency_iters=2",
+                           "task.repeats=1", "task.warmup=0"], cwd=tmp_path, env=env,
+                          capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    rows = [json.loads(p.read_text()) for p in tmp_path.glob("multirun/**/results.json")]
+    assert sorted(r["model"] for r in rows) == sorted(presets), [r.get("model") for r in rows]
+    assert all(r["status"] == "ok" for r in rows)
+
+
+def test_cli_error_for_a_checkpoint_of_another_family(tmp_path):
+    """One line `vtlab: error: ...`, before any work."""
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    import vtlab
+
+    dino(0).save_pretrained(tmp_path / "d")
+    repo = Path(vtlab.__file__).resolve().parent.parent
+    env = {**os.environ, "PYTHONPATH": str(repo), "WANDB_MODE": "disabled"}
+    env.pop("HYDRA_FULL_ERROR", None)
+    proc = subprocess.run([sys.executable, "-m", "vtlab", "+model=clip_debug", f"model.weights={tmp_path / 'd'}",
+                           "logger=none"], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode != 0
+    lines = [ln for ln in proc.stderr.splitlines() if ln.strip()]
+    assert len(lines) == 1 and lines[0].startswith("vtlab: error: ") and "model.family: preset clip" in lines[0], lines

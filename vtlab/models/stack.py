@@ -96,8 +96,14 @@ class VisionStack(nn.Module):
     def text_hidden(self) -> int:
         return self.connector.out_dim
 
-    def input_shape(self, batch: int = 1) -> tuple[int, int, int, int]:
-        return (batch, self.tower.patch_embed.in_channels, self.input_size, self.input_size)
+    def input_shape(self, batch: int = 1, plan: Any = None) -> tuple[int, int, int, int]:
+        """(batch, C, H, W) of the tower frames: square at the input size, or a plan's own frame size (naflex)."""
+        h, w = (plan.detail.get("frame") if plan is not None else None) or (self.input_size, self.input_size)
+        return (batch, self.num_channels, h, w)
+
+    @property
+    def num_channels(self) -> int:
+        return int(getattr(self.tower, "num_channels", 0) or self.tower.patch_embed.in_channels)
 
     def stages(self) -> Stages:
         (h, w), p, f = self.grid, self.tower.patch_size, self.connector.factor
@@ -169,5 +175,7 @@ class VisionStack(nn.Module):
         tiler = self._tiler()
         made = [tiler.frames(image) for image in images]
         like = next(self.parameters())
+        if len({tuple(pixels.shape[1:]) for pixels, _ in made}) > 1:  # frames at each image's own size (naflex)
+            return [self.encode_frames(pixels.to(device=like.device, dtype=like.dtype), [plan])[0] for pixels, plan in made]
         frames = torch.cat([pixels for pixels, _ in made]).to(device=like.device, dtype=like.dtype)
         return self.encode_frames(frames, [plan for _, plan in made])
