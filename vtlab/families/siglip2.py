@@ -19,7 +19,8 @@ from typing import Any
 import torch
 from PIL import Image
 
-from vtlab.errors import ConfigError
+from vtlab.config.schema import image_size_of, valid_factors
+from vtlab.errors import ConfigError, InvalidCellError
 from vtlab.families.base import register_family
 from vtlab.families.pixels import ImageLike, normalise, resize, to_uint8_hwc
 from vtlab.families.siglip import HF_ACTIVATIONS, SiglipTowerFamily, hf_activation
@@ -43,8 +44,12 @@ class NaflexTiling(TilingScheme):
 
     def plan(self, tiler: Tiler, height: int, width: int) -> ImagePlan:
         gh, gw = self.grid(tiler, height, width)
-        p = tiler.patch_size
-        return ImagePlan((height, width), self.name, 0, 0, 1, gh * gw, gh * gw,
+        p, f = tiler.patch_size, tiler.factor
+        if gh % f or gw % f:
+            raise ConfigError(f"connector.factor={f} does not divide the {gh}x{gw} NaFlex patch grid of a "
+                              f"{height}x{width} image; valid factors: {valid_factors((gh, gw))}")
+        tokens = (gh // f) * (gw // f)
+        return ImagePlan((height, width), self.name, 0, 0, 1, tokens, tokens,
                          {"resized": [gh * p, gw * p], "frame": [gh * p, gw * p], "grid": [gh, gw],
                           "max_num_patches": tiler.max_num_patches})
 
@@ -83,9 +88,15 @@ class Siglip2Family(SiglipTowerFamily):
         if m.image_size % m.patch_size:
             raise ConfigError(f"model.image_size={m.image_size} must be a multiple of model.patch_size="
                               f"{m.patch_size} for siglip2 (the position table is (image_size / patch)^2 rows)")
-        if cfg.connector.factor != 1 and (m.tiling in (None, "naflex")):
-            raise ConfigError(f"connector.factor={cfg.connector.factor}: NaFlex grids take any aspect ratio, so "
-                              f"factor 1 only (or model.tiling=none for square frames)")
+        f, size = cfg.connector.factor, image_size_of(cfg.data.image_size)
+        if f != 1 and size is not None and (m.tiling or self.tiling) == NAFLEX.name:
+            budget = m.max_num_patches or (m.image_size // m.patch_size) ** 2
+            h, w = siglip2_tower.size_for_patch_budget(size[0], size[1], m.patch_size, budget)
+            gh, gw = h // m.patch_size, w // m.patch_size
+            if gh % f or gw % f:
+                raise InvalidCellError(
+                    f"connector.factor={f} does not divide the {gh}x{gw} NaFlex patch grid of a {size[0]}x{size[1]} "
+                    f"image under model.max_num_patches={budget}; valid factors: {valid_factors((gh, gw))}")
 
     def preprocess_frame(self, image: ImageLike, size: int) -> torch.Tensor:
         return normalise(resize(to_uint8_hwc(image), size, size, self.resample), self.mean, self.std)
@@ -106,7 +117,7 @@ class Siglip2Family(SiglipTowerFamily):
                 "model.num_channels": int(k["num_channels"]), "model.hidden_size": int(k["hidden_size"]),
                 "model.intermediate_size": int(k["intermediate_size"]), "model.num_layers": int(k["num_layers"]),
                 "model.num_heads": int(k["num_heads"]), "model.layer_norm_eps": float(k["layer_norm_eps"]),
-                "model.hidden_act": hf_activation(k["hidden_act"], where), "model.max_num_patches": int(k["num_patches"])}
+                "model.hidden_act": hf_activation(k["hidden_act"], where)}  # the budget is a run setting (null: the table size)
 
     def hf_config(self, cfg: Any, stack: torch.nn.Module, extra: dict[str, Any]) -> dict[str, Any]:
         m = cfg.model

@@ -136,7 +136,7 @@ class Tiler:
 
     def __init__(self, tiling: str, frame: int, tokens_per_frame: int, token_grid: int,
                  longest_edge: int | None = None, pinpoints: list[tuple[int, int]] | None = None,
-                 family: Family | str = "siglip", patch_size: int = 1, max_num_patches: int | None = None) -> None:
+                 family: Family | str = "siglip", patch_size: int = 1, max_num_patches: int | None = None, factor: int = 1) -> None:
         """`patch_size` / `max_num_patches`: the patch budget of schemes that size frames per image (naflex;
         null: the frame's own patch count)."""
         if tiling not in TILINGS:
@@ -150,6 +150,7 @@ class Tiler:
         self.family = family if isinstance(family, Family) else get_family(family)
         self.pinpoints = [tuple(p) for p in pinpoints] if pinpoints else None
         self.patch_size = patch_size
+        self.factor = factor
         self.max_num_patches = max_num_patches or (frame // patch_size) ** 2
         self.scheme_defaults()
 
@@ -169,7 +170,7 @@ class Tiler:
         pinpoints = [tuple(p) for p in model.pinpoints] if model.pinpoints else None
         return cls(resolve_tiling(model), model.input_size or model.image_size, (gh // f) * (gw // f),
                    gh // f if gh == gw else 0, model.longest_edge, pinpoints, get_family(model.family),
-                   model.patch_size, model.max_num_patches)
+                   model.patch_size, model.max_num_patches, f)
 
     @property
     def needs_newline(self) -> bool:
