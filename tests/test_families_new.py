@@ -313,7 +313,7 @@ def test_closed_form_flops_equal_counted(preset):
 # ---------------------------------------------------------------------------------------------- CLI
 @pytest.mark.slow
 def test_bench_sweep_over_the_towers_has_a_row_per_tower(tmp_path):
-    """`python -m vtlab -m +model=siglip_debug,clip_debug,dinov2_debug task=bench task.modes=[eager]
+    """`python -m vtlab -m +model=siglip_debug,clip_debug,dinov2_debug,siglip2_debug task=bench task.modes=[eager]
     logger=none` in a subprocess: one ok results.json per tower."""
     import json
     import os
@@ -326,7 +326,7 @@ def test_bench_sweep_over_the_towers_has_a_row_per_tower(tmp_path):
     repo = Path(vtlab.__file__).resolve().parent.parent
     env = {**os.environ, "PYTHONPATH": str(repo), "WANDB_MODE": "disabled"}
     env.pop("HYDRA_FULL_ERROR", None)
-    presets = ["siglip_debug", "clip_debug", "dinov2_debug", "llava15_debug"]
+    presets = ["siglip_debug", "clip_debug", "dinov2_debug", "siglip2_debug", "llava15_debug"]
     proc = subprocess.run([sys.executable, "-m", "vtlab", "-m", "+model=" + ",".join(presets), "task=bench",
                            "task.modes=[eager]", "logger=none", "task.iters=1", "task.latency_iters=2",
                            "task.repeats=1", "task.warmup=0"], cwd=tmp_path, env=env,
@@ -355,3 +355,26 @@ def test_cli_error_for_a_checkpoint_of_another_family(tmp_path):
     assert proc.returncode != 0
     lines = [ln for ln in proc.stderr.splitlines() if ln.strip()]
     assert len(lines) == 1 and lines[0].startswith("vtlab: error: ") and "model.family: preset clip" in lines[0], lines
+
+
+@pytest.mark.parametrize("preset", ["llava15_debug", "dinov2_reg_debug", "siglip2_debug"])
+def test_new_towers_train_one_step(preset):
+    """task=train's module (inactive modules frozen, no-decay groups from the tower) takes one AdamW step."""
+    from vtlab.train.module import VisionClassifier
+
+    stack = build(preset)
+    module = VisionClassifier(stack, 2, freeze="none")
+    groups = module.param_groups()
+    no_decay = {id(p) for g in groups if g["weight_decay"] == 0.0 for p in g["params"]}
+    assert id(stack.tower.pos_embed) in no_decay
+    if preset == "llava15_debug":  # block 3 is past the tap -2: never run, frozen
+        assert not any(p.requires_grad for p in stack.tower.blocks[2].parameters())
+    opt = torch.optim.AdamW(groups)
+    before = {n: p.detach().clone() for n, p in stack.tower.named_parameters() if p.requires_grad}
+    loss = torch.nn.functional.cross_entropy(module(pixels(2, 3, stack.input_size, stack.input_size)),
+                                             torch.tensor([0, 1]))
+    loss.backward()
+    opt.step()
+    assert torch.isfinite(loss) and all(not torch.equal(p, before[n]) for n, p in stack.tower.named_parameters()
+                                        if p.requires_grad and p.grad is not None)
+    assert sum(p.grad is not None for p in stack.tower.parameters()) > 0
