@@ -79,6 +79,9 @@ def checkpoint_arch(path: str) -> dict[str, Any]:
             arch[key] = shape_info[key]
     if "connector.factor" in shape_info and "connector.factor" not in arch:
         arch["connector.factor"] = shape_info["connector.factor"]
+    for key, value in shape_info.items():  # family fields only shapes tell (e.g. dinov2 register count)
+        if key.startswith("model.") and key not in arch:
+            arch[key] = value
     arch["grid"] = shape_info.get("grid")
     arch["has_head"] = shape_info.get("has_head", False)
     if layout.family and "model.family" not in arch:

@@ -52,7 +52,7 @@ def export_hf(stack: torch.nn.Module, cfg: Any, out_dir: str | Path) -> Path:
                               "vtlab.to_config(...))")
     conf = hf_config(cfg, stack)
     state = {k: v.detach().cpu() for k, v in stack.state_dict().items()}
-    tensors = {k: v.clone() for k, v in to_hf(state, cfg.model.family).items()}
+    tensors = {k: v.clone() for k, v in to_hf(state, cfg.model.family, cfg).items()}
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     save_file(tensors, str(out / "model.safetensors"), metadata={"format": "pt"})

@@ -43,6 +43,10 @@ def detect(keys: list[str], spec: str = "") -> Layout:
         p = min(vt, key=len)
         return Layout("vtlab" + (f" (under '{p}')" if p else ""), None, "vtlab", p + "tower.", p + "connector.",
                       p + "image_newline", carries_connector=True)
+    for family in sorted(FAMILIES.values(), key=lambda f: f.detect_order):
+        found = family.detect_keys(keys, keyset)  # towers whose names are not SigLIP's (CLIP, DINOv2, timm CLIP)
+        if found is not None:
+            return found
     hf = [k[: -len(HF_PATCH)] for k in keys if k.endswith(HF_PATCH)]
     if hf:
         p = min(hf, key=len)
@@ -111,6 +115,9 @@ def to_native(layout: Layout, tensors: dict[str, torch.Tensor]) -> Converted:
     ignored = 0
     p, cp = layout.prefix, layout.connector_prefix
     family = get_family(layout.family) if layout.family else None
+    mapped = family.convert(layout, tensors) if family is not None else None
+    if mapped is not None:
+        return Converted(*mapped)
 
     def put(native: str, src: str, t: torch.Tensor) -> None:
         out[native] = t
@@ -187,6 +194,9 @@ def native_to_hf(name: str, family_name: str) -> list[str]:
         return ["image_newline"]
     if name.startswith("connector."):
         return [family.connector_native_to_hf(name) or name]
+    own = family.native_names(name)
+    if own is not None:
+        return own
     rel = name[len("tower."):]
     m = re.fullmatch(r"blocks\.(\d+)\.attn\.qkv\.(weight|bias)", rel)
     if m:
@@ -197,8 +207,11 @@ def native_to_hf(name: str, family_name: str) -> list[str]:
     return [family.hub_prefix + hf]
 
 
-def to_hf(state: dict[str, torch.Tensor], family: str) -> dict[str, torch.Tensor]:
+def to_hf(state: dict[str, torch.Tensor], family: str, cfg: object = None) -> dict[str, torch.Tensor]:
     """A native state dict in the family's Hugging Face hub layout (q/k/v split back out of `attn.qkv`)."""
+    own = get_family(family).export_state(state, cfg)
+    if own is not None:
+        return own
     out: dict[str, torch.Tensor] = {}
     for name, t in state.items():
         names = native_to_hf(name, family)

@@ -48,8 +48,8 @@ def _differences(arch: dict[str, Any], have: dict[str, Any]) -> list[tuple[str, 
     skip = {"layout", "config_json", "grid", "has_head", "text", "name", "model.use_head", "model.pinpoints"}
     for key, ck in arch.items():
         if key in skip or (key == "model.family" and arch.get("layout") is not None
-                           and not arch["layout"].carries_connector):  # a bare tower fits its family's presets
-            continue
+                           and not arch["layout"].carries_connector and _same_tower(ck, get("model.family"))):
+            continue  # a bare tower fits the presets of every family that builds the same tower
         if key.startswith("connector.") and key not in ("connector.kind", "connector.factor", "connector.bias",
                                                         "connector.depth", "connector.act"):
             continue
@@ -72,6 +72,14 @@ def _differences(arch: dict[str, Any], have: dict[str, Any]) -> list[tuple[str, 
     order = ["model.family", "model.image_size", "model.patch_size", "model.hidden_size", "model.intermediate_size",
              "model.num_layers", "model.num_heads"]
     return sorted(diffs, key=lambda d: order.index(d[0]) if d[0] in order else len(order))
+
+
+def _same_tower(a: Any, b: Any) -> bool:
+    """Whether two families build their towers alike (SigLIP's ViT for siglip, idefics3, llava_next)."""
+    try:
+        return type(get_family(a)).build_tower is type(get_family(b)).build_tower
+    except ConfigError:
+        return False
 
 
 def _fmt(v: Any) -> str:

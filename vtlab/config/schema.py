@@ -28,6 +28,7 @@ from vtlab.measure.timing import DTYPES
 from vtlab.models.connectors import CONNECTORS
 from vtlab.models.heads import HEADS
 from vtlab.models.sdpa import BACKENDS
+from vtlab.models.towers.clip import STRATEGIES as CLIP_STRATEGIES
 
 
 class Choice(str, Enum):
@@ -50,12 +51,14 @@ def choices(name: str, values: Any, doc: str) -> type[Choice]:
 class Activation(Choice):
     gelu_tanh = "gelu_tanh"  # HF "gelu_pytorch_tanh": the SigLIP towers
     gelu = "gelu"  # exact erf GELU: HF "gelu", timm's default, the projectors
+    quick_gelu = "quick_gelu"  # x * sigmoid(1.702 x): OpenAI CLIP towers (family clip only)
 
 
 ConnectorKind = choices("ConnectorKind", CONNECTORS, "connector.kind: the registry vtlab.models.connectors.CONNECTORS")
 AttentionBackend = choices("AttentionBackend", BACKENDS, "task.attention_backend: vtlab.models.sdpa.BACKENDS")
 BenchMode = choices("BenchMode", MODES, "task.modes entries: vtlab.measure.modes.MODES")
 DType = choices("DType", ("auto", *DTYPES), "task.dtype: auto (bf16 on CUDA, fp32 on CPU) or vtlab.measure.timing.DTYPES")
+SelectStrategy = choices("SelectStrategy", CLIP_STRATEGIES, "model.select_strategy: vtlab.models.towers.clip.STRATEGIES")
 HeadKind = choices("HeadKind", HEADS, "task.head: vtlab.models.heads.HEADS")
 SyntheticTask = choices("SyntheticTask", SYNTHETIC_TASKS, "data.task: vtlab.data.synthetic.TASKS")
 
@@ -130,6 +133,11 @@ class ModelConfig:
     longest_edge: int | None = None  # split: the longest side after the first resize; null = 4 x the frame (2048)
     pinpoints: list[list[int]] | None = None  # anyres: candidate [H, W] resolutions; null = Granite's, per frame
     weights: str | None = None  # checkpoint path, folder or hf://org/name (see vtlab.checkpoints)
+    # Family-specific fields (vtlab.families: a family refuses a non-default value of a field it does not own)
+    select_strategy: SelectStrategy = SelectStrategy("default")  # clip (LLaVA): default drops the CLS token, full keeps it
+    keep_prefix: bool = False  # dinov2: keep the CLS + register tokens in front of the patch tokens
+    num_registers: int = 0  # dinov2: register tokens (Dinov2WithRegistersModel; 0 = Dinov2Model)
+    max_num_patches: int | None = None  # siglip2 NaFlex: the patch budget per image
 
     def check(self, root: Any) -> None:
         if self.image_size is None or self.image_size == MISSING:
@@ -145,6 +153,11 @@ class ModelConfig:
                 f"valid head counts: {[h for h in range(1, self.hidden_size + 1) if self.hidden_size % h == 0]}"
             )
         _finite_positive(self.layer_norm_eps, "model.layer_norm_eps")
+        if self.num_registers < 0:
+            raise ConfigError(f"model.num_registers={self.num_registers} must be >= 0 (0: no register tokens)")
+        if self.max_num_patches is not None and self.max_num_patches < 1:
+            raise ConfigError(f"model.max_num_patches={self.max_num_patches} is below one patch; give a patch "
+                              f"budget >= 1 (e.g. 256) or null")
         for key in ("image_size", "input_size"):
             size = getattr(self, key)
             if size is not None and size < self.patch_size:
@@ -180,6 +193,8 @@ class ConnectorConfig:
             raise ConfigError(f"connector.depth={self.depth} must be >= 1")
         if self.factor < 1:
             raise ConfigError(f"connector.factor={self.factor} must be >= 1")
+        if self.act == Activation.quick_gelu:
+            raise ConfigError("connector.act=quick_gelu is a tower activation; valid for connectors: gelu, gelu_tanh")
 
 
 @dataclass

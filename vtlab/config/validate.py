@@ -34,7 +34,7 @@ def validate(cfg: Any) -> None:
         raise TypeError(f"validate() takes a VTLabConfig (vtlab.to_config), got {type(cfg).__name__}")
     cfg.check()
     m = cfg.model
-    get_family(m.family)
+    get_family(m.family).check(cfg)
     check_tiling(m, m.input_size or m.image_size, patch_grid(m))
     backend = getattr(cfg.task, "attention_backend", None)
     if backend is not None:

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass, field
+from collections.abc import Callable
 from typing import Any, ClassVar
 
 import numpy as np
@@ -27,6 +28,13 @@ from vtlab.families.pixels import ImageLike, normalise, resize, to_uint8_hwc
 from vtlab.models.towers.siglip import build_tower as build_siglip_tower
 
 Rules = list[tuple[str, str]]
+Mapped = tuple[dict[str, torch.Tensor], dict[str, str], list[str], list[str], int]  # tensors, origin, unexpected, incomplete, ignored
+
+# ModelConfig fields that only some families read, with their defaults: a family that does not list one in
+# `own_fields` refuses a non-default value (never silently ignored)
+FAMILY_FIELDS: dict[str, Any] = {"select_strategy": "default", "keep_prefix": False, "num_registers": 0,
+                                 "max_num_patches": None}
+TOKENWISE_CONNECTORS = ("linear", "mlp", "identity")  # connectors that never read the patch grid (factor 1)
 
 
 @dataclass
@@ -45,6 +53,57 @@ class Layout:
     def describe(self) -> str:
         where = f"tower under '{self.prefix}'" if self.prefix else "tower at the top level"
         return f"{self.name} ({where})"
+
+
+def map_tower_keys(layout: Layout, tensors: dict[str, torch.Tensor],
+                   tower_fn: Callable[[dict[str, torch.Tensor]], dict[str, torch.Tensor]],
+                   group_of: Callable[[str], str | None],
+                   connector_fn: Callable[[str], str | None] | None = None) -> Mapped:
+    """A checkpoint -> native names through a tower module's own mapping (`tower_fn`: HF names relative to the
+    tower -> native names relative to `tower.`, KeyError for a name it does not know).
+
+    Keys under `layout.prefix` are the tower: keys that `group_of` puts in one group (q/k/v of one layer) are
+    mapped together (a group the mapping refuses is `incomplete`), every other key alone (refused: `unexpected`).
+    Keys under the connector prefix go through `connector_fn`; everything else is ignored (text model, heads)."""
+    out: dict[str, torch.Tensor] = {}
+    origin: dict[str, str] = {}
+    unexpected: list[str] = []
+    incomplete: list[str] = []
+    ignored = 0
+    groups: dict[str, dict[str, torch.Tensor]] = {}
+    p, cp = layout.prefix, layout.connector_prefix
+    for key, t in tensors.items():
+        if layout.carries_connector and cp and key.startswith(cp):
+            native = connector_fn(key[len(cp):]) if connector_fn is not None else None
+            if native is None:
+                unexpected.append(key)
+            else:
+                out[native], origin[native] = t, key
+            continue
+        if not key.startswith(p):
+            ignored += 1
+            continue
+        rel = key[len(p):]
+        group = group_of(rel)
+        if group is not None:
+            groups.setdefault(group, {})[rel] = t
+            continue
+        try:
+            mapped = tower_fn({rel: t})
+        except KeyError:
+            unexpected.append(key)
+            continue
+        for native, v in mapped.items():
+            out["tower." + native], origin["tower." + native] = v, key
+    for members in groups.values():
+        try:
+            mapped = tower_fn(members)
+        except KeyError as err:
+            incomplete.append(f"{' + '.join(p + m for m in sorted(members))} ({err.args[0]})")
+            continue
+        for native, v in mapped.items():
+            out["tower." + native], origin["tower." + native] = v, " + ".join(p + m for m in sorted(members))
+    return out, origin, sorted(unexpected), sorted(incomplete), ignored
 
 
 def apply_rules(rules: Rules, rel: str) -> str | None:
@@ -71,6 +130,36 @@ class Family:
     carried_fields: ClassVar[tuple[str, ...]] = ()
     needs_feature_layers: ClassVar[bool] = False  # its connector reads feature taps (no MAP head is run)
     feature_layers_hint: ClassVar[str] = ""
+
+    own_fields: ClassVar[tuple[str, ...]] = ()  # the FAMILY_FIELDS this family reads
+    activations: ClassVar[tuple[str, ...]] = ("gelu_tanh", "gelu")  # model.hidden_act values its tower runs
+
+    # ------------------------------------------------------------------ config rules
+    def prefix_tokens(self, model_cfg: Any) -> int:
+        """Tokens the tower output carries in front of the patch tokens (a CLS kept for the connector)."""
+        return 0
+
+    def check(self, cfg: Any) -> None:
+        """The family's rules on a whole config (vtlab.config.validate calls it; ConfigError)."""
+        m = cfg.model
+        act = str(getattr(m.hidden_act, "value", m.hidden_act))
+        if act not in self.activations:
+            raise ConfigError(f"model.hidden_act={act} is not an activation of family {self.name}; valid: "
+                              f"{', '.join(self.activations)}")
+        for key, default in FAMILY_FIELDS.items():
+            value = getattr(getattr(m, key, default), "value", getattr(m, key, default))
+            if key not in self.own_fields and value != default:
+                owners = [f.name for f in FAMILIES.values() if key in f.own_fields]
+                raise ConfigError(f"model.{key}={value} is not a setting of family {self.name} (it is one of: "
+                                  f"{', '.join(owners) or 'none'}); leave it at {default}")
+        prefix = self.prefix_tokens(m)
+        kind = str(getattr(cfg.connector.kind, "value", cfg.connector.kind))
+        if prefix and (kind not in TOKENWISE_CONNECTORS or cfg.connector.factor != 1):
+            raise ConfigError(
+                f"the {self.name} tower output keeps {prefix} prefix token(s) in front of the patch grid "
+                f"(model.select_strategy=full / model.keep_prefix=true), so connector.kind={kind} with "
+                f"connector.factor={cfg.connector.factor} has no grid to read; use connector.kind in "
+                f"{', '.join(TOKENWISE_CONNECTORS)} with connector.factor=1, or drop the prefix")
 
     # ------------------------------------------------------------------ tower
     def build_tower(self, model_cfg: Any) -> torch.nn.Module:
@@ -102,6 +191,23 @@ class Family:
     qkv_pattern: ClassVar[re.Pattern[str] | None] = None  # HF q/k/v projection keys to fuse into attn.qkv
     tower_roots: ClassVar[tuple[str, ...]] = ()  # what its tower's keys start with (others under the prefix: ignored)
     detect_order: ClassVar[int] = 10  # families are asked in this order; generic layouts (bare towers) last
+
+    # families whose tower names are not SigLIP's map whole checkpoints through their tower module
+    def detect_keys(self, keys: list[str], keyset: set[str]) -> Layout | None:
+        """A layout recognised from any tensor names (asked before the SigLIP-style detection)."""
+        return None
+
+    def convert(self, layout: Layout, tensors: dict[str, torch.Tensor]) -> Mapped | None:
+        """Checkpoint -> native names for one of this family's layouts (None: the SigLIP rule engine)."""
+        return None
+
+    def export_state(self, state: dict[str, torch.Tensor], cfg: Any) -> dict[str, torch.Tensor] | None:
+        """Native state dict -> the tensors of this family's Hugging Face export (None: the rule engine)."""
+        return None
+
+    def native_names(self, name: str) -> list[str] | None:
+        """The hub name(s) of one native tensor (messages; None: the rule engine)."""
+        return None
 
     def connector_key_to_native(self, rel: str) -> str | None:
         """A connector key relative to the layout's connector prefix -> its native `connector.*` name."""

@@ -147,7 +147,9 @@ class Tiler:
 
     def __init__(self, tiling: str, frame: int, tokens_per_frame: int, token_grid: int,
                  longest_edge: int | None = None, pinpoints: list[tuple[int, int]] | None = None,
-                 family: Family | str = "siglip") -> None:
+                 family: Family | str = "siglip", patch_size: int = 1, max_num_patches: int | None = None, factor: int = 1) -> None:
+        """`patch_size` / `max_num_patches`: the patch budget of schemes that size frames per image (naflex;
+        null: the frame's own patch count)."""
         if tiling not in TILINGS:
             raise ConfigError(f"model.tiling={tiling!r} is unknown; valid: {', '.join(TILINGS)}")
         self.tiling = tiling
@@ -158,6 +160,9 @@ class Tiler:
         self.longest_edge = longest_edge or 4 * frame
         self.family = family if isinstance(family, Family) else get_family(family)
         self.pinpoints = [tuple(p) for p in pinpoints] if pinpoints else None
+        self.patch_size = patch_size
+        self.factor = factor
+        self.max_num_patches = max_num_patches or (frame // patch_size) ** 2
         self.scheme_defaults()
 
     def scheme_defaults(self) -> None:
@@ -175,7 +180,8 @@ class Tiler:
         f = cfg.connector.factor
         pinpoints = [tuple(p) for p in model.pinpoints] if model.pinpoints else None
         return cls(resolve_tiling(model), model.input_size or model.image_size, (gh // f) * (gw // f),
-                   gh // f if gh == gw else 0, model.longest_edge, pinpoints, get_family(model.family))
+                   gh // f if gh == gw else 0, model.longest_edge, pinpoints, get_family(model.family),
+                   model.patch_size, model.max_num_patches, f)
 
     @property
     def needs_newline(self) -> bool:
@@ -190,7 +196,7 @@ class Tiler:
         array = to_uint8_hwc(image)
         plan = self.plan(array.shape[0], array.shape[1])
         pixels = self.scheme.frames(self, array)
-        if pixels.shape[0] != plan.frames:
+        if pixels.shape[0] != plan.frames:  # (naflex frames have the image's own size: stack.encode_images)
             raise RuntimeError(f"tiling {self.tiling}: {pixels.shape[0]} frames made, {plan.frames} planned")
         return pixels, plan
 

@@ -61,9 +61,9 @@ def decoder_prefill_flops(tokens: int, hidden: int, layers: int, intermediate: i
     return layers * per_layer
 
 
-def closed_form_flops(stack: Any) -> dict[str, int]:
-    """The closed forms of the tower and the connector for one frame of the stack's input size."""
-    grid = stack.grid
+def closed_form_flops(stack: Any, grid: tuple[int, int] | None = None) -> dict[str, int]:
+    """The closed forms of the tower and the connector for one frame of the stack's input size (or `grid`)."""
+    grid = grid or stack.grid
     return {"tower": stack.tower.flops_closed_form(*grid), "connector": stack.connector.flops_closed_form(grid)}
 
 
@@ -94,8 +94,9 @@ def stage_costs(stack: Any, pixels: torch.Tensor) -> StageCosts:
     with torch.inference_mode():
         tower_flops = count_flops(stack.tower, pixels) // batch
         feats = stack.tower(pixels)
-        connector_flops = count_flops(stack.connector, feats, stack.grid) // batch
-    closed = closed_form_flops(stack)
+        grid = stack.tower.grid_for(pixels.shape[-2], pixels.shape[-1])  # the frames' own grid (naflex)
+        connector_flops = count_flops(stack.connector, feats, grid) // batch
+    closed = closed_form_flops(stack, grid)
     costs = StageCosts([s.as_dict() for s in stack.stages()], tower_flops, connector_flops, closed, feats)
     costs.row("tower").update(params=count_params(stack.tower), flops=tower_flops, flops_closed_form=closed["tower"])
     costs.row("connector").update(params=count_params(stack.connector), flops=connector_flops,

@@ -78,10 +78,15 @@ class VisionStack(nn.Module):
         return self.grid[0] * self.grid[1]
 
     @property
+    def prefix_tokens(self) -> int:
+        """Tokens the tower output carries before the patch grid (a kept CLS / registers; 0 for most towers)."""
+        return int(getattr(self.tower, "prefix_tokens", 0))
+
+    @property
     def num_tokens(self) -> int:
         """Visual tokens handed to the language model per image."""
         f = self.connector.factor
-        return (self.grid[0] // f) * (self.grid[1] // f)
+        return (self.grid[0] // f) * (self.grid[1] // f) + self.prefix_tokens
 
     @property
     def feature_dim(self) -> int:
@@ -91,8 +96,14 @@ class VisionStack(nn.Module):
     def text_hidden(self) -> int:
         return self.connector.out_dim
 
-    def input_shape(self, batch: int = 1) -> tuple[int, int, int, int]:
-        return (batch, self.tower.patch_embed.in_channels, self.input_size, self.input_size)
+    def input_shape(self, batch: int = 1, plan: Any = None) -> tuple[int, int, int, int]:
+        """(batch, C, H, W) of the tower frames: square at the input size, or a plan's own frame size (naflex)."""
+        h, w = (plan.detail.get("frame") if plan is not None else None) or (self.input_size, self.input_size)
+        return (batch, self.num_channels, h, w)
+
+    @property
+    def num_channels(self) -> int:
+        return int(getattr(self.tower, "num_channels", 0) or self.tower.patch_embed.in_channels)
 
     def stages(self) -> Stages:
         (h, w), p, f = self.grid, self.tower.patch_size, self.connector.factor
@@ -101,7 +112,7 @@ class VisionStack(nn.Module):
         return Stages([
             Stage("image", self.input_shape(1), f"{self.input_size}x{self.input_size} RGB"),
             Stage("patch grid", (h, w), f"{h}x{w} patches of {p}px{crop}"),
-            Stage("tower", (1, self.num_patches, self.feature_dim), self._tower_detail()),
+            Stage("tower", (1, self.num_patches + self.prefix_tokens, self.feature_dim), self._tower_detail()),
             Stage(
                 "connector",
                 (1, self.num_tokens, self.text_hidden),
@@ -112,7 +123,8 @@ class VisionStack(nn.Module):
     def _tower_detail(self) -> str:
         t = self.tower
         taps = "post-LN last layer" if t.feature_layers is None else f"taps {t.feature_layers} concatenated"
-        return f"{t.depth_used}/{t.num_layers} blocks, width {t.hidden_size}, {taps}"
+        prefix = f", {self.prefix_tokens} prefix token(s) kept" if self.prefix_tokens else ""
+        return f"{t.depth_used}/{t.num_layers} blocks, width {t.hidden_size}, {taps}{prefix}"
 
     # ------------------------------------------------------------------ forward
     def features(self, pixel_values: torch.Tensor) -> torch.Tensor:
@@ -163,5 +175,7 @@ class VisionStack(nn.Module):
         tiler = self._tiler()
         made = [tiler.frames(image) for image in images]
         like = next(self.parameters())
+        if len({tuple(pixels.shape[1:]) for pixels, _ in made}) > 1:  # frames at each image's own size (naflex)
+            return [self.encode_frames(pixels.to(device=like.device, dtype=like.dtype), [plan])[0] for pixels, plan in made]
         frames = torch.cat([pixels for pixels, _ in made]).to(device=like.device, dtype=like.dtype)
         return self.encode_frames(frames, [plan for _, plan in made])

@@ -173,7 +173,7 @@ def bench_stack(ctx: RunContext) -> dict[str, Any]:
     size = image_size_of(cfg.data.image_size)
     plan = stack.plan(*size) if size else None
     frames = plan.frames if plan else 1
-    shape1 = stack.input_shape(frames)
+    shape1 = stack.input_shape(frames, plan)
     tokens = plan.tokens if plan else stack.num_tokens
     pack = (lambda out, images: stack.pack(out, [plan] * images)) if plan else None
     modes = list(dict.fromkeys(str(m) for m in task.modes))
@@ -182,7 +182,7 @@ def bench_stack(ctx: RunContext) -> dict[str, Any]:
     steps = 3 + 3 * len(runnable)
     with StepProgress(f"bench {ctx.run_name}", steps) as progress, pinned(task.attention_backend):
         progress.step("FLOPs per stage")
-        pixels = torch.randn(stack.input_shape(1), device=device, dtype=dtype)
+        pixels = torch.randn(stack.input_shape(1, plan), device=device, dtype=dtype)
         costs = stage_costs(stack, pixels)  # per frame
         progress.step("attention backend")
         with torch.inference_mode():

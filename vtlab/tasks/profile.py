@@ -55,8 +55,8 @@ def profile_stack(ctx: RunContext) -> dict[str, Any]:
     size = image_size_of(cfg.data.image_size)
     plan = stack.plan(*size) if size else None
     frames = plan.frames if plan else 1
-    pixels = torch.randn(stack.input_shape(batch * frames), device=device, dtype=dtype)
-    grid = stack.grid
+    pixels = torch.randn(stack.input_shape(batch * frames, plan), device=device, dtype=dtype)
+    grid = stack.tower.grid_for(pixels.shape[-2], pixels.shape[-1])  # the frames' own grid (naflex)
 
     costs = stage_costs(stack, pixels[:1] if plan else pixels)  # per frame
     with torch.inference_mode():

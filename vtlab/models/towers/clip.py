@@ -101,6 +101,10 @@ class ClipTower(nn.Module):
         """Blocks past the deepest tap and `post_norm` (HF applies it to the pooled CLS only)."""
         return [*self.blocks[self.depth_used :], self.post_norm]
 
+    def no_weight_decay(self) -> set[str]:
+        """Parameter names (relative to the tower) AdamW must not decay, besides biases and norms."""
+        return {"cls_token", "pos_embed"}
+
     def flops_closed_form(self, grid_h: int, grid_w: int) -> int:
         """Per image: patch conv 2 N C p^2 d + depth_used blocks on 1 + N tokens (matmuls only)."""
         n = grid_h * grid_w

@@ -145,6 +145,10 @@ class Dinov2Tower(nn.Module):
             unused.append(self.mask_token)
         return unused
 
+    def no_weight_decay(self) -> set[str]:
+        """Parameter names (relative to the tower) AdamW must not decay, besides biases and norms."""
+        return {"cls_token", "reg_token", "pos_embed", "mask_token.weight"}
+
     def flops_closed_form(self, grid_h: int, grid_w: int) -> int:
         """Per image: patch conv 2 N C p^2 d + depth_used blocks on 1 + R + N tokens (matmuls only)."""
         n = grid_h * grid_w

@@ -142,6 +142,10 @@ class Siglip2Tower(nn.Module):
             unused.append(self.head)
         return unused
 
+    def no_weight_decay(self) -> set[str]:
+        """Parameter names (relative to the tower) AdamW must not decay, besides biases and norms."""
+        return {"pos_embed", "head.probe"}
+
     def flops_closed_form(self, grid_h: int, grid_w: int, max_patches: int | None = None) -> int:
         """Per image, matmuls only. Packed NaFlex input (`max_patches` = padded length L): patch Linear
         2 L (C p^2) d, the position resize as one (L x G^2) @ (G^2 x d) matmul 2 L G^2 d, and depth_used
