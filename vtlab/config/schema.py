@@ -18,13 +18,16 @@ from enum import Enum
 from typing import Any
 
 from hydra.core.config_store import ConfigStore
-from omegaconf import II, MISSING
+from omegaconf import II, MISSING, OmegaConf
 
 from vtlab.data.synthetic import TASKS as SYNTHETIC_TASKS
 from vtlab.errors import ConfigError, InvalidCellError
 from vtlab.measure.modes import MODES
 from vtlab.measure.timing import DTYPES
 from vtlab.models.connectors import CONNECTORS
+from vtlab.models.connectors.avgpool import POOL_MODES
+from vtlab.models.connectors.pixel_unshuffle import valid_factors
+from vtlab.models.reduction.prune import PRUNE_SCORES
 from vtlab.models.heads import HEADS
 from vtlab.models.sdpa import BACKENDS
 
@@ -52,6 +55,8 @@ class Activation(Choice):
 
 
 ConnectorKind = choices("ConnectorKind", CONNECTORS, "connector.kind: the registry vtlab.models.connectors.CONNECTORS")
+PoolMode = choices("PoolMode", POOL_MODES, "connector.pool: vtlab.models.connectors.avgpool.POOL_MODES")
+PruneScore = choices("PruneScore", PRUNE_SCORES, "connector.prune: vtlab.models.reduction.prune.PRUNE_SCORES")
 AttentionBackend = choices("AttentionBackend", BACKENDS, "task.attention_backend: vtlab.models.sdpa.BACKENDS")
 BenchMode = choices("BenchMode", MODES, "task.modes entries: vtlab.measure.modes.MODES")
 DType = choices("DType", ("auto", *DTYPES), "task.dtype: auto (bf16 on CUDA, fp32 on CPU) or vtlab.measure.timing.DTYPES")
@@ -166,19 +171,36 @@ class ModelConfig:
 @dataclass
 class ConnectorConfig:
     kind: ConnectorKind = ConnectorKind.pixel_unshuffle
-    factor: int = 1  # pixel-unshuffle factor per spatial axis, applied before any projection
-    hidden_size: int | None = None  # MLP hidden width; None = the text hidden size
-    depth: int = 2  # MLP: number of Linear layers (LLaVA mlp{depth}x_gelu)
+    # The token budget, two spellings (vtlab.config.schema.resolve_budget derives one from the other):
+    # `factor` = pixel-unshuffle factor per spatial axis (tokens = (gh/f)*(gw/f)); null = 1 unless `tokens` is
+    # given. For kinds that do not unshuffle it is only a spelling of the budget (their module factor is 1).
+    factor: int | None = None
+    tokens: int | None = None  # visual tokens per frame; null = from `factor`
+    hidden_size: int | None = None  # MLP / Q-Former / C-Abstractor inner width; None = the kind's default
+    depth: int = 2  # mlp: Linear layers; perceiver / qformer: layers; c_abstractor: blocks per RegStage
     bias: bool = True
     act: Activation = Activation.gelu
+    num_heads: int | None = None  # perceiver (16) / qformer (12) attention heads; None = the kind's default
+    head_dim: int | None = None  # perceiver head width (96)
+    num_kv_heads: int | None = None  # perceiver GQA kv heads (4)
+    pool: PoolMode = PoolMode.avg  # avgpool: avg (adaptive average) | bilinear (LLaVA-OneVision video pooling)
+    prune: PruneScore | None = None  # keep the top `prune_tokens` tower tokens by norm | attention (MAP-head probe)
+    prune_tokens: int | None = None
 
     def check(self, root: Any) -> None:
         if self.hidden_size is not None and self.hidden_size <= 0:
             raise ConfigError(f"connector.hidden_size={self.hidden_size} must be positive (or null for text_hidden)")
         if self.depth < 1:
             raise ConfigError(f"connector.depth={self.depth} must be >= 1")
-        if self.factor < 1:
-            raise ConfigError(f"connector.factor={self.factor} must be >= 1")
+        for key in ("factor", "tokens", "num_heads", "head_dim", "num_kv_heads", "prune_tokens"):
+            value = getattr(self, key)
+            if value is not None and value < 1:
+                raise ConfigError(f"connector.{key}={value} must be >= 1 (or null)")
+        if (self.prune is None) != (self.prune_tokens is None):
+            raise ConfigError(
+                f"connector.prune={self.prune} and connector.prune_tokens={self.prune_tokens}: give both "
+                f"(prune: {', '.join(PRUNE_SCORES)}; prune_tokens: tokens kept) or neither"
+            )
 
 
 @dataclass
@@ -373,7 +395,8 @@ class VTLabConfig:
 
 
 def register_configs() -> None:
-    """Register the schemas in Hydra's ConfigStore (idempotent)."""
+    """Register the schemas in Hydra's ConfigStore, and the presets' resolver (idempotent)."""
+    OmegaConf.register_new_resolver("vtlab.unless_tokens", unless_tokens, replace=True)
     cs = ConfigStore.instance()
     cs.store(name="base_config", node=VTLabConfig)
     # Group schemas live in their own `schema` group (one line in `--help`), so that the real groups list
@@ -394,11 +417,6 @@ def patch_grid(model: ModelConfig) -> tuple[int, int]:
     """(rows, cols) of the patch grid: floor(input / patch), e.g. 384/14 -> 27x27 (the last 6 px are unused)."""
     size = model.input_size or model.image_size
     return size // model.patch_size, size // model.patch_size
-
-
-def valid_factors(grid: tuple[int, int]) -> list[int]:
-    h, w = grid
-    return [f for f in range(1, min(h, w) + 1) if h % f == 0 and w % f == 0]
 
 
 def image_size_of(value: Any, key: str = "data.image_size") -> tuple[int, int] | None:
@@ -422,12 +440,42 @@ def image_size_of(value: Any, key: str = "data.image_size") -> tuple[int, int] |
     return pair
 
 
-def check_factor(cfg: Any) -> None:
-    """The connector factor must divide the patch grid (an impossible sweep cell, not a bad value)."""
-    m, grid = cfg.model, patch_grid(cfg.model)
+def resolve_budget(cfg: Any) -> None:
+    """Derive `connector.tokens` and `connector.factor` from each other and write both back (in place).
+
+    `tokens` and `factor` are two spellings of one budget: tokens = (gh/f)*(gw/f). Either may be given;
+    giving both inconsistently is refused naming both. A budget the kind cannot make on this grid (a factor
+    that does not divide it, tokens not among the kind's budgets) is an `InvalidCellError` (a skipped sweep
+    cell). Kinds that do not unshuffle keep factor only as a spelling (null where tokens has none)."""
+    m, c, grid = cfg.model, cfg.connector, patch_grid(cfg.model)
+    kind = CONNECTORS[str(c.kind)]
+    where = f"the {grid[0]}x{grid[1]} patch grid of model '{m.name}' ({m.input_size or m.image_size}px / {m.patch_size}px patches)"
     factors = valid_factors(grid)
-    if cfg.connector.factor not in factors:
+    spelled = {(grid[0] // f) * (grid[1] // f): f for f in reversed(factors)}  # tokens -> factor
+    if c.factor is not None and c.factor not in factors:
+        raise InvalidCellError(f"connector.factor={c.factor} does not divide {where}; valid factors: {factors}")
+    from_factor = spelled_tokens = None
+    if c.factor is not None:
+        from_factor = (grid[0] // c.factor) * (grid[1] // c.factor)
+    tokens = c.tokens if c.tokens is not None else (from_factor if from_factor is not None else grid[0] * grid[1])
+    if c.tokens is not None and from_factor is not None and c.tokens != from_factor:
         raise InvalidCellError(
-            f"connector.factor={cfg.connector.factor} does not divide the {grid[0]}x{grid[1]} patch grid of "
-            f"model '{m.name}' ({m.input_size or m.image_size}px / {m.patch_size}px patches); valid factors: {factors}"
+            f"connector.tokens={c.tokens} and connector.factor={c.factor} disagree on {where}: factor {c.factor} "
+            f"makes {from_factor} tokens; give one of them (tokens = (rows/factor) * (cols/factor))"
         )
+    budgets = kind.budgets(grid)
+    if budgets is not None and tokens not in budgets:
+        raise InvalidCellError(
+            f"connector.tokens={tokens} is not a budget connector.kind={c.kind} can make on {where}; "
+            f"valid tokens: {budgets}"
+        )
+    spelled_tokens = spelled.get(tokens)
+    c.tokens = tokens
+    c.factor = spelled_tokens if kind.layout != "unshuffle" else spelled[tokens]
+
+
+def unless_tokens(value: Any, tokens: Any) -> Any:
+    """`${vtlab.unless_tokens:4,${connector.tokens}}`: a preset's factor that yields to `connector.tokens`."""
+    return value if tokens is None else None
+
+

@@ -14,6 +14,8 @@ pixels, `Tiler.pack(features, plan, newline)` turns one image's (frames, t, T) c
 
 from __future__ import annotations
 
+import math
+
 from dataclasses import asdict, dataclass
 from typing import Any
 
@@ -158,13 +160,15 @@ class Tiler:
     @classmethod
     def for_config(cls, cfg: Any) -> Tiler:
         """The tiler of a validated config (`model.tiling`, `longest_edge`, `pinpoints`, the patch grid and the
-        connector factor); nothing is built, so token budgets of any image size cost microseconds."""
+        connector's tokens per frame); nothing is built, so token budgets of any image size cost microseconds."""
         model = cfg.model
         gh, gw = patch_grid(model)
-        f = cfg.connector.factor
+        tokens = cfg.connector.tokens  # resolved by validation (vtlab.config.schema.resolve_budget)
+        side = math.isqrt(tokens)
         pinpoints = [tuple(p) for p in model.pinpoints] if model.pinpoints else None
-        return cls(resolve_tiling(model), model.input_size or model.image_size, (gh // f) * (gw // f),
-                   gh // f if gh == gw else 0, model.longest_edge, pinpoints, get_family(model.family))
+        return cls(resolve_tiling(model), model.input_size or model.image_size, tokens,
+                   side if gh == gw and side * side == tokens else 0, model.longest_edge, pinpoints,
+                   get_family(model.family))
 
     @property
     def needs_newline(self) -> bool:

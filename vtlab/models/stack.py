@@ -79,9 +79,8 @@ class VisionStack(nn.Module):
 
     @property
     def num_tokens(self) -> int:
-        """Visual tokens handed to the language model per image."""
-        f = self.connector.factor
-        return (self.grid[0] // f) * (self.grid[1] // f)
+        """Visual tokens handed to the language model per frame (the connector's budget on this grid)."""
+        return self.connector.tokens_for(self.grid)
 
     @property
     def feature_dim(self) -> int:
@@ -105,7 +104,7 @@ class VisionStack(nn.Module):
             Stage(
                 "connector",
                 (1, self.num_tokens, self.text_hidden),
-                f"{self.connector.kind}, factor {f}: {self.num_patches} -> {self.num_tokens} tokens",
+                f"{self.connector.kind}{f', factor {f}' if f > 1 else ''}: {self.num_patches} -> {self.num_tokens} tokens",
             ),
         ])
 
