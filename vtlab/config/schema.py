@@ -107,6 +107,13 @@ def _finite_positive(value: float, key: str) -> None:
 
 
 @dataclass
+class TokenMergingConfig:
+    """ToMe inside the tower blocks (vtlab.models.reduction.tome): `r` tokens merged per block; 0 = off."""
+
+    r: int = 0
+
+
+@dataclass
 class ModelConfig:
     """One vision tower, every architecture field spelled out (no upstream default is relied on)."""
 
@@ -134,6 +141,7 @@ class ModelConfig:
     longest_edge: int | None = None  # split: the longest side after the first resize; null = 4 x the frame (2048)
     pinpoints: list[list[int]] | None = None  # anyres: candidate [H, W] resolutions; null = Granite's, per frame
     weights: str | None = None  # checkpoint path, folder or hf://org/name (see vtlab.checkpoints)
+    token_merging: TokenMergingConfig = field(default_factory=TokenMergingConfig)
 
     def check(self, root: Any) -> None:
         if self.image_size is None or self.image_size == MISSING:
@@ -450,6 +458,8 @@ def resolve_budget(cfg: Any) -> None:
     m, c, grid = cfg.model, cfg.connector, patch_grid(cfg.model)
     kind = CONNECTORS[str(c.kind)]
     where = f"the {grid[0]}x{grid[1]} patch grid of model '{m.name}' ({m.input_size or m.image_size}px / {m.patch_size}px patches)"
+    if m.token_merging.r or c.prune is not None:
+        return _resolve_reduced_budget(cfg, kind, grid, where)
     factors = valid_factors(grid)
     spelled = {(grid[0] // f) * (grid[1] // f): f for f in reversed(factors)}  # tokens -> factor
     if c.factor is not None and c.factor not in factors:
@@ -472,6 +482,54 @@ def resolve_budget(cfg: Any) -> None:
     spelled_tokens = spelled.get(tokens)
     c.tokens = tokens
     c.factor = spelled_tokens if kind.layout != "unshuffle" else spelled[tokens]
+
+
+def _resolve_reduced_budget(cfg: Any, kind: Any, grid: tuple[int, int], where: str) -> None:
+    """With ToMe or pruning the connector reads an unordered set of n tokens (n = after merging / top-k):
+    set kinds (perceiver, qformer) take any budget; token-wise unshuffle kinds only at factor 1 (tokens = n);
+    kinds that pool a grid cannot read a set and are refused."""
+    m, c = cfg.model, cfg.connector
+    r, reduced = m.token_merging.r, []
+    if r:
+        reduced.append(f"model.token_merging.r={r}")
+        if r < 0:
+            raise ConfigError(f"model.token_merging.r={r} must be >= 0 (tokens merged per block; 0 = off)")
+        if m.feature_layers is not None:
+            raise ConfigError(
+                f"model.token_merging.r={r} needs the post-LN last layer (model.feature_layers=null); model "
+                f"'{m.name}' taps {m.feature_layers}, whose token positions ToMe would scramble"
+            )
+    n = grid[0] * grid[1]
+    for _ in range(m.num_layers):
+        n -= min(r, n // 2)
+    if c.prune is not None:
+        reduced.append(f"connector.prune={c.prune}")
+        if c.prune_tokens > n:
+            raise InvalidCellError(f"connector.prune_tokens={c.prune_tokens} exceeds the {n} tokens left on {where}"
+                                   f"{' after ToMe' if r else ''}; valid: 1..{n}")
+        if str(c.prune) == "attention" and not m.use_head:
+            raise ConfigError("connector.prune=attention scores tokens with the tower's MAP-head probe: set "
+                              "model.use_head=true (or use connector.prune=norm)")
+        n = c.prune_tokens
+    what = " and ".join(reduced)
+    if kind.layout == "grid":
+        readers = [k for k, v in CONNECTORS.items() if v.reads_sets]
+        raise InvalidCellError(
+            f"{what} leaves an unordered token set, which connector.kind={c.kind} cannot pool as a grid; "
+            f"valid kinds: {', '.join(readers)} (any tokens) or pixel_unshuffle, mlp, linear, identity at factor 1"
+        )
+    if kind.layout == "unshuffle":
+        if c.factor not in (None, 1) or c.tokens not in (None, n):
+            raise InvalidCellError(
+                f"{what} leaves {n} unordered tokens: connector.kind={c.kind} maps them one to one "
+                f"(connector.factor=1, connector.tokens={n}); got connector.factor={c.factor}, connector.tokens={c.tokens}"
+            )
+        c.factor, c.tokens = 1, n
+        return
+    if c.factor is not None:
+        raise InvalidCellError(f"{what}: give the budget of connector.kind={c.kind} as connector.tokens, not "
+                               f"connector.factor={c.factor} (there is no grid left to unshuffle)")
+    c.tokens = c.tokens if c.tokens is not None else n
 
 
 def unless_tokens(value: Any, tokens: Any) -> Any:

@@ -63,8 +63,7 @@ def decoder_prefill_flops(tokens: int, hidden: int, layers: int, intermediate: i
 
 def closed_form_flops(stack: Any) -> dict[str, int]:
     """The closed forms of the tower and the connector for one frame of the stack's input size."""
-    grid = stack.grid
-    return {"tower": stack.tower.flops_closed_form(*grid), "connector": stack.connector.flops_closed_form(grid)}
+    return {"tower": stack.tower_flops_closed_form(), "connector": stack.connector.flops_closed_form(stack.connector_grid)}
 
 
 @dataclass
@@ -91,10 +90,11 @@ class StageCosts:
 def stage_costs(stack: Any, pixels: torch.Tensor) -> StageCosts:
     """Count parameters and FLOPs per frame of the tower and the connector on `pixels` (any batch)."""
     batch = pixels.shape[0]
-    with torch.inference_mode():
-        tower_flops = count_flops(stack.tower, pixels) // batch
-        feats = stack.tower(pixels)
-        connector_flops = count_flops(stack.connector, feats, stack.grid) // batch
+    # no_grad, not inference_mode: the FLOP counter's module tracker hooks views of parameters (learned latents)
+    with torch.no_grad():
+        tower_flops = count_flops(stack.features, pixels) // batch
+        feats = stack.features(pixels)
+        connector_flops = count_flops(stack.connector, feats, stack.connector_grid) // batch
     closed = closed_form_flops(stack)
     costs = StageCosts([s.as_dict() for s in stack.stages()], tower_flops, connector_flops, closed, feats)
     costs.row("tower").update(params=count_params(stack.tower), flops=tower_flops, flops_closed_form=closed["tower"])

@@ -57,10 +57,13 @@ class Stages(tuple):
 
 class VisionStack(nn.Module):
     def __init__(self, tower: nn.Module, connector: nn.Module, tiler: Tiler | None = None,
-                 newline: torch.Tensor | None = None, input_size: int | None = None) -> None:
+                 newline: torch.Tensor | None = None, input_size: int | None = None,
+                 reduction: nn.Module | None = None) -> None:
         """`tiler`: how images of any size become frames (None: only square frames via forward()); `newline`:
-        the (text_hidden,) row separator of anyres packing, kept as a persistent buffer `image_newline`."""
+        the (text_hidden,) row separator of anyres packing, kept as a persistent buffer `image_newline`;
+        `reduction`: token merging / pruning between tower and connector (vtlab.models.reduction.stage)."""
         super().__init__()
+        self.reduction = reduction
         self.tower = tower
         self.connector = connector
         self.input_size = input_size or tower.image_size
@@ -77,10 +80,24 @@ class VisionStack(nn.Module):
     def num_patches(self) -> int:
         return self.grid[0] * self.grid[1]
 
+    def connector_grid_for(self, grid: tuple[int, int]) -> tuple[int, int]:
+        """The grid the connector reads: the patch grid, or (1, n) for the unordered set left by a reduction."""
+        return grid if self.reduction is None else (1, self.reduction.tokens_in(self.tower, grid))
+
+    @property
+    def connector_grid(self) -> tuple[int, int]:
+        return self.connector_grid_for(self.grid)
+
     @property
     def num_tokens(self) -> int:
         """Visual tokens handed to the language model per frame (the connector's budget on this grid)."""
-        return self.connector.tokens_for(self.grid)
+        return self.connector.tokens_for(self.connector_grid)
+
+    def tower_flops_closed_form(self) -> int:
+        """The tower's closed-form FLOPs per frame (with the reduction's merging, if any)."""
+        if self.reduction is None:
+            return self.tower.flops_closed_form(*self.grid)
+        return self.reduction.tower_flops_closed_form(self.tower, self.grid)
 
     @property
     def feature_dim(self) -> int:
@@ -100,35 +117,37 @@ class VisionStack(nn.Module):
         return Stages([
             Stage("image", self.input_shape(1), f"{self.input_size}x{self.input_size} RGB"),
             Stage("patch grid", (h, w), f"{h}x{w} patches of {p}px{crop}"),
-            Stage("tower", (1, self.num_patches, self.feature_dim), self._tower_detail()),
+            Stage("tower", (1, self.connector_grid[0] * self.connector_grid[1], self.feature_dim), self._tower_detail()),
             Stage(
                 "connector",
                 (1, self.num_tokens, self.text_hidden),
-                f"{self.connector.kind}{f', factor {f}' if f > 1 else ''}: {self.num_patches} -> {self.num_tokens} tokens",
+                f"{self.connector.kind}{f', factor {f}' if hasattr(self.connector, 'unshuffle') else ''}: "
+                f"{self.num_patches} -> {self.num_tokens} tokens",
             ),
         ])
 
     def _tower_detail(self) -> str:
         t = self.tower
         taps = "post-LN last layer" if t.feature_layers is None else f"taps {t.feature_layers} concatenated"
-        return f"{t.depth_used}/{t.num_layers} blocks, width {t.hidden_size}, {taps}"
+        reduced = "" if self.reduction is None else f", {self.reduction.describe()}"
+        return f"{t.depth_used}/{t.num_layers} blocks, width {t.hidden_size}, {taps}{reduced}"
 
     # ------------------------------------------------------------------ forward
     def features(self, pixel_values: torch.Tensor) -> torch.Tensor:
-        """The tower output after the feature taps: (B, patches, feature_dim)."""
-        return self.tower(pixel_values)
+        """The tower output after the feature taps (and the reduction, if any): (B, tokens in, feature_dim)."""
+        return self.tower(pixel_values) if self.reduction is None else self.reduction.tower_forward(self.tower, pixel_values)
 
     def project(self, features: torch.Tensor, pixel_shape: Sequence[int]) -> torch.Tensor:
         """Tower features of frames of `pixel_shape` (..., H, W) -> connector tokens (B, tokens, text_hidden)."""
-        return self.connector(features, self.tower.grid_for(pixel_shape[-2], pixel_shape[-1]))
+        return self.connector(features, self.connector_grid_for(self.tower.grid_for(pixel_shape[-2], pixel_shape[-1])))
 
     def forward(self, pixel_values: torch.Tensor, train_tower: bool = True, train_connector: bool = True) -> torch.Tensor:
         """(B, C, H, W) -> (B, tokens, text_hidden). `train_tower` / `train_connector` False run that part without
         recording gradients (frozen parts under task=train), whatever the grad mode outside."""
         if train_tower and train_connector:
-            return self.project(self.tower(pixel_values), pixel_values.shape)
+            return self.project(self.features(pixel_values), pixel_values.shape)
         with torch.set_grad_enabled(torch.is_grad_enabled() and train_tower):
-            feats = self.tower(pixel_values)
+            feats = self.features(pixel_values)
         with torch.set_grad_enabled(torch.is_grad_enabled() and train_connector):
             return self.project(feats, pixel_values.shape)
 
