@@ -191,6 +191,7 @@ class ConnectorConfig:
     num_heads: int | None = None  # perceiver (16) / qformer (12) attention heads; None = the kind's default
     head_dim: int | None = None  # perceiver head width (96)
     num_kv_heads: int | None = None  # perceiver GQA kv heads (4)
+    norm_eps: float = 1e-6  # perceiver RMSNorm eps (Idefics2: the text model's rms_norm_eps)
     pool: PoolMode = PoolMode.avg  # avgpool: avg (adaptive average) | bilinear (LLaVA-OneVision video pooling)
     prune: PruneScore | None = None  # keep the top `prune_tokens` tower tokens by norm | attention (MAP-head probe)
     prune_tokens: int | None = None

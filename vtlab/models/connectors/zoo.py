@@ -63,7 +63,8 @@ class AvgPool(_Budgeted, AvgPoolConnector):
 def build_perceiver(c: Any, in_dim: int, out_dim: int) -> nn.Module:
     """Idefics2 defaults: 16 heads of 96, 4 kv heads; `hidden_size` = the SwiGLU projection width (4 x T)."""
     return Perceiver(in_dim, out_dim, c.tokens, depth=c.depth, num_heads=c.num_heads or 16,
-                     head_dim=c.head_dim or 96, num_kv_heads=c.num_kv_heads or 4, proj_hidden=c.hidden_size)
+                     head_dim=c.head_dim or 96, num_kv_heads=c.num_kv_heads or 4, proj_hidden=c.hidden_size,
+                     eps=c.norm_eps)
 
 
 def build_qformer(c: Any, in_dim: int, out_dim: int) -> nn.Module:
