@@ -29,7 +29,8 @@ from vtlab.results.plots import _series
 KINDS = list(CONNECTORS)
 ZOO = ["perceiver", "qformer", "c_abstractor", "ldp", "avgpool"]
 PRESETS = {"siglip": (16, 64, 256), "smolvlm": (16, 64, 256), "llavanext": (16, 64, 256),
-           "siglip_debug": (1, 4, 16), "smolvlm_debug": (1, 4, 16), "llavanext_debug": (1, 4, 16)}
+           "idefics2": (16, 64, 256), "siglip_debug": (1, 4, 16), "smolvlm_debug": (1, 4, 16),
+           "llavanext_debug": (1, 4, 16), "idefics2_debug": (1, 4, 16)}
 
 
 @pytest.mark.parametrize("preset", [p if p.endswith("_debug") else pytest.param(p, marks=pytest.mark.slow)
