@@ -86,3 +86,24 @@ def test_presets() -> None:
     assert str(c.model.family) == "idefics2" and get_family("idefics2").position_rule == "bucket"
     stack = build_stack(config("idefics2_debug", []))
     assert stack.num_tokens == 4 and stack.stages()["connector"].shape == (1, 4, 64)
+
+
+def test_export_loads_in_transformers(saved, tmp_path: Path) -> None:
+    from transformers import Idefics2ForConditionalGeneration
+
+    from vtlab.checkpoints.export import export_hf
+
+    path, _ = saved
+    cfg = to_config(compose_config("idefics2_debug", [f"model.weights={path}"]))
+    stack = build_stack(cfg).eval()
+    out = export_hf(stack, cfg, tmp_path / "export")
+    hf = Idefics2ForConditionalGeneration.from_pretrained(out).eval()
+    force_eager(hf)
+    pixels = torch.randn(2, 3, 32, 32)
+    with torch.no_grad():
+        ref = hf.model.get_image_features(pixels[:, None], pixel_attention_mask=torch.ones(2, 1, 32, 32, dtype=torch.long))
+        ref = getattr(ref, "pooler_output", ref)
+        ref = torch.stack(list(ref)) if isinstance(ref, (list, tuple)) else ref
+        diff = max_diff(stack(pixels), ref.reshape(2, 4, 64))
+    print(f"[export] idefics2 export -> Idefics2ForConditionalGeneration max|diff| = {diff:.2e}")
+    assert diff <= TOL
