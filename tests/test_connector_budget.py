@@ -88,7 +88,8 @@ def _costs(overrides: list[str], batch: int = 2) -> tuple[VisionStack, object]:
 @pytest.mark.parametrize("tokens", [1, 4, 16])
 def test_counted_flops_equal_the_closed_form(kind: str, tokens: int) -> None:
     stack, costs = _costs([f"connector={kind}", f"connector.tokens={tokens}", "connector.depth=2",
-                           "connector.hidden_size=64", "connector.num_heads=4", "connector.head_dim=8"])
+                           "connector.hidden_size=64", "connector.num_heads=4", "connector.head_dim=8",
+                           "connector.num_kv_heads=2"])
     assert stack.num_tokens == tokens and costs.row("connector")["shape"][1] == tokens
     assert costs.connector_flops == costs.closed_form["connector"]
     assert (costs.connector_flops > 0) == (kind != "identity")
@@ -150,6 +151,8 @@ def test_tome_r0_is_bit_identical_through_the_stack() -> None:
      r"connector.prune_tokens=99 exceeds the 64 tokens left"),
     (["connector=perceiver", "connector.tokens=4", "connector.prune=norm"], r"give both"),
     (["connector=perceiver", "connector.tokens=4", "model.token_merging.r=-1"], r"model.token_merging.r=-1 must be >= 0"),
+    (["connector=perceiver", "connector.num_heads=6"], r"connector.num_heads=6 is not a multiple of connector.num_kv_heads=4"),
+    (["connector=qformer", "connector.hidden_size=50"], r"connector.hidden_size=50 is not divisible by connector.num_heads=12"),
 ])
 def test_reduction_refusals(overrides: list[str], message: str) -> None:
     with pytest.raises(ConfigError, match=message):
@@ -177,7 +180,7 @@ def test_bench_sweep_over_kinds_and_budgets(tmp_path: Path) -> None:
     proc = run_vtlab(["-m", "+model=smolvlm_debug", f"connector={','.join(kinds)}", "connector.tokens=1,4,9,16",
                       "task=bench", "task.modes=[eager]", "task.latency_iters=2", "task.repeats=1", "task.iters=1",
                       "task.throughput_batch_size=2", "task.warmup=0", "logger=none", "connector.depth=1",
-                      "connector.hidden_size=32", "connector.num_heads=2", "connector.head_dim=8",
+                      "connector.hidden_size=32", "connector.num_heads=2", "connector.num_kv_heads=1", "connector.head_dim=8",
                       f"hydra.sweep.dir={sweep}"], cwd=tmp_path, timeout=600)
     assert proc.returncode == 0, proc.stderr[-3000:]
     rows = list(csv.DictReader((sweep / "summary.csv").open()))
@@ -202,7 +205,7 @@ def test_every_zoo_kind_trains_fast_dev_run(tmp_path: Path) -> None:
     sweep = tmp_path / "train"
     proc = run_vtlab(["-m", "+model=smolvlm_debug", f"connector={','.join(ZOO)}", "connector.tokens=4", *TINY,
                       "trainer.fast_dev_run=true", "connector.depth=1", "connector.hidden_size=32",
-                      "connector.num_heads=2", "connector.head_dim=8", f"hydra.sweep.dir={sweep}"],
+                      "connector.num_heads=2", "connector.num_kv_heads=1", "connector.head_dim=8", f"hydra.sweep.dir={sweep}"],
                      cwd=tmp_path, timeout=600)
     assert proc.returncode == 0, proc.stderr[-3000:]
     rows = list(csv.DictReader((sweep / "summary.csv").open()))

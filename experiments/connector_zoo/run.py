@@ -44,11 +44,11 @@ TRAIN = [  # experiments/training/accuracy_vs_tokens.py GPU_DEFAULTS, made short
 BENCH = ["task=bench", "model.input_size=128", "task.modes=[eager]", "task.latency_iters=30", "task.repeats=3",
          "task.iters=5", "logger=none"]
 CPU_SMOKE = ["trainer.accelerator=cpu", "data.train_size=32", "data.val_size=16", "task.batch_size=16",
-             "data.num_workers=0", "connector.depth=1", "connector.hidden_size=32", "connector.num_heads=2",
+             "data.num_workers=0", "connector.depth=1", "connector.hidden_size=32", "connector.num_heads=2", "connector.num_kv_heads=1",
              "connector.head_dim=8"]
 CPU_BENCH = ["task.device=cpu", "task.latency_iters=2", "task.repeats=1", "task.iters=1",
              "task.throughput_batch_size=2", "task.warmup=0", "connector.depth=1", "connector.hidden_size=32",
-             "connector.num_heads=2", "connector.head_dim=8"]
+             "connector.num_heads=2", "connector.num_kv_heads=1", "connector.head_dim=8"]
 
 
 def vtlab(args: list[str], log: Path) -> int:

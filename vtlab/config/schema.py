@@ -205,6 +205,9 @@ class ConnectorConfig:
             value = getattr(self, key)
             if value is not None and value < 1:
                 raise ConfigError(f"connector.{key}={value} must be >= 1 (or null)")
+        problem = CONNECTORS[str(self.kind)].check(self)
+        if problem:
+            raise ConfigError(problem)
         if (self.prune is None) != (self.prune_tokens is None):
             raise ConfigError(
                 f"connector.prune={self.prune} and connector.prune_tokens={self.prune_tokens}: give both "

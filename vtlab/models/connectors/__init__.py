@@ -35,6 +35,7 @@ class ConnectorKind:
 
     build: Callable[[Any, int, int], nn.Module]
     layout: str  # one of LAYOUTS
+    check: Callable[[Any], str | None] = lambda c: None  # the kind's own rule on its fields: a message, or None
 
     def __call__(self, connector_cfg: Any, in_dim: int, out_dim: int) -> nn.Module:
         return self.build(connector_cfg, in_dim, out_dim)
@@ -55,6 +56,6 @@ class ConnectorKind:
 
 
 CONNECTORS: dict[str, ConnectorKind] = {kind: ConnectorKind(build_connector, "unshuffle") for kind in PROJECTOR_KINDS}
-CONNECTORS.update({kind: ConnectorKind(build, layout) for kind, (build, layout) in zoo.BUILDERS.items()})
+CONNECTORS.update({kind: ConnectorKind(build, layout, check) for kind, (build, layout, check) in zoo.BUILDERS.items()})
 
 __all__ = ["CONNECTORS", "Connector", "ConnectorKind", "build_connector", "pixel_unshuffle", "valid_factors"]

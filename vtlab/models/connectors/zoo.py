@@ -87,11 +87,32 @@ def build_avgpool(c: Any, in_dim: int, out_dim: int) -> nn.Module:
     return AvgPool(in_dim, out_dim, c.tokens, mode=_value(c.pool), hidden=c.hidden_size)
 
 
-# kind -> (builder, layout): see vtlab.models.connectors.CONNECTORS
-BUILDERS: dict[str, tuple[Callable[[Any, int, int], nn.Module], str]] = {
-    "perceiver": (build_perceiver, "set"),
-    "qformer": (build_qformer, "set"),
-    "c_abstractor": (build_c_abstractor, "grid"),
-    "ldp": (build_ldp, "grid"),
-    "avgpool": (build_avgpool, "grid"),
+def check_perceiver(c: Any) -> str | None:
+    """The problem of a perceiver config (one line naming the keys), or None."""
+    heads, kv = c.num_heads or 16, c.num_kv_heads or 4
+    if heads % kv:
+        return (f"connector.num_heads={heads} is not a multiple of connector.num_kv_heads={kv} (perceiver GQA); "
+                f"valid num_kv_heads: {[g for g in range(1, heads + 1) if heads % g == 0]}")
+    return None
+
+
+def check_qformer(c: Any) -> str | None:
+    hidden, heads = c.hidden_size or 768, c.num_heads or 12
+    if hidden % heads:
+        return (f"connector.hidden_size={hidden} is not divisible by connector.num_heads={heads} (qformer); "
+                f"valid num_heads: {[h for h in range(1, hidden + 1) if hidden % h == 0]}")
+    return None
+
+
+def _no_check(c: Any) -> str | None:
+    return None
+
+
+# kind -> (builder, layout, check): see vtlab.models.connectors.CONNECTORS
+BUILDERS: dict[str, tuple[Callable[[Any, int, int], nn.Module], str, Callable[[Any], str | None]]] = {
+    "perceiver": (build_perceiver, "set", check_perceiver),
+    "qformer": (build_qformer, "set", check_qformer),
+    "c_abstractor": (build_c_abstractor, "grid", _no_check),
+    "ldp": (build_ldp, "grid", _no_check),
+    "avgpool": (build_avgpool, "grid", _no_check),
 }
