@@ -90,8 +90,8 @@ def bench(a: argparse.Namespace) -> dict[tuple[str, int], dict]:
     out = {}
     for r in csv.DictReader((sweep / "summary.csv").open()):
         if r.get("status") == "ok":
-            out[(r["connector"], int(r["tokens"]))] = {k: r.get(k) for k in ("latency_ms", "throughput_img_s",
-                                                                             "flops", "params")}
+            out[(r["connector"], int(r["tokens"]))] = {k: float(r[k]) if r.get(k) else None
+                                                       for k in ("latency_ms", "throughput_img_s", "flops", "params")}
     return out
 
 
@@ -101,11 +101,15 @@ def mean_std(values: list[float]) -> str:
     return f"{statistics.mean(values):.3f}" + (f" +- {statistics.stdev(values):.3f}" if len(values) > 1 else "")
 
 
+def fmt(value: float | None) -> str:
+    return "-" if value is None else f"{value:.4g}"
+
+
 def report(a: argparse.Namespace, rows: list[dict], costs: dict, wall: float) -> None:
     a.out.joinpath("results.json").write_text(json.dumps(
         {"model": a.model, "steps": a.steps, "wall_s": round(wall, 1), "cells": rows,
          "bench": [{"kind": k, "tokens": t, **v} for (k, t), v in sorted(costs.items())]}, indent=2) + "\n")
-    lines = [f"# Connector zoo: accuracy vs visual tokens ({a.model} at 128 px, {a.steps} steps, seeds {a.seeds})",
+    lines = [f"# Connector zoo: accuracy vs visual tokens ({a.model} at {a.px} px, {a.steps} steps, seeds {a.seeds})",
              "", f"Wall time {wall:.0f} s. Accuracy: final val_acc, mean +- std over the seeds that ran.", "",
              "| kind | tokens | val_acc | best val_acc | seeds run | chance | latency ms (b1) | img/s | FLOPs | params |",
              "|---|---|---|---|---|---|---|---|---|---|"]
@@ -116,8 +120,8 @@ def report(a: argparse.Namespace, rows: list[dict], costs: dict, wall: float) ->
             chance = cell[0]["chance_acc"] if cell else None
             lines.append(f"| {kind} | {t} | {mean_std([r['val_acc'] for r in cell])} | "
                          f"{mean_std([r['best_val_acc'] for r in cell if r.get('best_val_acc') is not None])} | "
-                         f"{len(cell)} | {chance if chance is not None else '-'} | {c.get('latency_ms', '-')} | "
-                         f"{c.get('throughput_img_s', '-')} | {c.get('flops', '-')} | {c.get('params', '-')} |")
+                         f"{len(cell)} | {chance if chance is not None else '-'} | {fmt(c.get('latency_ms'))} | "
+                         f"{fmt(c.get('throughput_img_s'))} | {fmt(c.get('flops'))} | {fmt(c.get('params'))} |")
     missing = [r for r in rows if r.get("val_acc") is None]
     if missing:
         lines += ["", "Cells without a result:", ""] + [f"- {r['kind']} t{r['tokens']} s{r['seed']}: {r['status']} "
@@ -141,7 +145,7 @@ def report(a: argparse.Namespace, rows: list[dict], costs: dict, wall: float) ->
     ax.set_xscale("log", base=2)
     ax.set_xlabel("visual tokens per image")
     ax.set_ylabel("val accuracy (mean +- std over seeds)")
-    ax.set_title(f"connector zoo: {a.model} 128 px, {a.steps} steps", fontsize=9)
+    ax.set_title(f"connector zoo: {a.model} {a.px} px, {a.steps} steps", fontsize=9)
     ax.grid(True, alpha=0.3)
     ax.legend(fontsize=8)
     fig.tight_layout()
@@ -162,6 +166,7 @@ def main() -> None:
     p.add_argument("--bench-set", action="append", default=[], help="extra override for the bench sweep")
     p.add_argument("--cpu-smoke", action="store_true", help="tiny CPU run: smolvlm_debug, 2 steps, 1 seed")
     a = p.parse_args()
+    a.px = 64 if a.cpu_smoke else 128
     if a.cpu_smoke:
         a.model, a.steps, a.seeds, a.jobs, a.budget_s = "smolvlm_debug", 2, "0", 2, 3600.0
         a.budgets = "1,4"
