@@ -102,7 +102,9 @@ def mean_std(values: list[float]) -> str:
 
 
 def fmt(value: float | None) -> str:
-    return "-" if value is None else f"{value:.4g}"
+    if value is None:
+        return "-"
+    return f"{int(value):,}" if float(value).is_integer() else f"{value:.4g}"
 
 
 def report(a: argparse.Namespace, rows: list[dict], costs: dict, wall: float) -> None:
