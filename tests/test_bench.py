@@ -143,7 +143,7 @@ def test_profile_output_unchanged_by_shared_costs(tmp_path: Path) -> None:
 
     raw = compose_config("llavanext_debug", ["logger=none"])
     r = profile_stack(RunContext(cfg=to_config(raw), raw=raw, out_dir=tmp_path, model_choice="llavanext_debug"))
-    assert list(r) == ["task", "status", "run_name", "model", "factor", "grid", "image_size", "image", "tiling", "frames",
+    assert list(r) == ["task", "status", "run_name", "model", "factor", "connector", "grid", "image_size", "image", "tiling", "frames",
                        "tiles", "rows", "cols", "tokens_per_frame", "patches", "patches_per_frame", "tokens", "text_hidden",
                        "feature_dim", "batch_size", "dtype", "stages", "params", "flops", "flops_closed_form",
                        "latency_ms", "latency_ms_p90", "latency_ms_all", "peak_memory_mb", "peak_memory_kind",

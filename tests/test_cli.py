@@ -111,7 +111,8 @@ BAD_INPUTS = {
     "unknown-model-without-plus": (["model=nope"], [f"model=nope is not a known model; valid: {MODELS}"], 2),
     "unknown-connector": (
         ["+model=smolvlm", "connector=nope"],
-        ["connector=nope is not a known connector; valid: identity, linear, mlp, pixel_unshuffle"],
+        ["connector=nope is not a known connector; valid: avgpool, c_abstractor, identity, ldp, linear, mlp, perceiver, "
+         "pixel_unshuffle, qformer"],
         2,
     ),
     "image-smaller-than-a-patch": (

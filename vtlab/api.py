@@ -19,6 +19,7 @@ from vtlab.config.compose import compose_config, config, to_config
 from vtlab.config.schema import VTLabConfig
 from vtlab.families import Tiler, get_family
 from vtlab.models.connectors import CONNECTORS
+from vtlab.models.reduction.stage import Reduction
 from vtlab.models.stack import VisionStack
 
 
@@ -37,7 +38,10 @@ def build_stack(cfg: DictConfig | VTLabConfig, load_weights: bool = True) -> Vis
     tower = family.build_tower(c.model)
     connector = CONNECTORS[str(c.connector.kind)](c.connector, tower.feature_dim, c.text_hidden)
     tiler = Tiler.for_config(c)
-    stack = VisionStack(tower, connector, tiler, _newline(tiler, c.text_hidden), input_size=c.model.input_size)
+    r, prune = c.model.token_merging.r, c.connector.prune
+    reduction = Reduction(r, None if prune is None else str(prune), c.connector.prune_tokens) if r or prune else None
+    stack = VisionStack(tower, connector, tiler, _newline(tiler, c.text_hidden), input_size=c.model.input_size,
+                        reduction=reduction)
     if load_weights and c.model.weights:
         load_checkpoint(stack, c.model.weights, c)
     return stack

@@ -33,7 +33,7 @@ def hf_config(cfg: Any, stack: torch.nn.Module) -> dict[str, Any]:
     t = stack.connector.out_dim
     extra = {
         "model_name": m.name,
-        "connector": {"kind": _v(c.kind), "factor": c.factor, "hidden_size": c.hidden_size, "depth": c.depth,
+        "connector": {"kind": _v(c.kind), "factor": c.factor, "tokens": c.tokens, "hidden_size": c.hidden_size, "depth": c.depth,
                       "bias": c.bias, "act": _v(c.act)},
         "text": {"name": cfg.text.name, "hidden_size": t, "num_layers": cfg.text.num_layers,
                  "intermediate_size": cfg.text.intermediate_size, "num_heads": cfg.text.num_heads,

@@ -112,6 +112,7 @@ def to_native(layout: Layout, tensors: dict[str, torch.Tensor]) -> Converted:
     unexpected: list[str] = []
     incomplete: list[str] = []
     groups: dict[str, dict[str, tuple[str, torch.Tensor]]] = {}
+    cgroups: dict[str, dict[str, tuple[str, torch.Tensor]]] = {}  # fused connector tensors, parts in family order
     ignored = 0
     p, cp = layout.prefix, layout.connector_prefix
     family = get_family(layout.family) if layout.family else None
@@ -137,6 +138,10 @@ def to_native(layout: Layout, tensors: dict[str, torch.Tensor]) -> Converted:
             put("image_newline", key, t)
             continue
         if layout.carries_connector and key.startswith(cp):
+            fused = family.connector_fused_key(key[len(cp):]) if family is not None else None
+            if fused is not None:  # e.g. Idefics2's perceiver k_proj + v_proj -> one kv GEMM
+                cgroups.setdefault(fused[0], {})[fused[1]] = (key, t)
+                continue
             native = family.connector_key_to_native(key[len(cp):]) if family is not None else None
             if native is None:
                 unexpected.append(key)
@@ -184,6 +189,13 @@ def to_native(layout: Layout, tensors: dict[str, torch.Tensor]) -> Converted:
                     incomplete.append(re.sub(r"attn_pool\.(q|kv)\.", f"attn_pool.{x}.", src))
             continue
         put(native, " + ".join(parts[x][0] for x in parts_of), torch.cat([parts[x][1] for x in parts_of], dim=0))
+    for native, parts in cgroups.items():
+        order = family.connector_fused_parts if family is not None else ()
+        absent = [x for x in order if x not in parts]
+        if absent:
+            incomplete.extend(f"{native} (part {x})" for x in absent)
+            continue
+        put(native, " + ".join(parts[x][0] for x in order), torch.cat([parts[x][1] for x in order], dim=0))
     return Converted(out, origin, sorted(unexpected), sorted(incomplete), ignored)
 
 
@@ -193,7 +205,8 @@ def native_to_hf(name: str, family_name: str) -> list[str]:
     if name == "image_newline":
         return ["image_newline"]
     if name.startswith("connector."):
-        return [family.connector_native_to_hf(name) or name]
+        fused = family.connector_fused_to_hf(name)
+        return fused if fused is not None else [family.connector_native_to_hf(name) or name]
     own = family.native_names(name)
     if own is not None:
         return own

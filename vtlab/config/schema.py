@@ -18,14 +18,17 @@ from enum import Enum
 from typing import Any
 
 from hydra.core.config_store import ConfigStore
-from omegaconf import II, MISSING
+from omegaconf import II, MISSING, OmegaConf
 
 from vtlab.data.synthetic import TASKS as SYNTHETIC_TASKS
 from vtlab.errors import ConfigError, InvalidCellError
-from vtlab.families.tiler import image_size_of, patch_grid, valid_factors
+from vtlab.families.tiler import image_size_of, patch_grid
 from vtlab.measure.modes import MODES
 from vtlab.measure.timing import DTYPES
 from vtlab.models.connectors import CONNECTORS
+from vtlab.models.connectors.avgpool import POOL_MODES
+from vtlab.models.connectors.pixel_unshuffle import valid_factors
+from vtlab.models.reduction.prune import PRUNE_SCORES
 from vtlab.models.heads import HEADS
 from vtlab.models.sdpa import BACKENDS
 from vtlab.models.towers.clip import STRATEGIES as CLIP_STRATEGIES
@@ -55,6 +58,8 @@ class Activation(Choice):
 
 
 ConnectorKind = choices("ConnectorKind", CONNECTORS, "connector.kind: the registry vtlab.models.connectors.CONNECTORS")
+PoolMode = choices("PoolMode", POOL_MODES, "connector.pool: vtlab.models.connectors.avgpool.POOL_MODES")
+PruneScore = choices("PruneScore", PRUNE_SCORES, "connector.prune: vtlab.models.reduction.prune.PRUNE_SCORES")
 AttentionBackend = choices("AttentionBackend", BACKENDS, "task.attention_backend: vtlab.models.sdpa.BACKENDS")
 BenchMode = choices("BenchMode", MODES, "task.modes entries: vtlab.measure.modes.MODES")
 DType = choices("DType", ("auto", *DTYPES), "task.dtype: auto (bf16 on CUDA, fp32 on CPU) or vtlab.measure.timing.DTYPES")
@@ -106,6 +111,13 @@ def _finite_positive(value: float, key: str) -> None:
 
 
 @dataclass
+class TokenMergingConfig:
+    """ToMe inside the tower blocks (vtlab.models.reduction.tome): `r` tokens merged per block; 0 = off."""
+
+    r: int = 0
+
+
+@dataclass
 class ModelConfig:
     """One vision tower, every architecture field spelled out (no upstream default is relied on)."""
 
@@ -138,6 +150,7 @@ class ModelConfig:
     keep_prefix: bool = False  # dinov2: keep the CLS + register tokens in front of the patch tokens
     num_registers: int = 0  # dinov2: register tokens (Dinov2WithRegistersModel; 0 = Dinov2Model)
     max_num_patches: int | None = None  # siglip2 NaFlex: the patch budget per image
+    token_merging: TokenMergingConfig = field(default_factory=TokenMergingConfig)
 
     def check(self, root: Any) -> None:
         if self.image_size is None or self.image_size == MISSING:
@@ -180,19 +193,40 @@ class ModelConfig:
 @dataclass
 class ConnectorConfig:
     kind: ConnectorKind = ConnectorKind.pixel_unshuffle
-    factor: int = 1  # pixel-unshuffle factor per spatial axis, applied before any projection
-    hidden_size: int | None = None  # MLP hidden width; None = the text hidden size
-    depth: int = 2  # MLP: number of Linear layers (LLaVA mlp{depth}x_gelu)
+    # The token budget, two spellings (vtlab.config.schema.resolve_budget derives one from the other):
+    # `factor` = pixel-unshuffle factor per spatial axis (tokens = (gh/f)*(gw/f)); null = 1 unless `tokens` is
+    # given. For kinds that do not unshuffle it is only a spelling of the budget (their module factor is 1).
+    factor: int | None = None
+    tokens: int | None = None  # visual tokens per frame; null = from `factor`
+    hidden_size: int | None = None  # MLP / Q-Former / C-Abstractor inner width; None = the kind's default
+    depth: int = 2  # mlp: Linear layers; perceiver / qformer: layers; c_abstractor: blocks per RegStage
     bias: bool = True
     act: Activation = Activation.gelu
+    num_heads: int | None = None  # perceiver (16) / qformer (12) attention heads; None = the kind's default
+    head_dim: int | None = None  # perceiver head width (96)
+    num_kv_heads: int | None = None  # perceiver GQA kv heads (4)
+    norm_eps: float = 1e-6  # perceiver RMSNorm eps (Idefics2: the text model's rms_norm_eps)
+    pool: PoolMode = PoolMode.avg  # avgpool: avg (adaptive average) | bilinear (LLaVA-OneVision video pooling)
+    prune: PruneScore | None = None  # keep the top `prune_tokens` tower tokens by norm | attention (MAP-head probe)
+    prune_tokens: int | None = None
 
     def check(self, root: Any) -> None:
         if self.hidden_size is not None and self.hidden_size <= 0:
             raise ConfigError(f"connector.hidden_size={self.hidden_size} must be positive (or null for text_hidden)")
         if self.depth < 1:
             raise ConfigError(f"connector.depth={self.depth} must be >= 1")
-        if self.factor < 1:
-            raise ConfigError(f"connector.factor={self.factor} must be >= 1")
+        for key in ("factor", "tokens", "num_heads", "head_dim", "num_kv_heads", "prune_tokens"):
+            value = getattr(self, key)
+            if value is not None and value < 1:
+                raise ConfigError(f"connector.{key}={value} must be >= 1 (or null)")
+        problem = CONNECTORS[str(self.kind)].check(self)
+        if problem:
+            raise ConfigError(problem)
+        if (self.prune is None) != (self.prune_tokens is None):
+            raise ConfigError(
+                f"connector.prune={self.prune} and connector.prune_tokens={self.prune_tokens}: give both "
+                f"(prune: {', '.join(PRUNE_SCORES)}; prune_tokens: tokens kept) or neither"
+            )
         if self.act == Activation.quick_gelu:
             raise ConfigError("connector.act=quick_gelu is a tower activation; valid for connectors: gelu, gelu_tanh")
 
@@ -389,7 +423,8 @@ class VTLabConfig:
 
 
 def register_configs() -> None:
-    """Register the schemas in Hydra's ConfigStore (idempotent)."""
+    """Register the schemas in Hydra's ConfigStore, and the presets' resolver (idempotent)."""
+    OmegaConf.register_new_resolver("vtlab.unless_tokens", unless_tokens, replace=True)
     cs = ConfigStore.instance()
     cs.store(name="base_config", node=VTLabConfig)
     # Group schemas live in their own `schema` group (one line in `--help`), so that the real groups list
@@ -406,12 +441,92 @@ def register_configs() -> None:
 # The connector factor against the patch grid (the geometry itself is vtlab.families.tiler's)
 
 
-def check_factor(cfg: Any) -> None:
-    """The connector factor must divide the patch grid (an impossible sweep cell, not a bad value)."""
-    m, grid = cfg.model, patch_grid(cfg.model)
+def resolve_budget(cfg: Any) -> None:
+    """Derive `connector.tokens` and `connector.factor` from each other and write both back (in place).
+
+    `tokens` and `factor` are two spellings of one budget: tokens = (gh/f)*(gw/f). Either may be given;
+    giving both inconsistently is refused naming both. A budget the kind cannot make on this grid (a factor
+    that does not divide it, tokens not among the kind's budgets) is an `InvalidCellError` (a skipped sweep
+    cell). Kinds that do not unshuffle keep factor only as a spelling (null where tokens has none)."""
+    m, c, grid = cfg.model, cfg.connector, patch_grid(cfg.model)
+    kind = CONNECTORS[str(c.kind)]
+    where = f"the {grid[0]}x{grid[1]} patch grid of model '{m.name}' ({m.input_size or m.image_size}px / {m.patch_size}px patches)"
+    if m.token_merging.r or c.prune is not None:
+        return _resolve_reduced_budget(cfg, kind, grid, where)
     factors = valid_factors(grid)
-    if cfg.connector.factor not in factors:
+    spelled = {(grid[0] // f) * (grid[1] // f): f for f in reversed(factors)}  # tokens -> factor
+    if c.factor is not None and c.factor not in factors:
+        raise InvalidCellError(f"connector.factor={c.factor} does not divide {where}; valid factors: {factors}")
+    from_factor = spelled_tokens = None
+    if c.factor is not None:
+        from_factor = (grid[0] // c.factor) * (grid[1] // c.factor)
+    tokens = c.tokens if c.tokens is not None else (from_factor if from_factor is not None else grid[0] * grid[1])
+    if c.tokens is not None and from_factor is not None and c.tokens != from_factor:
         raise InvalidCellError(
-            f"connector.factor={cfg.connector.factor} does not divide the {grid[0]}x{grid[1]} patch grid of "
-            f"model '{m.name}' ({m.input_size or m.image_size}px / {m.patch_size}px patches); valid factors: {factors}"
+            f"connector.tokens={c.tokens} and connector.factor={c.factor} disagree on {where}: factor {c.factor} "
+            f"makes {from_factor} tokens; give one of them (tokens = (rows/factor) * (cols/factor))"
         )
+    budgets = kind.budgets(grid)
+    if budgets is not None and tokens not in budgets:
+        raise InvalidCellError(
+            f"connector.tokens={tokens} is not a budget connector.kind={c.kind} can make on {where}; "
+            f"valid tokens: {budgets}"
+        )
+    spelled_tokens = spelled.get(tokens)
+    c.tokens = tokens
+    c.factor = spelled_tokens if kind.layout != "unshuffle" else spelled[tokens]
+
+
+def _resolve_reduced_budget(cfg: Any, kind: Any, grid: tuple[int, int], where: str) -> None:
+    """With ToMe or pruning the connector reads an unordered set of n tokens (n = after merging / top-k):
+    set kinds (perceiver, qformer) take any budget; token-wise unshuffle kinds only at factor 1 (tokens = n);
+    kinds that pool a grid cannot read a set and are refused."""
+    m, c = cfg.model, cfg.connector
+    r, reduced = m.token_merging.r, []
+    if r:
+        reduced.append(f"model.token_merging.r={r}")
+        if r < 0:
+            raise ConfigError(f"model.token_merging.r={r} must be >= 0 (tokens merged per block; 0 = off)")
+        if m.feature_layers is not None:
+            raise ConfigError(
+                f"model.token_merging.r={r} needs the post-LN last layer (model.feature_layers=null); model "
+                f"'{m.name}' taps {m.feature_layers}, whose token positions ToMe would scramble"
+            )
+    n = grid[0] * grid[1]
+    for _ in range(m.num_layers):
+        n -= min(r, n // 2)
+    if c.prune is not None:
+        reduced.append(f"connector.prune={c.prune}")
+        if c.prune_tokens > n:
+            raise InvalidCellError(f"connector.prune_tokens={c.prune_tokens} exceeds the {n} tokens left on {where}"
+                                   f"{' after ToMe' if r else ''}; valid: 1..{n}")
+        if str(c.prune) == "attention" and not m.use_head:
+            raise ConfigError("connector.prune=attention scores tokens with the tower's MAP-head probe: set "
+                              "model.use_head=true (or use connector.prune=norm)")
+        n = c.prune_tokens
+    what = " and ".join(reduced)
+    if kind.layout == "grid":
+        readers = [k for k, v in CONNECTORS.items() if v.reads_sets]
+        raise InvalidCellError(
+            f"{what} leaves an unordered token set, which connector.kind={c.kind} cannot pool as a grid; "
+            f"valid kinds: {', '.join(readers)} (any tokens) or pixel_unshuffle, mlp, linear, identity at factor 1"
+        )
+    if kind.layout == "unshuffle":
+        if c.factor not in (None, 1) or c.tokens not in (None, n):
+            raise InvalidCellError(
+                f"{what} leaves {n} unordered tokens: connector.kind={c.kind} maps them one to one "
+                f"(connector.factor=1, connector.tokens={n}); got connector.factor={c.factor}, connector.tokens={c.tokens}"
+            )
+        c.factor, c.tokens = 1, n
+        return
+    if c.factor is not None:
+        raise InvalidCellError(f"{what}: give the budget of connector.kind={c.kind} as connector.tokens, not "
+                               f"connector.factor={c.factor} (there is no grid left to unshuffle)")
+    c.tokens = c.tokens if c.tokens is not None else n
+
+
+def unless_tokens(value: Any, tokens: Any) -> Any:
+    """`${vtlab.unless_tokens:4,${connector.tokens}}`: a preset's factor that yields to `connector.tokens`."""
+    return value if tokens is None else None
+
+

@@ -2,7 +2,7 @@
 
 Order: each group's own checks (vtlab.config.schema, beside its fields), then the rules that need the
 registries (the family, its tiling scheme), then the device-dependent ones (an SDPA backend the device lacks,
-a CUDA device that is not there), then the connector factor against the patch grid, which raises
+a CUDA device that is not there), then the connector budget (`tokens` / `factor`, resolved in place) against the patch grid, which raises
 `InvalidCellError` (inside a `-m` sweep such a cell is recorded as skipped). Everything else is a `ConfigError`
 naming the key, the value and what is valid.
 """
@@ -13,7 +13,7 @@ from typing import Any
 
 import torch
 
-from vtlab.config.schema import TaskName, VTLabConfig, check_factor, patch_grid
+from vtlab.config.schema import TaskName, VTLabConfig, patch_grid, resolve_budget
 from vtlab.errors import ConfigError
 from vtlab.families import get_family
 from vtlab.families.tiler import check_tiling
@@ -41,7 +41,7 @@ def validate(cfg: Any) -> None:
         check_backend(backend, task_device(cfg))
     elif cfg.task.name in (TaskName.profile, TaskName.bench):
         resolve_device(cfg.task.device)
-    check_factor(cfg)
+    resolve_budget(cfg)
 
 
 __all__ = ["ConfigError", "validate"]

@@ -1,4 +1,4 @@
-"""The family registry: one module per upstream model family (vtlab.families.siglip, idefics3, llava_next).
+"""The family registry: one module per upstream model family (vtlab.families.siglip, idefics2, idefics3, llava_next).
 
 Ask a family for anything family-specific: `get_family(cfg.model.family)`. Adding a family is one module that
 subclasses `Family` and calls `register_family` (imported here), plus a preset YAML in conf/model/.
@@ -13,7 +13,15 @@ from typing import Any
 
 import torch
 
-from vtlab.families import clip, dinov2, idefics3, llava_next, siglip, siglip2  # noqa: F401  (each registers its family and tiling)
+from vtlab.families import (  # noqa: F401  (each registers its family and tiling)
+    clip,
+    dinov2,
+    idefics2,
+    idefics3,
+    llava_next,
+    siglip,
+    siglip2,
+)
 from vtlab.families.base import FAMILIES, Family, Layout, family_for_model_type, get_family, register_family
 from vtlab.families.pixels import ImageLike
 from vtlab.families.tiler import TILINGS, ImagePlan, Tiler, TilingScheme, register_tiling

@@ -213,6 +213,16 @@ class Family:
         """A connector key relative to the layout's connector prefix -> its native `connector.*` name."""
         return None
 
+    connector_fused_parts: ClassVar[tuple[str, ...]] = ()  # row order of a fused connector tensor, e.g. (k, v)
+
+    def connector_fused_key(self, rel: str) -> tuple[str, str] | None:
+        """(native name, part) of a connector key that is one part of a fused native tensor, else None."""
+        return None
+
+    def connector_fused_to_hf(self, name: str) -> list[str] | None:
+        """The hub names (in `connector_fused_parts` order) of a fused native connector tensor, else None."""
+        return None
+
     def connector_native_to_hf(self, name: str) -> str | None:
         """Native `connector.*` name -> the hub checkpoint's name (export)."""
         return None

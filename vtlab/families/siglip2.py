@@ -19,7 +19,8 @@ from typing import Any
 import torch
 from PIL import Image
 
-from vtlab.config.schema import image_size_of, valid_factors
+from vtlab.families.tiler import image_size_of
+from vtlab.models.connectors.pixel_unshuffle import valid_factors
 from vtlab.errors import ConfigError, InvalidCellError
 from vtlab.families.base import register_family
 from vtlab.families.pixels import ImageLike, normalise, resize, to_uint8_hwc

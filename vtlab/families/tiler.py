@@ -14,6 +14,8 @@ pixels, `Tiler.pack(features, plan, newline)` turns one image's (frames, t, T) c
 
 from __future__ import annotations
 
+import math
+
 from dataclasses import asdict, dataclass
 from typing import Any
 
@@ -22,6 +24,7 @@ import torch
 from vtlab.errors import ConfigError
 from vtlab.families.base import Family, get_family
 from vtlab.families.pixels import ImageLike, to_uint8_hwc
+from vtlab.models.connectors.pixel_unshuffle import valid_factors  # noqa: F401  (re-exported with the grid)
 
 
 @dataclass(frozen=True)
@@ -58,12 +61,6 @@ def patch_grid(model: Any) -> tuple[int, int]:
     """(rows, cols) of the patch grid: floor(input / patch), e.g. 384/14 -> 27x27 (the last 6 px are unused)."""
     size = model.input_size or model.image_size
     return size // model.patch_size, size // model.patch_size
-
-
-def valid_factors(grid: tuple[int, int]) -> list[int]:
-    """The unshuffle factors that divide a (rows, cols) grid."""
-    h, w = grid
-    return [f for f in range(1, min(h, w) + 1) if h % f == 0 and w % f == 0]
 
 
 def image_size_of(value: Any, key: str = "data.image_size") -> tuple[int, int] | None:
@@ -174,14 +171,16 @@ class Tiler:
     @classmethod
     def for_config(cls, cfg: Any) -> Tiler:
         """The tiler of a validated config (`model.tiling`, `longest_edge`, `pinpoints`, the patch grid and the
-        connector factor); nothing is built, so token budgets of any image size cost microseconds."""
+        connector's tokens per frame); nothing is built, so token budgets of any image size cost microseconds."""
         model = cfg.model
         gh, gw = patch_grid(model)
-        f = cfg.connector.factor
+        tokens = cfg.connector.tokens  # resolved by validation (vtlab.config.schema.resolve_budget)
+        side = math.isqrt(tokens)
         pinpoints = [tuple(p) for p in model.pinpoints] if model.pinpoints else None
-        return cls(resolve_tiling(model), model.input_size or model.image_size, (gh // f) * (gw // f),
-                   gh // f if gh == gw else 0, model.longest_edge, pinpoints, get_family(model.family),
-                   model.patch_size, model.max_num_patches, f)
+        factor = cfg.connector.factor or 1  # null for kinds that do not unshuffle (the budget is `tokens`)
+        return cls(resolve_tiling(model), model.input_size or model.image_size, tokens,
+                   side if gh == gw and side * side == tokens else 0, model.longest_edge, pinpoints,
+                   get_family(model.family), model.patch_size, model.max_num_patches, factor)
 
     @property
     def needs_newline(self) -> bool:

@@ -64,7 +64,8 @@ def decoder_prefill_flops(tokens: int, hidden: int, layers: int, intermediate: i
 def closed_form_flops(stack: Any, grid: tuple[int, int] | None = None) -> dict[str, int]:
     """The closed forms of the tower and the connector for one frame of the stack's input size (or `grid`)."""
     grid = grid or stack.grid
-    return {"tower": stack.tower.flops_closed_form(*grid), "connector": stack.connector.flops_closed_form(grid)}
+    return {"tower": stack.tower_flops_closed_form(grid),
+            "connector": stack.connector.flops_closed_form(stack.connector_grid_for(grid))}
 
 
 @dataclass
@@ -91,11 +92,12 @@ class StageCosts:
 def stage_costs(stack: Any, pixels: torch.Tensor) -> StageCosts:
     """Count parameters and FLOPs per frame of the tower and the connector on `pixels` (any batch)."""
     batch = pixels.shape[0]
-    with torch.inference_mode():
-        tower_flops = count_flops(stack.tower, pixels) // batch
-        feats = stack.tower(pixels)
+    # no_grad, not inference_mode: the FLOP counter's module tracker hooks views of parameters (learned latents)
+    with torch.no_grad():
+        tower_flops = count_flops(stack.features, pixels) // batch
+        feats = stack.features(pixels)
         grid = stack.tower.grid_for(pixels.shape[-2], pixels.shape[-1])  # the frames' own grid (naflex)
-        connector_flops = count_flops(stack.connector, feats, grid) // batch
+        connector_flops = count_flops(stack.connector, feats, stack.connector_grid_for(grid)) // batch
     closed = closed_form_flops(stack, grid)
     costs = StageCosts([s.as_dict() for s in stack.stages()], tower_flops, connector_flops, closed, feats)
     costs.row("tower").update(params=count_params(stack.tower), flops=tower_flops, flops_closed_form=closed["tower"])

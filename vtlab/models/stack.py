@@ -57,10 +57,13 @@ class Stages(tuple):
 
 class VisionStack(nn.Module):
     def __init__(self, tower: nn.Module, connector: nn.Module, tiler: Tiler | None = None,
-                 newline: torch.Tensor | None = None, input_size: int | None = None) -> None:
+                 newline: torch.Tensor | None = None, input_size: int | None = None,
+                 reduction: nn.Module | None = None) -> None:
         """`tiler`: how images of any size become frames (None: only square frames via forward()); `newline`:
-        the (text_hidden,) row separator of anyres packing, kept as a persistent buffer `image_newline`."""
+        the (text_hidden,) row separator of anyres packing, kept as a persistent buffer `image_newline`;
+        `reduction`: token merging / pruning between tower and connector (vtlab.models.reduction.stage)."""
         super().__init__()
+        self.reduction = reduction
         self.tower = tower
         self.connector = connector
         self.input_size = input_size or tower.image_size
@@ -77,6 +80,14 @@ class VisionStack(nn.Module):
     def num_patches(self) -> int:
         return self.grid[0] * self.grid[1]
 
+    def connector_grid_for(self, grid: tuple[int, int]) -> tuple[int, int]:
+        """The grid the connector reads: the patch grid, or (1, n) for the unordered set left by a reduction."""
+        return grid if self.reduction is None else (1, self.reduction.tokens_in(self.tower, grid))
+
+    @property
+    def connector_grid(self) -> tuple[int, int]:
+        return self.connector_grid_for(self.grid)
+
     @property
     def prefix_tokens(self) -> int:
         """Tokens the tower output carries before the patch grid (a kept CLS / registers; 0 for most towers)."""
@@ -84,9 +95,16 @@ class VisionStack(nn.Module):
 
     @property
     def num_tokens(self) -> int:
-        """Visual tokens handed to the language model per image."""
-        f = self.connector.factor
-        return (self.grid[0] // f) * (self.grid[1] // f) + self.prefix_tokens
+        """Visual tokens handed to the language model per frame: the connector's budget on this grid, plus the
+        prefix tokens (a kept CLS / registers) a token-wise connector maps one to one."""
+        return self.connector.tokens_for(self.connector_grid) + self.prefix_tokens
+
+    def tower_flops_closed_form(self, grid: tuple[int, int] | None = None) -> int:
+        """The tower's closed-form FLOPs per frame of `grid` (default: the stack's), with the reduction's merging."""
+        grid = grid or self.grid
+        if self.reduction is None:
+            return self.tower.flops_closed_form(*grid)
+        return self.reduction.tower_flops_closed_form(self.tower, grid)
 
     @property
     def feature_dim(self) -> int:
@@ -112,11 +130,13 @@ class VisionStack(nn.Module):
         return Stages([
             Stage("image", self.input_shape(1), f"{self.input_size}x{self.input_size} RGB"),
             Stage("patch grid", (h, w), f"{h}x{w} patches of {p}px{crop}"),
-            Stage("tower", (1, self.num_patches + self.prefix_tokens, self.feature_dim), self._tower_detail()),
+            Stage("tower", (1, self.connector_grid[0] * self.connector_grid[1] + self.prefix_tokens, self.feature_dim),
+                  self._tower_detail()),
             Stage(
                 "connector",
                 (1, self.num_tokens, self.text_hidden),
-                f"{self.connector.kind}, factor {f}: {self.num_patches} -> {self.num_tokens} tokens",
+                f"{self.connector.kind}{f', factor {f}' if hasattr(self.connector, 'unshuffle') else ''}: "
+                f"{self.num_patches} -> {self.num_tokens} tokens",
             ),
         ])
 
@@ -124,24 +144,25 @@ class VisionStack(nn.Module):
         t = self.tower
         taps = "post-LN last layer" if t.feature_layers is None else f"taps {t.feature_layers} concatenated"
         prefix = f", {self.prefix_tokens} prefix token(s) kept" if self.prefix_tokens else ""
-        return f"{t.depth_used}/{t.num_layers} blocks, width {t.hidden_size}, {taps}{prefix}"
+        reduced = "" if self.reduction is None else f", {self.reduction.describe()}"
+        return f"{t.depth_used}/{t.num_layers} blocks, width {t.hidden_size}, {taps}{prefix}{reduced}"
 
     # ------------------------------------------------------------------ forward
     def features(self, pixel_values: torch.Tensor) -> torch.Tensor:
-        """The tower output after the feature taps: (B, patches, feature_dim)."""
-        return self.tower(pixel_values)
+        """The tower output after the feature taps (and the reduction, if any): (B, tokens in, feature_dim)."""
+        return self.tower(pixel_values) if self.reduction is None else self.reduction.tower_forward(self.tower, pixel_values)
 
     def project(self, features: torch.Tensor, pixel_shape: Sequence[int]) -> torch.Tensor:
         """Tower features of frames of `pixel_shape` (..., H, W) -> connector tokens (B, tokens, text_hidden)."""
-        return self.connector(features, self.tower.grid_for(pixel_shape[-2], pixel_shape[-1]))
+        return self.connector(features, self.connector_grid_for(self.tower.grid_for(pixel_shape[-2], pixel_shape[-1])))
 
     def forward(self, pixel_values: torch.Tensor, train_tower: bool = True, train_connector: bool = True) -> torch.Tensor:
         """(B, C, H, W) -> (B, tokens, text_hidden). `train_tower` / `train_connector` False run that part without
         recording gradients (frozen parts under task=train), whatever the grad mode outside."""
         if train_tower and train_connector:
-            return self.project(self.tower(pixel_values), pixel_values.shape)
+            return self.project(self.features(pixel_values), pixel_values.shape)
         with torch.set_grad_enabled(torch.is_grad_enabled() and train_tower):
-            feats = self.tower(pixel_values)
+            feats = self.features(pixel_values)
         with torch.set_grad_enabled(torch.is_grad_enabled() and train_connector):
             return self.project(feats, pixel_values.shape)
 

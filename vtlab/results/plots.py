@@ -1,4 +1,7 @@
-"""Trade-off plots of a sweep (PNG, matplotlib Agg): visual tokens vs a cost, one series per model."""
+"""Trade-off plots of a sweep (PNG, matplotlib Agg): visual tokens vs a cost, one series per (model, connector).
+
+A sweep over `connector=...` kinds and `connector.tokens=...` budgets draws one line per kind (iso-budget
+comparison); a sweep over factors of one kind draws one line per model, as before."""
 
 from __future__ import annotations
 
@@ -18,12 +21,16 @@ PLOTS = (
 
 
 def _series(rows: list[dict[str, Any]], y: str) -> dict[str, list[tuple[float, float, Any]]]:
-    """model -> [(tokens, y, factor)] sorted by tokens, from the ok rows that report `y`."""
+    """series label -> [(tokens, y, factor)] sorted by tokens, from the ok rows that report `y`; the label is
+    `model` when the rows use one connector kind, else `model / connector`."""
+    ok = [r for r in rows if r.get("status") == "ok" and isinstance(r.get("tokens"), (int, float))
+          and isinstance(r.get(y), (int, float))]
+    kinds = {r.get("connector") for r in ok}
     out: dict[str, list[tuple[float, float, Any]]] = defaultdict(list)
-    for r in rows:
-        if r.get("status") == "ok" and isinstance(r.get("tokens"), (int, float)) and isinstance(r.get(y), (int, float)):
-            out[str(r.get("model"))].append((r["tokens"], r[y], r.get("factor")))
-    return {model: sorted(points) for model, points in out.items()}
+    for r in ok:
+        label = str(r.get("model")) if len(kinds) <= 1 else f"{r.get('model')} / {r.get('connector')}"
+        out[label].append((r["tokens"], r[y], r.get("factor")))
+    return {label: sorted(points, key=lambda p: p[:2]) for label, points in out.items()}
 
 
 def write_plots(rows: list[dict[str, Any]], out_dir: Path, title: str) -> list[Path]:
@@ -43,7 +50,8 @@ def write_plots(rows: list[dict[str, Any]], out_dir: Path, title: str) -> list[P
             xs, ys, factors = zip(*points, strict=True)
             ax.plot(xs, ys, marker="o", label=model)
             for x, v, factor in points:
-                ax.annotate(f"f{factor}", (x, v), textcoords="offset points", xytext=(3, 3), fontsize=7)
+                if factor is not None:
+                    ax.annotate(f"f{factor}", (x, v), textcoords="offset points", xytext=(3, 3), fontsize=7)
         ax.set_xscale("log", base=2)
         if y in ("flops", "lm_prefill_flops"):
             ax.set_yscale("log")

@@ -21,6 +21,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from vtlab.config.schema import VTLabConfig, image_size_of
 from vtlab.errors import ConfigError
+from vtlab.models.connectors import CONNECTORS
 
 RESULTS = "results.json"
 # the string fields of a record that dashboards group and filter by (W&B run summary, sweep summary)
@@ -35,9 +36,15 @@ def process_rank() -> int:
     return int(os.environ.get("RANK", os.environ.get("LOCAL_RANK", "0")))
 
 
-def run_name(model: str, factor: Any, task: Any = None, image_size: Any = None) -> str:
-    """`smolvlm-f4`, or `smolvlm-f4-1536x2048` with an input image size (task=profile / bench)."""
-    name = f"{model}-f{factor}"
+def run_name(model: str, factor: Any, task: Any = None, image_size: Any = None, connector: Any = None,
+             tokens: Any = None) -> str:
+    """`smolvlm-f4`, or `smolvlm-f4-1536x2048` with an input image size (task=profile / bench); a connector
+    kind that does not unshuffle is named with its budget: `smolvlm-perceiver-t64`."""
+    kind = str(getattr(connector, "value", connector)) if connector is not None else None
+    if kind in CONNECTORS and CONNECTORS[kind].layout != "unshuffle":
+        name = f"{model}-{kind}-t{tokens}"
+    else:
+        name = f"{model}-f{factor}"
     try:
         size = image_size_of(image_size)
     except ConfigError:
@@ -85,7 +92,8 @@ class RunContext:
 
     @property
     def run_name(self) -> str:
-        return run_name(self.model_choice, self.cfg.connector.factor, self.cfg.task.name, self.cfg.data.image_size)
+        c = self.cfg.connector
+        return run_name(self.model_choice, c.factor, self.cfg.task.name, self.cfg.data.image_size, c.kind, c.tokens)
 
     @property
     def group(self) -> str | None:
@@ -99,7 +107,8 @@ class RunContext:
     def header(self) -> dict[str, Any]:
         """The fields every record of this run starts with."""
         return {"task": str(self.cfg.task.name), "status": "ok", "run_name": self.run_name,
-                "model": self.model_choice, "factor": self.cfg.connector.factor}
+                "model": self.model_choice, "factor": self.cfg.connector.factor,
+                "connector": str(self.cfg.connector.kind)}
 
     def write_result(self, result: dict[str, Any]) -> Path:
         """The run's `results.json`: the header, `result`, the overrides and the whole config."""
@@ -116,6 +125,9 @@ def record_not_run(raw: DictConfig, out_dir: Path, model_choice: str | None, rea
                    status: str = "skipped") -> Path:
     """results.json of a cell that did not run: `skipped` (it cannot exist) or `failed` (refused or stopped)."""
     factor = OmegaConf.select(raw, "connector.factor", default=None)
+    kind = OmegaConf.select(raw, "connector.kind", default=None)
+    kind = None if kind is None else str(getattr(kind, "value", kind))
+    tokens = OmegaConf.select(raw, "connector.tokens", default=None)
     task = OmegaConf.select(raw, "task.name", default=None)
     image_size = OmegaConf.select(raw, "data.image_size", default=None)
     model = str(model_choice)
@@ -123,9 +135,11 @@ def record_not_run(raw: DictConfig, out_dir: Path, model_choice: str | None, rea
         "task": str(getattr(task, "value", task)),
         "status": status,
         "reason": reason,
-        "run_name": run_name(model, factor, task, image_size),
+        "run_name": run_name(model, factor, task, image_size, kind, tokens),
         "model": model,
         "factor": factor,
+        "connector": kind,
+        "tokens": tokens,
         "image": image_label(image_size),
         "overrides": overrides,
     }

@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any
 
 COLUMNS = (
-    "job", "task", "model", "factor", "image", "tiling", "frames", "status", "tokens", "patches", "text_hidden", "params", "flops",
+    "job", "task", "model", "connector", "factor", "image", "tiling", "frames", "status", "tokens", "patches", "text_hidden", "params", "flops",
     "lm_prefill_flops", "latency_ms", "latency_ms_p90", "latency_mode", "throughput_img_s", "throughput_tokens_s",
     "throughput_mode", "tflops", "mfu", "peak_memory_mb", "dtype", "device_name", "attention_backend", "run_name",
     "reason",

@@ -56,11 +56,11 @@ def profile_stack(ctx: RunContext) -> dict[str, Any]:
     plan = stack.plan(*size) if size else None
     frames = plan.frames if plan else 1
     pixels = torch.randn(stack.input_shape(batch * frames, plan), device=device, dtype=dtype)
-    grid = stack.tower.grid_for(pixels.shape[-2], pixels.shape[-1])  # the frames' own grid (naflex)
+    grid = stack.connector_grid_for(stack.tower.grid_for(pixels.shape[-2], pixels.shape[-1]))  # frames' own (naflex)
 
     costs = stage_costs(stack, pixels[:1] if plan else pixels)  # per frame
     with torch.inference_mode():
-        feats = stack.tower(pixels) if plan else costs.features
+        feats = stack.features(pixels) if plan else costs.features
         reset_peak_memory(device)
         if plan:
             plans = [plan] * batch
@@ -69,7 +69,7 @@ def profile_stack(ctx: RunContext) -> dict[str, Any]:
             pack_ms = time_ms(lambda: stack.pack(tokens, plans), device, 1, cfg.task.repeats)
         else:
             total_ms = time_ms(lambda: stack(pixels), device, cfg.task.warmup, cfg.task.repeats)
-        tower_ms = time_ms(lambda: stack.tower(pixels), device, 1, cfg.task.repeats)
+        tower_ms = time_ms(lambda: stack.features(pixels), device, 1, cfg.task.repeats)
         conn_ms = time_ms(lambda: stack.connector(feats, grid), device, 1, cfg.task.repeats)
     peak, peak_kind = peak_memory_mb(device)
 

@@ -16,6 +16,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+POOL_MODES = ("avg", "bilinear")
+
 
 class AvgPoolConnector(nn.Module):
     """(B, h*w, in_dim) row-major grid -> (B, tokens, out_dim); `tokens` must be s*s."""
@@ -33,7 +35,7 @@ class AvgPoolConnector(nn.Module):
         pool_first: bool = True,
     ) -> None:
         super().__init__()
-        if mode not in ("avg", "bilinear"):
+        if mode not in POOL_MODES:
             raise ValueError(f"avgpool: mode={mode!r} is unknown; valid: avg, bilinear")
         self.side = math.isqrt(tokens)
         if tokens < 1 or self.side**2 != tokens:

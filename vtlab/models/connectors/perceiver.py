@@ -139,7 +139,8 @@ class PerceiverResampler(nn.Module):
         if mask is not None:
             full = torch.cat([mask.bool(), mask.new_ones(b, self.tokens, dtype=torch.bool)], dim=1)
             attn_mask = full[:, None, None, :]
-        latents = self.latents.unsqueeze(0).expand(b, -1, -1)
+        # a copy, not an expand view: a view of a parameter made under no_grad trips the FLOP counter's tracker
+        latents = self.latents.unsqueeze(0).repeat(b, 1, 1)
         for layer in self.layers:
             latents = layer(latents, context, attn_mask)
         return self.norm(latents)

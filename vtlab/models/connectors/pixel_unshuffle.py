@@ -21,3 +21,9 @@ def pixel_unshuffle(x: torch.Tensor, grid: tuple[int, int], factor: int) -> torc
         raise ValueError(f"pixel_unshuffle: factor {factor} does not fit a {h}x{w} grid of {n} tokens")
     x = x.view(b, h // factor, factor, w // factor, factor, c).permute(0, 1, 3, 2, 4, 5)
     return x.reshape(b, (h // factor) * (w // factor), factor * factor * c)
+
+
+def valid_factors(grid: tuple[int, int]) -> list[int]:
+    """Unshuffle factors that divide both sides of a (rows, cols) grid."""
+    h, w = grid
+    return [f for f in range(1, min(h, w) + 1) if h % f == 0 and w % f == 0]

@@ -88,7 +88,7 @@ def build_connector(connector_cfg: Any, in_dim: int, out_dim: int) -> Connector:
         kind=value(connector_cfg.kind),
         in_dim=in_dim,
         out_dim=out_dim,
-        factor=connector_cfg.factor,
+        factor=connector_cfg.factor or 1,
         hidden=connector_cfg.hidden_size,
         depth=connector_cfg.depth,
         bias=connector_cfg.bias,

@@ -101,7 +101,8 @@ class QFormer(nn.Module):
 
     def query_states(self, x: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
         """Q-Former output before `out_proj` (HF `Blip2QFormerModel(...).last_hidden_state`)."""
-        h = self.norm(self.query_tokens.expand(x.shape[0], -1, -1))
+        # a copy, not an expand view: a view of a parameter made under no_grad trips the FLOP counter's tracker
+        h = self.norm(self.query_tokens.repeat(x.shape[0], 1, 1))
         attn_mask = None if mask is None else mask.bool()[:, None, None, :]
         for layer in self.layers:
             h = layer(h, x, attn_mask)

@@ -18,6 +18,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+PRUNE_SCORES = ("norm", "attention")  # the importance scores of `token_scores`
+
 
 class AttentionProbe(nn.Module):
     """A learned query over the tokens: `probe` (1, 1, D), `in_proj` rows [W_q; W_k] (MAP-head layout)."""
