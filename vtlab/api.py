@@ -40,6 +40,8 @@ def build_stack(cfg: DictConfig | VTLabConfig, load_weights: bool = True) -> Vis
     stack = VisionStack(tower, connector, tiler, _newline(tiler, c.text_hidden), input_size=c.model.input_size)
     if load_weights and c.model.weights:
         load_checkpoint(stack, c.model.weights, c)
+    if load_weights:
+        family.load_parts(stack, c.model, load_checkpoint)  # sub-tower checkpoints (fused towers)
     return stack
 
 

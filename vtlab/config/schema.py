@@ -137,6 +137,8 @@ class ModelConfig:
     keep_prefix: bool = False  # dinov2: keep the CLS + register tokens in front of the patch tokens
     num_registers: int = 0  # dinov2: register tokens (Dinov2WithRegistersModel; 0 = Dinov2Model)
     max_num_patches: int | None = None  # siglip2 NaFlex: the patch budget per image
+    # fused: {name: {family, image_size, patch_size, ..., weights}} sub-towers on one image (vtlab.families.fused)
+    towers: dict[str, Any] | None = None
 
     def check(self, root: Any) -> None:
         if self.image_size is None or self.image_size == MISSING:

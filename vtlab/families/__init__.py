@@ -13,7 +13,7 @@ from typing import Any
 
 import torch
 
-from vtlab.families import clip, dinov2, idefics3, llava_next, siglip, siglip2  # noqa: F401  (each registers its family and tiling)
+from vtlab.families import clip, dinov2, fused, idefics3, llava_next, siglip, siglip2  # noqa: F401  (each registers its family and tiling)
 from vtlab.families.base import FAMILIES, Family, Layout, family_for_model_type, get_family, register_family
 from vtlab.families.pixels import ImageLike
 from vtlab.families.tiler import TILINGS, ImagePlan, Tiler, TilingScheme, register_tiling

@@ -113,12 +113,20 @@ class VisionStack(nn.Module):
             Stage("image", self.input_shape(1), f"{self.input_size}x{self.input_size} RGB"),
             Stage("patch grid", (h, w), f"{h}x{w} patches of {p}px{crop}"),
             Stage("tower", (1, self.num_patches + self.prefix_tokens, self.feature_dim), self._tower_detail()),
+            *self._part_stages(),
             Stage(
                 "connector",
                 (1, self.num_tokens, self.text_hidden),
                 f"{self.connector.kind}, factor {f}: {self.num_patches} -> {self.num_tokens} tokens",
             ),
         ])
+
+    def _part_stages(self) -> list[Stage]:
+        """One row per sub-tower of a fused tower (`tower.<name>`); none for a single tower."""
+        parts = self.tower.parts() if hasattr(self.tower, "parts") else {}
+        return [Stage(f"tower.{name}", (1, self.num_patches, part.tower.feature_dim),
+                      f"{type(part.tower).__name__}: {part.tower.depth_used}/{part.tower.num_layers} blocks, "
+                      f"width {part.tower.hidden_size}") for name, part in parts.items()]
 
     def _tower_detail(self) -> str:
         t = self.tower
