@@ -105,3 +105,13 @@ def test_fused_config_errors(ckpts):
     _, _, d, _ = ckpts
     with pytest.raises(CheckpointError, match=r"does not fit model 'dinosiglip-debug.siglip'"):
         build("dinosiglip_debug", [f"model.towers.siglip.weights={d}"])
+
+
+def test_dinosiglip_preset_on_meta():
+    from vtlab.api import build_stack
+
+    with torch.device("meta"):
+        stack = build_stack(config("dinosiglip"))
+    parts = stack.tower.parts()
+    assert (stack.num_tokens, stack.feature_dim, stack.text_hidden, stack.grid) == (256, 2176, 4096, (16, 16))
+    assert parts["dinov2"].tower.num_register_tokens == 4 and parts["siglip"].tower.depth_used == 26

@@ -131,6 +131,8 @@ class VisionStack(nn.Module):
     def _tower_detail(self) -> str:
         t = self.tower
         taps = "post-LN last layer" if t.feature_layers is None else f"taps {t.feature_layers} concatenated"
+        if hasattr(t, "parts"):
+            taps = f"{' + '.join(t.parts())} concatenated on channels"
         prefix = f", {self.prefix_tokens} prefix token(s) kept" if self.prefix_tokens else ""
         return f"{t.depth_used}/{t.num_layers} blocks, width {t.hidden_size}, {taps}{prefix}"
 
