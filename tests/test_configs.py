@@ -42,7 +42,7 @@ CKPT_PRESETS = [m for m in options("model") if is_checkpoint_preset(m)]
 GRID = {"siglip": 14, "smolvlm": 32, "llavanext": 27, "siglip_debug": 14, "smolvlm_debug": 8, "llavanext_debug": 9}
 GRID |= {"clip_l14_336": 24, "llava15": 24, "clip_debug": 8, "llava15_debug": 8,  # issue 12 families
          "dinov2_l14": 16, "dinov2_l14_reg": 16, "dinov2_debug": 8, "dinov2_reg_debug": 8,
-         "siglip2_so400m_naflex": 16, "siglip2_debug": 4}
+         "siglip2_so400m_naflex": 16, "siglip2_debug": 4, "dinosiglip": 16, "dinosiglip_debug": 8}
 GRID |= {"idefics2": 70, "idefics2_debug": 8}  # issue 13: Idefics2's 980 px / 14 px tower
 FACTORS = {14: [1, 2, 7, 14], 32: [1, 2, 4, 8, 16, 32], 27: [1, 3, 9, 27], 8: [1, 2, 4, 8], 9: [1, 3, 9],
            24: [1, 2, 3, 4, 6, 8, 12, 24], 16: [1, 2, 4, 8, 16], 4: [1, 2, 4], 70: [1, 2, 5, 7, 10, 14, 35, 70]}

@@ -150,3 +150,11 @@ def test_cli_budget_below_one_patch_is_one_line(tmp_path):
     proc = run_vtlab(["+model=siglip2_debug", "model.max_num_patches=0", "logger=none"], tmp_path)
     lines = [ln for ln in proc.stderr.splitlines() if ln.strip()]
     assert proc.returncode != 0 and len(lines) == 1 and lines[0].startswith("vtlab: error: model.max_num_patches=0"), lines
+
+
+def test_so400m_naflex_preset_on_meta():
+    with torch.device("meta"):
+        stack = build_stack(config("siglip2_so400m_naflex"))
+    assert stack.tower.native_grid == 16 and stack.tower.hidden_size == 1152 and len(stack.tower.blocks) == 27
+    plan = stack.plan(768, 1024)  # 3:4 -> the largest grid under 256 patches
+    assert plan.detail["grid"] == [14, 18] and plan.tokens == 252 and stack.tiler.max_num_patches == 256

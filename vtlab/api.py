@@ -44,6 +44,8 @@ def build_stack(cfg: DictConfig | VTLabConfig, load_weights: bool = True) -> Vis
                         reduction=reduction)
     if load_weights and c.model.weights:
         load_checkpoint(stack, c.model.weights, c)
+    if load_weights:
+        family.load_parts(stack, c.model, load_checkpoint)  # sub-tower checkpoints (fused towers)
     return stack
 
 

@@ -151,6 +151,8 @@ class ModelConfig:
     num_registers: int = 0  # dinov2: register tokens (Dinov2WithRegistersModel; 0 = Dinov2Model)
     max_num_patches: int | None = None  # siglip2 NaFlex: the patch budget per image
     token_merging: TokenMergingConfig = field(default_factory=TokenMergingConfig)
+    # fused: {name: {family, image_size, patch_size, ..., weights}} sub-towers on one image (vtlab.families.fused)
+    towers: dict[str, Any] | None = None
 
     def check(self, root: Any) -> None:
         if self.image_size is None or self.image_size == MISSING:

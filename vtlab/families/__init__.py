@@ -16,6 +16,7 @@ import torch
 from vtlab.families import (  # noqa: F401  (each registers its family and tiling)
     clip,
     dinov2,
+    fused,
     idefics2,
     idefics3,
     llava_next,

@@ -33,7 +33,7 @@ Mapped = tuple[dict[str, torch.Tensor], dict[str, str], list[str], list[str], in
 # ModelConfig fields that only some families read, with their defaults: a family that does not list one in
 # `own_fields` refuses a non-default value (never silently ignored)
 FAMILY_FIELDS: dict[str, Any] = {"select_strategy": "default", "keep_prefix": False, "num_registers": 0,
-                                 "max_num_patches": None}
+                                 "max_num_patches": None, "towers": None}
 TOKENWISE_CONNECTORS = ("linear", "mlp", "identity")  # connectors that never read the patch grid (factor 1)
 
 
@@ -160,6 +160,9 @@ class Family:
                 f"(model.select_strategy=full / model.keep_prefix=true), so connector.kind={kind} with "
                 f"connector.factor={cfg.connector.factor} has no grid to read; use connector.kind in "
                 f"{', '.join(TOKENWISE_CONNECTORS)} with connector.factor=1, or drop the prefix")
+
+    def load_parts(self, stack: torch.nn.Module, model_cfg: Any, load: Callable[..., Any]) -> None:
+        """Load checkpoints of the tower's parts (`load(module_with_.tower, path)`); most families have none."""
 
     # ------------------------------------------------------------------ tower
     def build_tower(self, model_cfg: Any) -> torch.nn.Module:

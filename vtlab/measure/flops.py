@@ -103,6 +103,11 @@ def stage_costs(stack: Any, pixels: torch.Tensor) -> StageCosts:
     costs.row("tower").update(params=count_params(stack.tower), flops=tower_flops, flops_closed_form=closed["tower"])
     costs.row("connector").update(params=count_params(stack.connector), flops=connector_flops,
                                   flops_closed_form=closed["connector"])
+    parts = stack.tower.parts() if hasattr(stack.tower, "parts") else {}
+    with torch.inference_mode():
+        for name, part in parts.items():  # fused towers: a row per sub-tower
+            costs.row(f"tower.{name}").update(params=count_params(part), flops=count_flops(part, pixels) // batch,
+                                              flops_closed_form=part.tower.flops_closed_form(*grid))
     return costs
 
 

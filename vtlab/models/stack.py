@@ -132,6 +132,7 @@ class VisionStack(nn.Module):
             Stage("patch grid", (h, w), f"{h}x{w} patches of {p}px{crop}"),
             Stage("tower", (1, self.connector_grid[0] * self.connector_grid[1] + self.prefix_tokens, self.feature_dim),
                   self._tower_detail()),
+            *self._part_stages(),
             Stage(
                 "connector",
                 (1, self.num_tokens, self.text_hidden),
@@ -140,9 +141,18 @@ class VisionStack(nn.Module):
             ),
         ])
 
+    def _part_stages(self) -> list[Stage]:
+        """One row per sub-tower of a fused tower (`tower.<name>`); none for a single tower."""
+        parts = self.tower.parts() if hasattr(self.tower, "parts") else {}
+        return [Stage(f"tower.{name}", (1, self.num_patches, part.tower.feature_dim),
+                      f"{type(part.tower).__name__}: {part.tower.depth_used}/{part.tower.num_layers} blocks, "
+                      f"width {part.tower.hidden_size}") for name, part in parts.items()]
+
     def _tower_detail(self) -> str:
         t = self.tower
         taps = "post-LN last layer" if t.feature_layers is None else f"taps {t.feature_layers} concatenated"
+        if hasattr(t, "parts"):
+            taps = f"{' + '.join(t.parts())} concatenated on channels"
         prefix = f", {self.prefix_tokens} prefix token(s) kept" if self.prefix_tokens else ""
         reduced = "" if self.reduction is None else f", {self.reduction.describe()}"
         return f"{t.depth_used}/{t.num_layers} blocks, width {t.hidden_size}, {taps}{prefix}{reduced}"
