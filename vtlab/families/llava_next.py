@@ -271,6 +271,9 @@ class LlavaNextFamily(SiglipTowerFamily):
     needs_feature_layers = True
     feature_layers_hint = "Granite: [-24,-20,-12,-1]"
 
+    lm_prefixes = (("model.language_model.", "model."), ("language_model.model.", "model."),
+                   ("language_model.lm_head.", "lm_head."), ("lm_head.", "lm_head."))
+
     def processor(self, size: int, longest_edge: int | None = None) -> LlavaNextPreprocessor:
         return LlavaNextPreprocessor(size, self.mean, self.std, self.resample)
 

@@ -15,7 +15,7 @@ from typing import Any
 
 import torch
 
-from vtlab.checkpoints.sources import resolve
+from vtlab.checkpoints.sources import read_tensors, resolve
 from vtlab.errors import CheckpointError, ConfigError
 
 LM_TYPES = ("llama", "granite")  # HF decoder classes vtlab builds and counts with its closed form (GQA + SwiGLU)
@@ -111,3 +111,30 @@ def load_lm(spec: str) -> tuple[torch.nn.Module, Any, dict[str, Any]]:
 def kv_cache_bytes_per_token(text: Any, element_size: int) -> int:
     """K and V of every layer for one token: 2 * layers * kv_heads * head_dim * bytes."""
     return 2 * text.num_layers * text.num_kv_heads * (text.hidden_size // text.num_heads) * element_size
+
+
+def load_lm_from_vlm(lm: torch.nn.Module, spec: str, family: Any) -> int:
+    """Load the LM part of a whole VLM checkpoint (keys mapped by `family.lm_key`) into `lm`, all or nothing.
+
+    Returns the number of tensors loaded, 0 when the checkpoint holds no LM (a vision-only file: the LM stays
+    as built). A tied `lm_head.weight` may be absent (it is the embedding)."""
+    source = resolve(spec)
+    tensors = {family.lm_key(k): v for k, v in read_tensors(source, keep=lambda k: family.lm_key(k) is not None).items()}
+    if not tensors:
+        return 0
+    expected = lm.state_dict()
+    tied = getattr(lm.config, "tie_word_embeddings", False)
+    if tied:
+        tensors.pop("lm_head.weight", None)
+    missing = [k for k in expected if k not in tensors and not (tied and k == "lm_head.weight")]
+    unexpected = [k for k in tensors if k not in expected]
+    bad = [f"{k}: expected {tuple(expected[k].shape)}, found {tuple(v.shape)}" for k, v in tensors.items()
+           if k in expected and tuple(v.shape) != tuple(expected[k].shape)]
+    if missing or unexpected or bad:
+        raise CheckpointError(f"checkpoint {spec}: its language model does not fit text '{lm.config.model_type}': "
+                              f"missing {missing[:4]}, unexpected {unexpected[:4]}, shape mismatch {bad[:4]}. "
+                              f"Nothing was loaded")
+    lm.load_state_dict(tensors, strict=not tied)
+    if tied:
+        lm.tie_weights()
+    return len(tensors)
