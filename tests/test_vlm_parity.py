@@ -161,3 +161,29 @@ def test_llava_siglip_full_vlm_logits_and_greedy_tokens():
     assert moved > 100 * TOL
     assert vlm.generate([image], PROMPT, STEPS, stop_at_eos=False) == _hf_generate(model, input_ids=ids,
                                                                                   pixel_values=pixels)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("fixture,cls,size", [
+    ("idefics3_dir", "Idefics3ForConditionalGeneration", (100, 150)),
+    ("llava_next_dir", "LlavaNextForConditionalGeneration", (70, 130)),
+])
+def test_export_round_trip_generates_the_same_tokens(fixture, cls, size, request, tmp_path):
+    """export_vlm writes a folder `from_pretrained` of the transformers class loads (tower, connector, LM,
+    tokenizer) and that generates vtlab's tokens; vtlab loads it back to the same tokens too."""
+    import transformers
+
+    from vtlab.checkpoints.export import export_vlm
+
+    _, path = request.getfixturevalue(fixture)
+    vlm = build_vlm("hf", [f"model.weights={path}", "logger=none"])
+    cfg = config("hf", [f"model.weights={path}", "text.lm=true", "logger=none"])
+    image = _image(*size)
+    tokens = vlm.generate([image], PROMPT, STEPS, stop_at_eos=False)
+    out = export_vlm(vlm, cfg, tmp_path / "export")
+    hf = getattr(transformers, cls).from_pretrained(out, local_files_only=True).eval()
+    ids, pixels, _ = _inputs(vlm, image)
+    extra = {"image_sizes": torch.tensor([list(size)])} if "Next" in cls else {}
+    assert _hf_generate(hf, input_ids=ids, pixel_values=pixels[None], **extra) == tokens
+    again = build_vlm("hf", [f"model.weights={out}", "logger=none"])
+    assert again.generate([image], PROMPT, STEPS, stop_at_eos=False) == tokens

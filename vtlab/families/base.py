@@ -90,6 +90,8 @@ class Family:
     image_token: ClassVar[str] = "<image>"  # the prompt token whose embeddings the visual tokens replace
     # (checkpoint key prefix, causal-LM state-dict prefix) of the LM inside a whole VLM checkpoint, in order
     lm_prefixes: ClassVar[tuple[tuple[str, str], ...]] = ()
+    lm_hub: ClassVar[tuple[str, str] | None] = None  # (decoder prefix, lm_head prefix) an export writes
+    image_token_key: ClassVar[str] = "image_token_index"  # config.json key of the image token id
 
     def special_tokens(self, plan: Any) -> tuple[str, ...]:
         """Tokens the tokenizer must hold as single ids for an image of `plan` (an ImagePlan)."""

@@ -273,6 +273,8 @@ class Idefics3Family(SiglipTowerFamily):
                            layer_norm_eps=1e-6)
 
     lm_prefixes = (("model.text_model.", "model."), ("text_model.", "model."), ("lm_head.", "lm_head."))
+    lm_hub = ("model.text_model.", "lm_head.")
+    image_token_key = "image_token_id"
     fake_token = "<fake_token_around_image>"
     global_token = "<global-img>"
 
