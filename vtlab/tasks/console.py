@@ -39,6 +39,12 @@ def print_stage_table(result: dict[str, Any], console: Console | None = None) ->
         f"latency p50 {result['latency_ms']:.2f} ms, p90 {result['latency_ms_p90']:.2f} ms; "
         f"peak memory {result['peak_memory_mb']:.0f} MiB ({result['peak_memory_kind']})"
     )
+    if "ttft_ms" in result:
+        console.print(
+            f"LM {result['lm_name']}: prefill of {result['prompt_tokens']} tokens ({result['visual_tokens']} visual) "
+            f"{result['lm_prefill_ms']:.2f} ms; KV cache {result['kv_cache_bytes_per_token'] / 1024:.1f} KiB/token, "
+            f"{result['kv_cache_mb']:.2f} MiB for the prompt; time to first token {result['ttft_ms']:.2f} ms"
+        )
 
 
 def _num(value: Any, fmt: str) -> str:
