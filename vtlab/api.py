@@ -23,7 +23,7 @@ from vtlab.families import Tiler, get_family
 from vtlab.models.connectors import CONNECTORS
 from vtlab.models.stack import VisionStack
 from vtlab.models.vlm import VisionLanguageModel
-from vtlab.text.lm import build_lm, load_lm, load_lm_from_vlm
+from vtlab.text.lm import build_lm, lm_folder, load_lm, load_lm_from_vlm
 from vtlab.text.tokenizer import offline_tokenizer
 
 
@@ -66,6 +66,8 @@ def build_vlm_from_config(cfg: DictConfig | VTLabConfig) -> VisionLanguageModel:
     """Vision stack + causal LM (+ tokenizer) of a config: the LM from `text.weights`, from a whole VLM
     checkpoint in `model.weights`, or random from the text preset (fp32, eval mode)."""
     c = to_config(cfg)
+    if c.text.weights:
+        lm_folder(c.text.weights)  # a missing or foreign LM checkpoint is refused before anything is built
     stack = build_stack(c)
     family = get_family(c.model.family)
     tokenizer = None

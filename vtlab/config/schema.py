@@ -209,6 +209,9 @@ class TextConfig:
         _positive(self, "text", ("num_layers", "intermediate_size", "num_heads", "num_kv_heads",
                                  "max_position_embeddings"))
         if not self.lm:
+            if self.weights:
+                raise ConfigError(f"text.weights={self.weights} is set but text.lm=false, so no LM would be built; add "
+                                  f"text.lm=true (or drop text.weights)")
             return
         _finite_positive(self.rms_norm_eps, "text.rms_norm_eps")
         if self.vocab_size < 1:

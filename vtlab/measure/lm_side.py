@@ -37,6 +37,17 @@ def test_image(size: tuple[int, int], seed: int = 0) -> np.ndarray:
     return np.random.default_rng(seed).integers(0, 256, (size[0], size[1], 3), dtype=np.uint8)
 
 
+def single_frame_plan(stack: Any) -> ImagePlan:
+    """One frame at the tower's input size, no tiling (the vision rows' image when data.image_size is null)."""
+    t = stack.num_tokens
+    return ImagePlan((stack.input_size, stack.input_size), "none", 0, 0, 1, t, t, {})
+
+
+def check_prompt(vlm: Any, image_size: tuple[int, int] | None, prompt: str) -> None:
+    """The prompt of one image of `image_size` fits the tokenizer and the LM's context (ConfigError; no pixels)."""
+    vlm.prompt_ids([vlm.stack.plan(*image_size) if image_size else single_frame_plan(vlm.stack)], prompt)
+
+
 def measure_lm_side(vlm: Any, image_size: tuple[int, int] | None, prompt: str, device: torch.device, warmup: int,
                     repeats: int) -> dict[str, Any]:
     """Rows and fields of the LM side for one image of `image_size` (H, W) and `prompt` (see the module doc).
@@ -50,8 +61,7 @@ def measure_lm_side(vlm: Any, image_size: tuple[int, int] | None, prompt: str, d
         """image -> (visual tokens (n, T), its plan): the tiler's frames, or the family's single frame."""
         if image_size is None:
             frame = stack.tiler.family.preprocess_frame(image, side)[None].to(device=like.device, dtype=like.dtype)
-            t = stack.num_tokens
-            return stack(frame)[0], ImagePlan((side, side), "none", 0, 0, 1, t, t, {})
+            return stack(frame)[0], single_frame_plan(stack)
         frames, p = stack.tiler.frames(image)
         return vlm.visual_tokens(pixel_values=frames.to(device=like.device, dtype=like.dtype), plans=[p]), p
 

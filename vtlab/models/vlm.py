@@ -49,8 +49,10 @@ class VisionLanguageModel(nn.Module):
     def token_id(self, token: str) -> int:
         ids = self.tokenizer(token, add_special_tokens=False).input_ids
         if len(ids) != 1 or ids[0] == self.tokenizer.unk_token_id:
-            raise ConfigError(f"the tokenizer has no single token {token!r}; the {self.family.name} family places images "
-                              f"with {', '.join(self.family.special_tokens(self.stack.plan(1, 1)))}")
+            where = f" of text.weights={self.text.weights}" if self.text.weights else ""
+            raise ConfigError(f"the tokenizer{where} has no single token {token!r}; the {self.family.name} family "
+                              f"places images with {', '.join(self.family.special_tokens(self.stack.plan(1, 1)))} "
+                              f"(add them as special tokens, or drop text.weights for the offline tokenizer)")
         return int(ids[0])
 
     def check_tokenizer(self, plans: Sequence[Any]) -> None:

@@ -21,7 +21,7 @@ from vtlab.api import build_stack, build_vlm_from_config
 from vtlab.config.schema import image_size_of
 from vtlab.errors import ConfigError
 from vtlab.measure.flops import stage_costs
-from vtlab.measure.lm_side import measure_lm_side
+from vtlab.measure.lm_side import check_prompt, measure_lm_side
 from vtlab.measure.stages import image_stages
 from vtlab.measure.timing import (
     count_params,
@@ -57,6 +57,8 @@ def profile_stack(ctx: RunContext) -> dict[str, Any]:
     configure(stack, fused_gelu=cfg.task.fused_gelu)  # acts on CUDA inference only
     batch = cfg.task.batch_size
     size = image_size_of(cfg.data.image_size)
+    if vlm is not None:
+        check_prompt(vlm, size, cfg.text.prompt)  # tokenizer and context, before anything is timed
     plan = stack.plan(*size) if size else None
     frames = plan.frames if plan else 1
     pixels = torch.randn(stack.input_shape(batch * frames), device=device, dtype=dtype)
