@@ -99,3 +99,23 @@ def test_lm_side_closed_form_granite_gqa():
     out = measure_lm_side(vlm, None, "Describe this image.", torch.device("cpu"), 0, 1)["fields"]
     assert out["lm_prefill_flops_counted"] == lm_prefill_flops_closed_form(vlm.text, out["prompt_tokens"])
     assert kv_cache_bytes_per_token(vlm.text, 2) == 2 * 1 * 2 * 8 * 2
+
+
+@pytest.mark.slow
+def test_gpu_script_cpu_smoke(tmp_path):
+    """experiments/lm_side/run.py --quick on the CPU: six cells, JSON + markdown, counted FLOPs = closed form."""
+    import os
+    import subprocess
+    import sys
+
+    from test_cli import REPO
+
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    proc = subprocess.run([sys.executable, str(REPO / "experiments/lm_side/run.py"), "--quick", "--device", "cpu",
+                           "--warmup", "0", "--repeats", "1", "--no-compile", "--out", str(tmp_path)],
+                          cwd=REPO, env=env, capture_output=True, text=True, timeout=900)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    rows = json.loads((tmp_path / "results.json").read_text())["rows"]
+    assert [r["visual_tokens"] for r in rows] == [64, 16, 4, 1, 171, 585]
+    assert all(r["lm_prefill_flops_counted"] == r["lm_prefill_flops_closed_form"] and r["ttft_ms"] > 0 for r in rows)
+    assert "| smolvlm_debug | tiny | connector.factor=8 | 1 |" in (tmp_path / "results.md").read_text()

@@ -32,7 +32,7 @@ def lm_prefill_flops_closed_form(text: Any, tokens: int) -> int:
     return base + text.num_layers * 2 * tokens * tokens * text.hidden_size
 
 
-def test_image(size: tuple[int, int], seed: int = 0) -> np.ndarray:
+def random_image(size: tuple[int, int], seed: int = 0) -> np.ndarray:
     """A random uint8 (H, W, 3) image (what a camera hands the processor)."""
     return np.random.default_rng(seed).integers(0, 256, (size[0], size[1], 3), dtype=np.uint8)
 
@@ -55,7 +55,7 @@ def measure_lm_side(vlm: Any, image_size: tuple[int, int] | None, prompt: str, d
     stack, lm, text = vlm.stack, vlm.lm, vlm.text
     like = next(stack.parameters())
     side = stack.input_size
-    image = test_image(image_size or (side, side))
+    image = random_image(image_size or (side, side))
 
     def encode() -> tuple[torch.Tensor, Any]:
         """image -> (visual tokens (n, T), its plan): the tiler's frames, or the family's single frame."""
