@@ -119,3 +119,33 @@ def test_gpu_script_cpu_smoke(tmp_path):
     assert [r["visual_tokens"] for r in rows] == [64, 16, 4, 1, 171, 585]
     assert all(r["lm_prefill_flops_counted"] == r["lm_prefill_flops_closed_form"] and r["ttft_ms"] > 0 for r in rows)
     assert "| smolvlm_debug | tiny | connector.factor=8 | 1 |" in (tmp_path / "results.md").read_text()
+
+
+@pytest.mark.slow
+def test_smolvlm_with_smollm2_135m_reports_ttft(tmp_path):
+    """The issue's command: SmolVLM-256M's tower + a random SmolLM2-135M, profiled on the CPU with TTFT."""
+    import time
+
+    start = time.perf_counter()
+    proc = run_vtlab(["+model=smolvlm", "text=smollm2_135m", "text.lm=true", "logger=none", "task.warmup=1",
+                      "task.repeats=2", f"out_dir={tmp_path}/run"], tmp_path, timeout=900)
+    wall = time.perf_counter() - start
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    r = json.loads((tmp_path / "run" / "results.json").read_text())
+    print(f"smolvlm + smollm2-135m profile: {wall:.1f} s wall, TTFT {r['ttft_ms']:.1f} ms, prefill "
+          f"{r['lm_prefill_ms']:.1f} ms for {r['prompt_tokens']} tokens")
+    assert r["lm_name"] == "smollm2-135m" and r["visual_tokens"] == 64
+    assert r["kv_cache_bytes_per_token"] == 2 * 30 * 3 * 64 * 4  # 30 layers, 3 kv heads, head dim 64, fp32
+    assert "time to first token" in proc.stdout and r["ttft_ms"] > 0
+
+
+@pytest.mark.slow
+def test_bench_with_lm(tmp_path):
+    proc = run_vtlab(["+model=smolvlm_debug", "task=bench", "task.modes=[eager]", "text.lm=true", "logger=none",
+                      "task.iters=1", "task.latency_iters=2", "task.throughput_batch_size=2", "task.matmul_size=64",
+                      f"out_dir={tmp_path}/run"], tmp_path)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    r = json.loads((tmp_path / "run" / "results.json").read_text())
+    assert r["ttft_ms"] > 0 and r["lm_prefill_ms"] > 0 and r["kv_cache_mb"] > 0
+    assert [s["name"] for s in r["lm_stages"]] == ["prompt", "lm prefill", "first token"]
+    assert "time to first token" in proc.stdout

@@ -100,7 +100,9 @@ def load_lm(spec: str) -> tuple[torch.nn.Module, Any, dict[str, Any]]:
     folder = lm_folder(spec)
     auto_config, auto_model = _auto()
     from transformers import AutoTokenizer
+    from transformers.utils import logging as hf_logging
 
+    hf_logging.disable_progress_bar()  # one-line errors and quiet runs: no "Loading weights" bars on stderr
     model = auto_model.from_pretrained(folder, local_files_only=True, attn_implementation="sdpa").eval()
     tokenizer = None
     if any((folder / f).is_file() for f in ("tokenizer.json", "tokenizer_config.json")):
