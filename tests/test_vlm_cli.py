@@ -29,7 +29,13 @@ def _one_line_error(proc, *needles: str) -> str:
 def lm_dirs(tmp_path_factory):
     """A tiny Llama folder whose tokenizer lacks the image tokens, and a SigLIP vision folder (not an LM)."""
     from tokenizers import Tokenizer, models, pre_tokenizers
-    from transformers import AutoConfig, AutoModelForCausalLM, PreTrainedTokenizerFast, SiglipVisionConfig, SiglipVisionModel
+    from transformers import (
+        AutoConfig,
+        AutoModelForCausalLM,
+        PreTrainedTokenizerFast,
+        SiglipVisionConfig,
+        SiglipVisionModel,
+    )
 
     conf = hf_text_config(config("smolvlm_debug", ["text.lm=true"]).text)
     lm = AutoModelForCausalLM.from_config(AutoConfig.for_model(conf.pop("model_type"), **conf))
