@@ -98,8 +98,17 @@ def main() -> None:
                 vlm = build(preset, [*base, f"{key}={value}"] if key == "connector.factor" else base, device,
                             args.compile)
             size = value if key == "data.image_size" else None
-            row = {"model": preset, "lm": vlm.text.name, "setting": f"{key}={value}"}
-            row.update(cell(vlm, size, device, args.warmup, args.repeats))
+            row = {"model": preset, "lm": vlm.text.name, "setting": f"{key}={value}", "vision_compiled": args.compile}
+            try:
+                row.update(cell(vlm, size, device, args.warmup, args.repeats))
+            except Exception as exc:  # a compiler failure is a result: record it, measure eager instead
+                if not args.compile:
+                    raise
+                row["compile_error"] = f"{type(exc).__name__}: {exc}"[:500]
+                torch._dynamo.reset()
+                vlm = build(preset, [*base, f"{key}={value}"] if key == "connector.factor" else base, device, False)
+                row["vision_compiled"] = False
+                row.update(cell(vlm, size, device, args.warmup, args.repeats))
             rows.append(row)
             print(json.dumps(row), flush=True)
         del vlm
