@@ -62,3 +62,37 @@ def test_bf16_greedy_generate_with_kv_cache(smol):
     with torch.no_grad():
         logits = smol(full, images=[image]).logits
     assert logits[0, ids.shape[1] - 1:].argmax(-1).tolist() == ref
+
+
+def test_text_weights_from_a_folder_and_the_hf_cache(tmp_path, monkeypatch):
+    """text.weights=DIR | hf://org/name (local cache only): the LM and its tokenizer are loaded, the LM's own
+    architecture replaces the preset's fields, and the tokens it generates are the saved model's."""
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    from vtlab.text.lm import hf_text_config
+    from vtlab.text.tokenizer import offline_tokenizer
+
+    conf = hf_text_config(vtlab.config("smolvlm_debug", ["text.lm=true"]).text)
+    conf.update(num_hidden_layers=3, rope_theta=5000.0)
+    torch.manual_seed(1)
+    lm = AutoModelForCausalLM.from_config(AutoConfig.for_model(conf.pop("model_type"), **conf)).eval()
+    folder = tmp_path / "lm"
+    lm.save_pretrained(folder)
+    offline_tokenizer(1000, extra_specials=("<my_marker>",)).save_pretrained(folder)
+    vlm = vtlab.build_vlm("smolvlm_debug", [f"text.weights={folder}"])
+    assert vlm.text.num_layers == 3 and vlm.text.rope_theta == 5000.0
+    assert "<my_marker>" in vlm.tokenizer.get_vocab()  # the folder's tokenizer, not a fresh offline one
+    assert all(torch.equal(v, lm.state_dict()[k]) for k, v in vlm.lm.state_dict().items())
+
+    repo = tmp_path / "hub" / "models--tiny-org--tiny-lm"
+    snap = repo / "snapshots" / "abc123"
+    snap.mkdir(parents=True)
+    for f in folder.iterdir():
+        (snap / f.name).symlink_to(f)
+    (repo / "refs").mkdir()
+    (repo / "refs" / "main").write_text("abc123")
+    monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "hub"))
+    cached = vtlab.build_vlm("smolvlm_debug", ["text.weights=hf://tiny-org/tiny-lm"])
+    cached.stack.load_state_dict(vlm.stack.state_dict())
+    image = _image(64, 64)
+    assert cached.generate([image], "hi", 5, stop_at_eos=False) == vlm.generate([image], "hi", 5, stop_at_eos=False)
