@@ -23,7 +23,7 @@ from vtlab.families import Tiler, get_family
 from vtlab.models.connectors import CONNECTORS
 from vtlab.models.stack import VisionStack
 from vtlab.models.vlm import VisionLanguageModel
-from vtlab.text.lm import build_lm, lm_folder, load_lm, load_lm_from_vlm
+from vtlab.text.lm import build_lm, lm_folder, load_lm, load_lm_from_vlm, tokenizer_in
 from vtlab.text.tokenizer import offline_tokenizer
 
 
@@ -53,13 +53,8 @@ def tokenizer_for(c: VTLabConfig, loaded: Any = None) -> Any:
     """The LM's tokenizer: the one beside `text.weights` / a whole `model.weights` VLM folder, else the offline one."""
     if loaded is not None:
         return loaded
-    if c.model.weights:
-        folder = resolve(c.model.weights).files[0].parent
-        if (folder / "tokenizer.json").is_file():
-            from transformers import AutoTokenizer  # the hf extra, as the LM itself
-
-            return AutoTokenizer.from_pretrained(folder, local_files_only=True)
-    return offline_tokenizer(c.text.vocab_size)
+    found = tokenizer_in(resolve(c.model.weights).files[0].parent) if c.model.weights else None
+    return found if found is not None else offline_tokenizer(c.text.vocab_size)
 
 
 def build_vlm_from_config(cfg: DictConfig | VTLabConfig) -> VisionLanguageModel:

@@ -99,15 +99,20 @@ def load_lm(spec: str) -> tuple[torch.nn.Module, Any, dict[str, Any]]:
     """(model, tokenizer or None, its text.* fields) of a causal-LM folder; nothing is downloaded."""
     folder = lm_folder(spec)
     auto_config, auto_model = _auto()
-    from transformers import AutoTokenizer
     from transformers.utils import logging as hf_logging
 
     hf_logging.disable_progress_bar()  # one-line errors and quiet runs: no "Loading weights" bars on stderr
     model = auto_model.from_pretrained(folder, local_files_only=True, attn_implementation="sdpa").eval()
-    tokenizer = None
-    if any((folder / f).is_file() for f in ("tokenizer.json", "tokenizer_config.json")):
-        tokenizer = AutoTokenizer.from_pretrained(folder, local_files_only=True)
-    return model, tokenizer, text_fields_of(model.config.to_dict())
+    return model, tokenizer_in(folder), text_fields_of(model.config.to_dict())
+
+
+def tokenizer_in(folder: Path) -> Any:
+    """The tokenizer saved in `folder` (tokenizer.json / tokenizer_config.json), or None when there is none."""
+    if not any((folder / f).is_file() for f in ("tokenizer.json", "tokenizer_config.json")):
+        return None
+    from transformers import AutoTokenizer  # the hf extra
+
+    return AutoTokenizer.from_pretrained(folder, local_files_only=True)
 
 
 def kv_cache_bytes_per_token(text: Any, element_size: int) -> int:

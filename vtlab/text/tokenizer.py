@@ -14,8 +14,6 @@ import string
 from collections.abc import Sequence
 from typing import Any
 
-from tokenizers import AddedToken, Tokenizer, models, normalizers, pre_tokenizers
-
 from vtlab.errors import ConfigError
 
 SPECIALS = ("<unk>", "<pad>", "<|endoftext|>", "<|im_start|>", "<end_of_utterance>")
@@ -31,7 +29,9 @@ CHAT_TEMPLATE = ("{% for m in messages %}<|im_start|>{{ m['role'] | capitalize }
 
 def offline_tokenizer(vocab_size: int, extra_specials: Sequence[str] = ()) -> Any:
     """A `PreTrainedTokenizerFast` whose ids all lie below `vocab_size` (a ConfigError if they cannot)."""
-    from transformers import PreTrainedTokenizerFast  # the hf extra: needed only when an LM is built
+    # the hf extra (transformers and its `tokenizers`): needed only when an LM is built
+    from tokenizers import AddedToken, Tokenizer, models, normalizers, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast
 
     specials = list(dict.fromkeys([*SPECIALS, *IMAGE_TOKENS, *extra_specials]))
     plain = list(dict.fromkeys([*WORDS, *string.ascii_lowercase, *string.digits, *string.punctuation]))
