@@ -30,6 +30,8 @@ ONE_FRAME = ImagePlan((1, 1), "none", 0, 0, 1, 1, 1, {})  # an untiled image: th
 
 
 class VisionLanguageModel(nn.Module):
+    """A `VisionStack` whose packed tokens replace the image tokens of a causal LM's prompt embeddings."""
+
     def __init__(self, stack: VisionStack, lm: nn.Module, tokenizer: Any, family: Any, text: Any) -> None:
         """`lm`: a transformers causal LM as wide as `stack.text_hidden`; `tokenizer`: one that holds the family's
         image tokens; `family`: the vtlab Family (its prompt layout); `text`: the TextConfig (context length)."""
@@ -54,7 +56,7 @@ class VisionLanguageModel(nn.Module):
         if len(ids) != 1 or ids[0] == self.tokenizer.unk_token_id:
             where = f" of text.weights={self.text.weights}" if self.text.weights else ""
             raise ConfigError(f"the tokenizer{where} has no single token {token!r}; the {self.family.name} family "
-                              f"places images with {', '.join(self.family.special_tokens(ONE_FRAME))} (+ <row_r_col_c> per tile if tiled) "
+                              f"places images with {', '.join(self.family.special_tokens(ONE_FRAME))} "
                               f"(add them as special tokens, or drop text.weights for the offline tokenizer)")
         return int(ids[0])
 
