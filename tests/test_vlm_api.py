@@ -96,3 +96,19 @@ def test_text_weights_from_a_folder_and_the_hf_cache(tmp_path, monkeypatch):
     cached.stack.load_state_dict(vlm.stack.state_dict())
     image = _image(64, 64)
     assert cached.generate([image], "hi", 5, stop_at_eos=False) == vlm.generate([image], "hi", 5, stop_at_eos=False)
+
+
+def test_sweep_summary_and_plots_gain_ttft_and_kv_cache(tmp_path):
+    import json
+
+    from vtlab.results.sweep import write_summary
+
+    for job, (tokens, ttft, kv) in enumerate([(64, 12.5, 3.4), (256, 20.0, 11.8)]):
+        cell = tmp_path / f"{job}_smolvlm_f{job}"
+        cell.mkdir()
+        (cell / "results.json").write_text(json.dumps({"task": "profile", "model": "smolvlm", "tokens": tokens,
+                                                       "ttft_ms": ttft, "kv_cache_mb": kv, "lm_prefill_ms": ttft / 2}))
+    out = write_summary(tmp_path)
+    header = (tmp_path / "summary.csv").read_text().splitlines()[0].split(",")
+    assert {"ttft_ms", "kv_cache_mb", "lm_prefill_ms"} <= set(header)
+    assert {"tokens_vs_ttft.png", "tokens_vs_kv_cache.png"} <= {p.name for p in out["plots"]}
