@@ -187,3 +187,17 @@ def test_export_round_trip_generates_the_same_tokens(fixture, cls, size, request
     assert _hf_generate(hf, input_ids=ids, pixel_values=pixels[None], **extra) == tokens
     again = build_vlm("hf", [f"model.weights={out}", "logger=none"])
     assert again.generate([image], PROMPT, STEPS, stop_at_eos=False) == tokens
+
+
+@pytest.mark.slow
+def test_named_preset_loads_the_whole_checkpoint_lm_too(idefics3_dir):
+    """`+model=smolvlm_debug model.weights=DIR text.lm=true`: the preset's LM (its sizes fit) takes the folder's LM
+    tensors and tokenizer, as +model=hf does; a preset whose LM does not fit is refused, naming the mismatch."""
+    from vtlab.errors import CheckpointError
+
+    model, path = idefics3_dir
+    vlm = build_vlm("smolvlm_debug", [f"model.weights={path}", "logger=none"])
+    ref = {"model." + k: v for k, v in model.model.text_model.state_dict().items()} | {"lm_head.weight": model.lm_head.weight}
+    assert all(torch.equal(v, ref[k]) for k, v in vlm.lm.state_dict().items())
+    with pytest.raises(CheckpointError, match="language model does not fit"):
+        build_vlm("smolvlm_debug", [f"model.weights={path}", "text.num_layers=3", "logger=none"])
