@@ -15,12 +15,17 @@ import torch
 from omegaconf import DictConfig
 
 from vtlab.checkpoints import load_weights as load_checkpoint
+from vtlab.checkpoints.sources import resolve
 from vtlab.config.compose import compose_config, config, to_config
 from vtlab.config.schema import VTLabConfig
+from vtlab.errors import ConfigError
 from vtlab.families import Tiler, get_family
 from vtlab.models.connectors import CONNECTORS
 from vtlab.models.reduction.stage import Reduction
 from vtlab.models.stack import VisionStack
+from vtlab.models.vlm import VisionLanguageModel
+from vtlab.text.lm import build_lm, lm_folder, load_lm, load_lm_from_vlm, tokenizer_in
+from vtlab.text.tokenizer import offline_tokenizer
 
 
 def _newline(tiler: Tiler, width: int) -> torch.Tensor | None:
@@ -50,9 +55,47 @@ def build_stack(cfg: DictConfig | VTLabConfig, load_weights: bool = True) -> Vis
 
 
 
+def tokenizer_for(c: VTLabConfig, loaded: Any = None) -> Any:
+    """The LM's tokenizer: the one beside `text.weights` / a whole `model.weights` VLM folder, else the offline one."""
+    if loaded is not None:
+        return loaded
+    found = tokenizer_in(resolve(c.model.weights).files[0].parent) if c.model.weights else None
+    return found if found is not None else offline_tokenizer(c.text.vocab_size)
+
+
+def build_vlm_from_config(cfg: DictConfig | VTLabConfig) -> VisionLanguageModel:
+    """Vision stack + causal LM (+ tokenizer) of a config: the LM from `text.weights`, from a whole VLM
+    checkpoint in `model.weights`, or random from the text preset (fp32, eval mode)."""
+    c = to_config(cfg)
+    if c.text.weights:
+        lm_folder(c.text.weights)  # a missing or foreign LM checkpoint is refused before anything is built
+    stack = build_stack(c)
+    family = get_family(c.model.family)
+    tokenizer = None
+    if c.text.weights:
+        lm, tokenizer, fields = load_lm(c.text.weights)
+        for key, value in fields.items():
+            if hasattr(c.text, key) and key != "name":
+                setattr(c.text, key, value)
+        if c.text.hidden_size != stack.text_hidden:
+            raise ConfigError(f"text.weights={c.text.weights}: the LM is {c.text.hidden_size} wide but the connector "
+                              f"outputs {stack.text_hidden} (text_hidden); use an LM {stack.text_hidden} wide")
+    else:
+        lm = build_lm(c.text)
+        if c.model.weights:
+            load_lm_from_vlm(lm, c.model.weights, family)
+    return VisionLanguageModel(stack, lm.eval(), tokenizer_for(c, tokenizer), family, c.text).eval()
+
+
+def build_vlm(model: str, overrides: Sequence[str] = ()) -> VisionLanguageModel:
+    """Compose `+model=<model>` with `overrides` as the CLI does, with the LM on (`text.lm=true`), and build the VLM."""
+    keep = [o for o in overrides if not o.lstrip("+~").startswith("text.lm=")]
+    return build_vlm_from_config(compose_config(model, [*keep, "text.lm=true"]))
+
+
 def build(model: str, overrides: Sequence[str] = (), **kwargs: Any) -> VisionStack:
     """Compose `+model=<model>` with `overrides` (Hydra override strings) and build the `VisionStack`."""
     return build_stack(compose_config(model, overrides), **kwargs)
 
 
-__all__ = ["build", "build_stack", "compose_config", "config", "to_config"]
+__all__ = ["build", "build_stack", "build_vlm", "build_vlm_from_config", "compose_config", "config", "to_config"]

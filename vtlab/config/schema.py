@@ -235,7 +235,9 @@ class ConnectorConfig:
 
 @dataclass
 class TextConfig:
-    """The language model the visual tokens are handed to (its width, and its depth for prefill cost)."""
+    """The causal LM the visual tokens are handed to: a full architecture (HF `LlamaConfig` / `GraniteConfig`
+    fields), built by vtlab.text.lm with random weights or loaded from `weights`. Only `hidden_size` and the
+    depth / head fields are used (prefill cost) unless an LM is built (`lm=true`, or vtlab.build_vlm)."""
 
     name: str = MISSING
     hidden_size: int = MISSING
@@ -244,9 +246,36 @@ class TextConfig:
     num_heads: int = MISSING
     num_kv_heads: int = MISSING
     vocab_size: int = 0
+    model_type: str = "llama"  # the HF config class: llama | granite (vtlab.text.lm.LM_TYPES)
+    hidden_act: str = "silu"
+    rms_norm_eps: float = 1e-5
+    rope_theta: float = 10000.0
+    max_position_embeddings: int = 4096  # the context: a prompt (visual + text tokens) longer than this is refused
+    tie_word_embeddings: bool = False
+    extra: dict[str, Any] = field(default_factory=dict)  # other HF config fields (Granite's multipliers)
+    weights: str | None = None  # a causal-LM folder or hf://org/name (local files / HF cache only), tokenizer included
+    lm: bool = False  # profile / bench: build the LM and measure prefill, KV cache and time to first token
+    prompt: str = "Describe this image."  # the text after the image tokens (profile / bench with lm=true)
 
     def check(self, root: Any) -> None:
-        _positive(self, "text", ("num_layers", "intermediate_size", "num_heads", "num_kv_heads"))
+        _positive(self, "text", ("num_layers", "intermediate_size", "num_heads", "num_kv_heads",
+                                 "max_position_embeddings"))
+        if not self.lm:
+            if self.weights:
+                raise ConfigError(f"text.weights={self.weights} is set but text.lm=false, so no LM would be built; add "
+                                  f"text.lm=true (or drop text.weights)")
+            return
+        _finite_positive(self.rms_norm_eps, "text.rms_norm_eps")
+        if self.vocab_size < 1:
+            raise ConfigError(f"text.vocab_size={self.vocab_size}: an LM needs a vocabulary (text '{self.name}')")
+        if self.hidden_size % self.num_heads or self.num_heads % self.num_kv_heads:
+            raise ConfigError(f"text.hidden_size={self.hidden_size}, num_heads={self.num_heads}, num_kv_heads="
+                              f"{self.num_kv_heads}: heads must divide the width and kv heads the heads")
+        width = getattr(root, "text_hidden", self.hidden_size)
+        if width != self.hidden_size:
+            raise ConfigError(f"text_hidden={width} (the connector's output width) differs from the LM's hidden size "
+                              f"text.hidden_size={self.hidden_size} (text '{self.name}'); drop text_hidden or use a "
+                              f"text preset {self.hidden_size} wide")
 
 
 @dataclass

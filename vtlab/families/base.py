@@ -178,6 +178,28 @@ class Family:
         """(1, 3, frame, frame): the image as ONE tower frame (tiling `none`), as the processor makes it."""
         return self.preprocess_frame(array, frame)[None]
 
+    # ------------------------------------------------------------------ the LM side (vtlab.models.vlm)
+    image_token: ClassVar[str] = "<image>"  # the prompt token whose embeddings the visual tokens replace
+    # (checkpoint key prefix, causal-LM state-dict prefix) of the LM inside a whole VLM checkpoint, in order
+    lm_prefixes: ClassVar[tuple[tuple[str, str], ...]] = ()
+    lm_hub: ClassVar[tuple[str, str] | None] = None  # (decoder prefix, lm_head prefix) an export writes
+    image_token_key: ClassVar[str] = "image_token_index"  # config.json key of the image token id
+
+    def special_tokens(self, plan: Any) -> tuple[str, ...]:
+        """Tokens the tokenizer must hold as single ids for an image of `plan` (an ImagePlan)."""
+        return (self.image_token,)
+
+    def image_prompt(self, plan: Any) -> str:
+        """The prompt text one image becomes (LLaVA / LlavaNext: `plan.tokens` x `<image>`, packed tokens in order)."""
+        return self.image_token * plan.tokens
+
+    def lm_key(self, key: str) -> str | None:
+        """A whole-checkpoint key -> the causal LM's state-dict key (None: not an LM tensor)."""
+        for prefix, native in self.lm_prefixes:
+            if key.startswith(prefix):
+                return native + key[len(prefix):]
+        return None
+
     # ------------------------------------------------------------------ checkpoints
     def detect(self, keys: list[str], keyset: set[str], hf_prefix: str | None) -> Layout | None:
         """The layout of a checkpoint whose SigLIP-style tower sits under `hf_prefix`, if this family owns it."""

@@ -272,6 +272,28 @@ class Idefics3Family(SiglipTowerFamily):
                            num_channels=3, image_size=224, patch_size=32, hidden_act="gelu_pytorch_tanh",
                            layer_norm_eps=1e-6)
 
+    lm_prefixes = (("model.text_model.", "model."), ("text_model.", "model."), ("lm_head.", "lm_head."))
+    lm_hub = ("model.text_model.", "lm_head.")
+    image_token_key = "image_token_id"
+    fake_token = "<fake_token_around_image>"
+    global_token = "<global-img>"
+
+    def special_tokens(self, plan: Any) -> tuple[str, ...]:
+        rows = tuple(f"<row_{r + 1}_col_{c + 1}>" for r in range(plan.rows) for c in range(plan.cols))
+        return (self.image_token, self.fake_token, self.global_token, *rows)
+
+    def image_prompt(self, plan: Any) -> str:
+        """`Idefics3Processor` / `SmolVLMProcessor`'s expansion: per tile `<fake><row_r_col_c>` + t x `<image>`
+        (a newline after each tile row), then `\\n<fake><global-img>` + t x `<image>` + `<fake>`; unsplit: only
+        the global block."""
+        t, fake = plan.tokens_per_frame, self.fake_token
+        block = self.global_token + self.image_token * t + fake
+        if plan.rows == 0:
+            return fake + block
+        rows = "".join("".join(f"{fake}<row_{r + 1}_col_{c + 1}>" + self.image_token * t for c in range(plan.cols)) + "\n"
+                       for r in range(plan.rows))
+        return rows + "\n" + fake + block
+
     def single_frame(self, array: np.ndarray, frame: int, longest_edge: int) -> torch.Tensor:
         """`do_image_splitting=False`: the longest-edge resize, then straight to frame x frame (LANCZOS)."""
         return split_frames(array, frame=frame, longest_edge=longest_edge, tokens_per_frame=1, do_splitting=False)[0]

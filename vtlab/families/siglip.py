@@ -20,6 +20,7 @@ from PIL import Image
 from vtlab.errors import CheckpointError
 from vtlab.families.base import Family, Layout, apply_rules, register_family
 from vtlab.families.pixels import ImageLike, normalise, resize, to_uint8_hwc
+from vtlab.text.lm import text_fields_of
 
 TOWER_RULES: list[tuple[str, str]] = [
     (r"embeddings\.patch_embedding\.(weight|bias)", r"tower.patch_embed.\1"),
@@ -85,17 +86,18 @@ def tower_fields(vision_config: dict[str, Any], defaults: dict[str, Any], where:
 
 
 def text_fields(text_config: Any) -> dict[str, Any]:
-    """`text` and `text_hidden` from an LM's config block (Idefics3, LlavaNext), if it has a width."""
+    """`text` (every LM field it spells out, vtlab.text.lm) and `text_hidden` from a VLM's `text_config`."""
     if not isinstance(text_config, dict) or not text_config.get("hidden_size"):
         return {}
     heads = text_config.get("num_attention_heads", 1)
     hidden = int(text_config["hidden_size"])
-    return {"text": dict(name=str(text_config.get("model_type", "text")), hidden_size=hidden,
-                         num_layers=int(text_config.get("num_hidden_layers", 1)),
-                         intermediate_size=int(text_config.get("intermediate_size", 4 * hidden)),
-                         num_heads=int(heads), num_kv_heads=int(text_config.get("num_key_value_heads") or heads),
-                         vocab_size=int(text_config.get("vocab_size", 0))),
-            "text_hidden": hidden}
+    text = dict(name=str(text_config.get("model_type", "text")), hidden_size=hidden,
+                num_layers=int(text_config.get("num_hidden_layers", 1)),
+                intermediate_size=int(text_config.get("intermediate_size", 4 * hidden)),
+                num_heads=int(heads), num_kv_heads=int(text_config.get("num_key_value_heads") or heads),
+                vocab_size=int(text_config.get("vocab_size", 0)))
+    text.update({k: v for k, v in text_fields_of(text_config).items() if k not in ("name",) and k not in text})
+    return {"text": text, "text_hidden": hidden}
 
 
 def hf_vision_config(m: Any, model_type: str = "siglip_vision_model") -> dict[str, Any]:

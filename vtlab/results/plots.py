@@ -17,6 +17,8 @@ PLOTS = (
     ("peak_memory_mb", "peak memory (MiB)", "tokens_vs_memory.png"),
     ("flops", "vision FLOPs per image", "tokens_vs_flops.png"),
     ("lm_prefill_flops", "LM prefill FLOPs per image", "tokens_vs_lm_prefill.png"),
+    ("ttft_ms", "time to first token, p50 (ms)", "tokens_vs_ttft.png"),  # text.lm=true
+    ("kv_cache_mb", "KV cache of the prompt (MiB)", "tokens_vs_kv_cache.png"),
 )
 
 

@@ -15,7 +15,7 @@ from typing import Any
 COLUMNS = (
     "job", "task", "model", "connector", "factor", "image", "tiling", "frames", "status", "tokens", "patches", "text_hidden", "params", "flops",
     "lm_prefill_flops", "latency_ms", "latency_ms_p90", "latency_mode", "throughput_img_s", "throughput_tokens_s",
-    "throughput_mode", "tflops", "mfu", "peak_memory_mb", "dtype", "device_name", "attention_backend", "run_name",
+    "throughput_mode", "tflops", "mfu", "peak_memory_mb", "lm_prefill_ms", "ttft_ms", "kv_cache_mb", "dtype", "device_name", "attention_backend", "run_name",
     "reason",
 )
 MODE_KEYS = ("latency_ms", "throughput_img_s")  # also reported per mode: latency_ms_eager, throughput_img_s_compile...

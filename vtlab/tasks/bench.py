@@ -24,10 +24,11 @@ from typing import Any
 
 import torch
 
-from vtlab.api import build_stack
+from vtlab.api import build_stack, build_vlm_from_config
 from vtlab.config.schema import image_size_of
 from vtlab.measure.ceiling import matmul_ceiling
 from vtlab.measure.flops import lm_prefill, stage_costs
+from vtlab.measure.lm_side import check_prompt, measure_lm_side
 from vtlab.measure.modes import COMPILED, extra_warmup, make_runner, skip_reason
 from vtlab.measure.progress import StepProgress
 from vtlab.measure.stages import image_stages
@@ -166,11 +167,14 @@ def bench_stack(ctx: RunContext) -> dict[str, Any]:
     dtype = resolve_dtype(task.dtype, device)
     settings = bench_settings(task, device)
     torch.manual_seed(cfg.seed)
-    stack = build_stack(cfg).to(device=device, dtype=dtype).eval()
+    vlm = build_vlm_from_config(cfg).to(device=device, dtype=dtype).eval() if cfg.text.lm else None
+    stack = vlm.stack if vlm is not None else build_stack(cfg).to(device=device, dtype=dtype).eval()
     # pin inside every block too (an sdpa_kernel context in the traced forward binds compiled modes as well)
     # fc1 bias + tanh GELU in the cuBLASLt GEMM epilogue: CUDA inference only (the layer checks both)
     configure(stack, task.attention_backend, fused_gelu=task.fused_gelu)
     size = image_size_of(cfg.data.image_size)
+    if vlm is not None:
+        check_prompt(vlm, size, cfg.text.prompt)  # tokenizer and context, before anything is timed
     plan = stack.plan(*size) if size else None
     frames = plan.frames if plan else 1
     shape1 = stack.input_shape(frames, plan)
@@ -209,11 +213,17 @@ def bench_stack(ctx: RunContext) -> dict[str, Any]:
             finally:
                 if mode in COMPILED:
                     torch._dynamo.reset()
+    lm_side: dict[str, Any] = {"rows": [], "fields": {}}
+    if vlm is not None:  # text.lm=true: LM prefill, KV cache and TTFT, eager LM (vtlab.measure.lm_side)
+        with pinned(task.attention_backend):
+            lm_side = measure_lm_side(vlm, size, cfg.text.prompt, device, 3, settings["latency_iters"])
     peak, peak_kind = peak_memory_mb(device)
     info = device_info(device)
     prefill = lm_prefill(cfg.text, tokens, stack.text_hidden)
     return {
         **ctx.header(),
+        **lm_side["fields"],
+        "lm_stages": lm_side["rows"],
         **stack_facts(stack, plan),
         "dtype": str(dtype).removeprefix("torch."),
         "device_name": info["device_name"],

@@ -38,6 +38,7 @@ def print_stage_table(result: dict[str, Any], console: Console | None = None) ->
         f"latency p50 {result['latency_ms']:.2f} ms, p90 {result['latency_ms_p90']:.2f} ms; "
         f"peak memory {result['peak_memory_mb']:.0f} MiB ({result['peak_memory_kind']})"
     )
+    _print_lm_side(result, console)
 
 
 def _num(value: Any, fmt: str) -> str:
@@ -71,4 +72,16 @@ def print_bench_table(result: dict[str, Any], console: Console | None = None) ->
         f"{result['tokens']} tokens x {result['text_hidden']} to the LM; vision {_fmt(result['flops'])}FLOP/img "
         f"({_fmt(result['params'])} params); LM prefill of the visual tokens ({result['lm_prefill']['name']}): "
         f"{_fmt(result['lm_prefill_flops'])}FLOP/img; ceiling {ceiling['tflops']:.3f} TFLOP/s ({ceiling['note']})"
+    )
+    _print_lm_side(result, console)
+
+
+def _print_lm_side(result: dict[str, Any], console: Console) -> None:
+    """The LM side (text.lm=true): prefill, KV cache and time to first token."""
+    if "ttft_ms" not in result:
+        return
+    console.print(
+        f"LM {result['lm_name']}: prefill of {result['prompt_tokens']} tokens ({result['visual_tokens']} visual) "
+        f"{result['lm_prefill_ms']:.2f} ms; KV cache {result['kv_cache_bytes_per_token'] / 1024:.1f} KiB/token, "
+        f"{result['kv_cache_mb']:.2f} MiB for the prompt; time to first token {result['ttft_ms']:.2f} ms"
     )

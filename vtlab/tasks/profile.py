@@ -6,7 +6,9 @@ numbers to `results.json` in the run directory. With an input image size (`data.
 image is planned with the model's tiling (SmolVLM split, LlavaNext anyres): the table gains the frames
 and packed-token rows, FLOPs are per image (all frames), and the latency is that of `batch_size` images
 whose frames go through the tower as one batch, split back and packed. FLOPs are counted with
-torch.utils.flop_counter and reported beside the modules' closed forms (vtlab.measure.flops).
+torch.utils.flop_counter and reported beside the modules' closed forms (vtlab.measure.flops). With
+`text.lm=true` the causal LM is built too (vtlab.build_vlm) and the table gains the prompt, LM prefill and
+first-token (TTFT) rows, the results the KV-cache size (vtlab.measure.lm_side).
 """
 
 from __future__ import annotations
@@ -15,10 +17,11 @@ from typing import Any
 
 import torch
 
-from vtlab.api import build_stack
+from vtlab.api import build_stack, build_vlm_from_config
 from vtlab.config.schema import image_size_of
 from vtlab.errors import ConfigError
 from vtlab.measure.flops import stage_costs
+from vtlab.measure.lm_side import check_prompt, measure_lm_side
 from vtlab.measure.stages import image_stages
 from vtlab.measure.timing import (
     count_params,
@@ -49,10 +52,13 @@ def profile_stack(ctx: RunContext) -> dict[str, Any]:
     device = resolve_device(cfg.task.device)
     dtype = resolve_dtype(cfg.task.dtype, device)
     torch.manual_seed(cfg.seed)
-    stack = build_stack(cfg).to(device=device, dtype=dtype).eval()
+    vlm = build_vlm_from_config(cfg).to(device=device, dtype=dtype).eval() if cfg.text.lm else None
+    stack = vlm.stack if vlm is not None else build_stack(cfg).to(device=device, dtype=dtype).eval()
     configure(stack, fused_gelu=cfg.task.fused_gelu)  # acts on CUDA inference only
     batch = cfg.task.batch_size
     size = image_size_of(cfg.data.image_size)
+    if vlm is not None:
+        check_prompt(vlm, size, cfg.text.prompt)  # tokenizer and context, before anything is timed
     plan = stack.plan(*size) if size else None
     frames = plan.frames if plan else 1
     pixels = torch.randn(stack.input_shape(batch * frames, plan), device=device, dtype=dtype)
@@ -79,12 +85,17 @@ def profile_stack(ctx: RunContext) -> dict[str, Any]:
     if plan:
         stages = image_stages(stages, plan)
         next(s for s in stages if s["name"] == "packed").update(latency_ms=median(pack_ms))
+    lm_side: dict[str, Any] = {"rows": [], "fields": {}}
+    if vlm is not None:  # text.lm=true: the LM behind the connector, measured (vtlab.measure.lm_side)
+        lm_side = measure_lm_side(vlm, size, cfg.text.prompt, device,
+                                  cfg.task.warmup, cfg.task.repeats)
     return {
         **ctx.header(),
+        **lm_side["fields"],
         **stack_facts(stack, plan),
         "batch_size": batch,
         "dtype": str(dtype).removeprefix("torch."),
-        "stages": stages,
+        "stages": stages + lm_side["rows"],
         "params": count_params(stack),
         "flops": costs.flops * frames,
         "flops_closed_form": costs.flops_closed_form * frames,

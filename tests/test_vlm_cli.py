@@ -1,0 +1,157 @@
+"""The LM side from the command line (subprocesses): `text.lm=true` profiles, and every bad LM input is one line
+`vtlab: error: ...` naming what and what would be valid, before any work starts."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+from test_cli import run_vtlab
+
+from vtlab.api import build_vlm, config
+from vtlab.measure.lm_side import lm_prefill_flops_closed_form, measure_lm_side
+from vtlab.text.lm import hf_text_config, kv_cache_bytes_per_token
+
+BASE = ["+model=smolvlm_debug", "text.lm=true", "logger=none", "task.warmup=0", "task.repeats=1"]
+
+
+def _one_line_error(proc, *needles: str) -> str:
+    assert proc.returncode != 0, proc.stdout[-2000:]
+    lines = [ln for ln in proc.stderr.strip().splitlines() if ln.strip()]
+    assert len(lines) == 1 and lines[0].startswith("vtlab: error: "), proc.stderr[-3000:]
+    for needle in needles:
+        assert needle in lines[0], lines[0]
+    return lines[0]
+
+
+@pytest.fixture(scope="module")
+def lm_dirs(tmp_path_factory):
+    """A tiny Llama folder whose tokenizer lacks the image tokens, and a SigLIP vision folder (not an LM)."""
+    from tokenizers import Tokenizer, models, pre_tokenizers
+    from transformers import (
+        AutoConfig,
+        AutoModelForCausalLM,
+        PreTrainedTokenizerFast,
+        SiglipVisionConfig,
+        SiglipVisionModel,
+    )
+
+    conf = hf_text_config(config("smolvlm_debug", ["text.lm=true"]).text)
+    lm = AutoModelForCausalLM.from_config(AutoConfig.for_model(conf.pop("model_type"), **conf))
+    plain = tmp_path_factory.mktemp("plain_lm")
+    lm.save_pretrained(plain)
+    tok = Tokenizer(models.WordLevel(vocab={"<unk>": 0, "hello": 1}, unk_token="<unk>"))
+    tok.pre_tokenizer = pre_tokenizers.Whitespace()
+    PreTrainedTokenizerFast(tokenizer_object=tok, unk_token="<unk>").save_pretrained(plain)
+    vision = tmp_path_factory.mktemp("siglip")
+    SiglipVisionModel(SiglipVisionConfig(hidden_size=32, intermediate_size=64, num_hidden_layers=1,
+                                         num_attention_heads=4, image_size=32, patch_size=8)).save_pretrained(vision)
+    return plain, vision
+
+
+def test_lm_narrower_than_the_connector(tmp_path):
+    proc = run_vtlab([*BASE, "text_hidden=32"], tmp_path)
+    _one_line_error(proc, "text_hidden=32", "text.hidden_size=64")
+
+
+def test_prompt_longer_than_the_context(tmp_path):
+    proc = run_vtlab([*BASE, "text.max_position_embeddings=16"], tmp_path)
+    _one_line_error(proc, "text.max_position_embeddings=16", "4 visual")
+    assert not list(tmp_path.glob("outputs/*/*/results.json"))
+
+
+def test_missing_lm_checkpoint(tmp_path):
+    proc = run_vtlab([*BASE, f"text.weights={tmp_path}/nope"], tmp_path)
+    _one_line_error(proc, f"text.weights={tmp_path}/nope", "no such file")
+
+
+def test_text_weights_without_lm(tmp_path):
+    proc = run_vtlab(["+model=smolvlm_debug", "logger=none", f"text.weights={tmp_path}"], tmp_path)
+    _one_line_error(proc, "text.lm=true")
+
+
+@pytest.mark.slow
+def test_foreign_lm_checkpoint_and_tokenizer_without_image_tokens(lm_dirs, tmp_path):
+    plain, vision = lm_dirs
+    proc = run_vtlab([*BASE, f"text.weights={vision}"], tmp_path)
+    _one_line_error(proc, "siglip_vision_model", "not a causal LM", "llama, granite")
+    proc = run_vtlab([*BASE, f"text.weights={plain}"], tmp_path)
+    _one_line_error(proc, f"text.weights={plain}", "'<image>'", "<fake_token_around_image>")
+
+
+@pytest.mark.slow
+def test_profile_with_lm_rows(tmp_path):
+    """`text.lm=true`: the prompt / lm prefill / first token rows, counted prefill FLOPs = the closed form."""
+    proc = run_vtlab([*BASE, "data.image_size=[100,150]", f"out_dir={tmp_path}/run"], tmp_path)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    r = json.loads((tmp_path / "run" / "results.json").read_text())
+    rows = {s["name"]: s for s in r["stages"]}
+    prefill = rows["lm prefill"]
+    assert prefill["flops"] == prefill["flops_closed_form"] == r["lm_prefill_flops_counted"] > 0
+    assert r["visual_tokens"] == r["tokens"] == 13 * 4 and r["prompt_tokens"] > r["visual_tokens"]
+    assert r["ttft_ms"] > 0 and rows["first token"]["latency_ms"] == r["ttft_ms"]
+    assert r["kv_cache_bytes_per_token"] == 2 * 2 * 4 * 16 * 4  # layers, kv heads, head dim, fp32
+    assert r["kv_cache_mb"] == pytest.approx(r["kv_cache_bytes_per_token"] * r["prompt_tokens"] / 2**20)
+    assert "time to first token" in proc.stdout
+
+
+def test_lm_side_closed_form_granite_gqa():
+    """GQA (8 heads / 2 kv heads) in a Granite decoder: counted prefill FLOPs = the closed form; KV bytes."""
+    torch.manual_seed(0)
+    vlm = build_vlm("smolvlm_debug", ["text=granite_2b", "text.num_layers=1", "text.hidden_size=64", "text.num_heads=8",
+                                      "text.num_kv_heads=2", "text.intermediate_size=96", "text.vocab_size=200"])
+    assert type(vlm.lm).__name__ == "GraniteForCausalLM" and vlm.lm.config.embedding_multiplier == 12.0
+    out = measure_lm_side(vlm, None, "Describe this image.", torch.device("cpu"), 0, 1)["fields"]
+    assert out["lm_prefill_flops_counted"] == lm_prefill_flops_closed_form(vlm.text, out["prompt_tokens"])
+    assert kv_cache_bytes_per_token(vlm.text, 2) == 2 * 1 * 2 * 8 * 2
+
+
+@pytest.mark.slow
+def test_gpu_script_cpu_smoke(tmp_path):
+    """experiments/lm_side/run.py --quick on the CPU: six cells, JSON + markdown, counted FLOPs = closed form."""
+    import os
+    import subprocess
+    import sys
+
+    from test_cli import REPO
+
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    proc = subprocess.run([sys.executable, str(REPO / "experiments/lm_side/run.py"), "--quick", "--device", "cpu",
+                           "--warmup", "0", "--repeats", "1", "--no-compile", "--out", str(tmp_path)],
+                          cwd=REPO, env=env, capture_output=True, text=True, timeout=900)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    rows = json.loads((tmp_path / "results.json").read_text())["rows"]
+    assert [r["visual_tokens"] for r in rows] == [64, 16, 4, 1, 171, 585]
+    assert all(r["lm_prefill_flops_counted"] == r["lm_prefill_flops_closed_form"] and r["ttft_ms"] > 0 for r in rows)
+    assert "| smolvlm_debug | tiny | connector.factor=8 | 1 |" in (tmp_path / "results.md").read_text()
+
+
+@pytest.mark.slow
+def test_smolvlm_with_smollm2_135m_reports_ttft(tmp_path):
+    """The issue's command: SmolVLM-256M's tower + a random SmolLM2-135M, profiled on the CPU with TTFT."""
+    import time
+
+    start = time.perf_counter()
+    proc = run_vtlab(["+model=smolvlm", "text=smollm2_135m", "text.lm=true", "logger=none", "task.warmup=1",
+                      "task.repeats=2", f"out_dir={tmp_path}/run"], tmp_path, timeout=900)
+    wall = time.perf_counter() - start
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    r = json.loads((tmp_path / "run" / "results.json").read_text())
+    print(f"smolvlm + smollm2-135m profile: {wall:.1f} s wall, TTFT {r['ttft_ms']:.1f} ms, prefill "
+          f"{r['lm_prefill_ms']:.1f} ms for {r['prompt_tokens']} tokens")
+    assert r["lm_name"] == "smollm2-135m" and r["visual_tokens"] == 64
+    assert r["kv_cache_bytes_per_token"] == 2 * 30 * 3 * 64 * 4  # 30 layers, 3 kv heads, head dim 64, fp32
+    assert "time to first token" in proc.stdout and r["ttft_ms"] > 0
+
+
+@pytest.mark.slow
+def test_bench_with_lm(tmp_path):
+    proc = run_vtlab(["+model=smolvlm_debug", "task=bench", "task.modes=[eager]", "text.lm=true", "logger=none",
+                      "task.iters=1", "task.latency_iters=2", "task.throughput_batch_size=2", "task.matmul_size=64",
+                      f"out_dir={tmp_path}/run"], tmp_path)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    r = json.loads((tmp_path / "run" / "results.json").read_text())
+    assert r["ttft_ms"] > 0 and r["lm_prefill_ms"] > 0 and r["kv_cache_mb"] > 0
+    assert [s["name"] for s in r["lm_stages"]] == ["prompt", "lm prefill", "first token"]
+    assert "time to first token" in proc.stdout
