@@ -14,9 +14,9 @@ from pathlib import Path
 
 import pytest
 import torch
-
 from bench_helpers import run_vtlab
 from train_helpers import TINY
+
 from vtlab.api import build_stack
 from vtlab.config.compose import config
 from vtlab.errors import ConfigError, InvalidCellError

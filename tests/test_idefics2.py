@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pytest
 import torch
-
 from hf_parity import force_eager, max_diff, perturb_
+
 from vtlab.api import build_stack
 from vtlab.config.compose import compose_config, config, to_config
 from vtlab.families import get_family

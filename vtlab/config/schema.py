@@ -12,6 +12,7 @@ Open sets (model.family, model.tiling) are registries, checked in vtlab.config.v
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from dataclasses import dataclass, field
 from enum import Enum
@@ -28,8 +29,8 @@ from vtlab.measure.timing import DTYPES
 from vtlab.models.connectors import CONNECTORS
 from vtlab.models.connectors.avgpool import POOL_MODES
 from vtlab.models.connectors.pixel_unshuffle import valid_factors
-from vtlab.models.reduction.prune import PRUNE_SCORES
 from vtlab.models.heads import HEADS
+from vtlab.models.reduction.prune import PRUNE_SCORES
 from vtlab.models.sdpa import BACKENDS
 from vtlab.models.towers.clip import STRATEGIES as CLIP_STRATEGIES
 
@@ -153,6 +154,21 @@ class ModelConfig:
     token_merging: TokenMergingConfig = field(default_factory=TokenMergingConfig)
     # fused: {name: {family, image_size, patch_size, ..., weights}} sub-towers on one image (vtlab.families.fused)
     towers: dict[str, Any] | None = None
+
+    def sub_towers(self) -> dict[str, ModelConfig]:
+        """Each `model.towers.<name>` (family fused) as a ModelConfig; a ConfigError names an unknown field."""
+        fields = {f.name for f in dataclasses.fields(ModelConfig)} - {"name", "towers"}
+        out: dict[str, ModelConfig] = {}
+        for name, sub in (self.towers or {}).items():
+            sub = dict(sub)
+            unknown = sorted(set(sub) - fields)
+            if unknown:
+                raise ConfigError(f"model.towers.{name}: unknown field(s) {unknown}; valid: {', '.join(sorted(fields))}")
+            if "family" not in sub:
+                raise ConfigError(f"model.towers.{name}.family is missing; give the sub-tower's family (e.g. dinov2, "
+                                  f"siglip)")
+            out[name] = ModelConfig(name=f"{self.name}.{name}", **sub)
+        return out
 
     def check(self, root: Any) -> None:
         if self.image_size is None or self.image_size == MISSING:

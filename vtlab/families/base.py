@@ -15,8 +15,8 @@ names). Nothing outside vtlab.families compares a family name to a string.
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass, field
 from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
 from typing import Any, ClassVar
 
 import numpy as np
@@ -106,6 +106,36 @@ def map_tower_keys(layout: Layout, tensors: dict[str, torch.Tensor],
     return out, origin, sorted(unexpected), sorted(incomplete), ignored
 
 
+@dataclass(frozen=True)
+class ImagePlan:
+    """One image of `size` (H, W): `frames` tower inputs (`rows` x `cols` tiles plus a global/base frame when
+    tiled) and `tokens` visual tokens for the language model after packing."""
+
+    size: tuple[int, int]
+    tiling: str
+    rows: int
+    cols: int
+    frames: int
+    tokens_per_frame: int
+    tokens: int
+    detail: dict[str, Any]
+
+    @property
+    def tiles(self) -> int:
+        return self.rows * self.cols
+
+    def as_dict(self) -> dict[str, Any]:
+        return asdict(self) | {"tiles": self.tiles}
+
+    def describe(self) -> str:
+        h, w = self.size
+        if self.tiling == "none" or self.frames == 1:
+            return f"{h}x{w} -> 1 frame, {self.tokens} tokens"
+        extra = "global" if self.tiling == "split" else "base"
+        return (f"{h}x{w} -> {self.rows}x{self.cols} tiles + {extra} = {self.frames} frames, "
+                f"{self.tokens} tokens ({self.tiling})")
+
+
 def apply_rules(rules: Rules, rel: str) -> str | None:
     """The first rule whose pattern matches `rel` whole, applied; None if none does."""
     for pattern, repl in rules:
@@ -188,6 +218,10 @@ class Family:
     def special_tokens(self, plan: Any) -> tuple[str, ...]:
         """Tokens the tokenizer must hold as single ids for an image of `plan` (an ImagePlan)."""
         return (self.image_token,)
+
+    def untiled_special_tokens(self) -> tuple[str, ...]:
+        """The special tokens of one untiled frame (what error messages list)."""
+        return self.special_tokens(ImagePlan((1, 1), "none", 0, 0, 1, 1, 1, {}))
 
     def image_prompt(self, plan: Any) -> str:
         """The prompt text one image becomes (LLaVA / LlavaNext: `plan.tokens` x `<image>`, packed tokens in order)."""

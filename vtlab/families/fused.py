@@ -2,7 +2,7 @@
 (Prismatic's DINOv2 + SigLIP, `prismatic/models/backbones/vision/dinosiglip_vit.py`).
 
 `model.towers.<name>` holds each sub-tower's own `ModelConfig` fields (its `family`, architecture, taps and
-`weights`); each is built and checked by its own family. Their patch grids must be equal (Prismatic runs
+`weights`; `ModelConfig.sub_towers()` makes them typed); each is built and checked by its own family. Their patch grids must be equal (Prismatic runs
 DINOv2 ViT-L/14 and SigLIP-so400m/14 both at 224 -> 16x16): a mismatch is refused naming every grid.
 `model.hidden_size` must be the channel sum; `model.image_size` / `patch_size` give the stack's frame and grid.
 Pixels: the image resized to the frame (BICUBIC), rescaled to [0, 1]; each sub-tower normalises with its
@@ -13,7 +13,6 @@ family).
 
 from __future__ import annotations
 
-import dataclasses
 from functools import partial
 from types import SimpleNamespace
 from typing import Any
@@ -21,28 +20,10 @@ from typing import Any
 import torch
 from PIL import Image
 
-from vtlab.config.schema import ConnectorConfig, DataConfig, ModelConfig
 from vtlab.errors import ConfigError
 from vtlab.families.base import Family, get_family, register_family
 from vtlab.families.pixels import ImageLike, normalise, resize, to_uint8_hwc
 from vtlab.models.towers.fused import FusedTower, Part
-
-FIELDS = {f.name for f in dataclasses.fields(ModelConfig)} - {"name", "towers"}
-
-
-def sub_configs(model_cfg: Any) -> dict[str, ModelConfig]:
-    """Each `model.towers.<name>` as a ModelConfig (ConfigError naming an unknown field)."""
-    towers = model_cfg.towers or {}
-    out: dict[str, ModelConfig] = {}
-    for name, sub in towers.items():
-        sub = dict(sub)
-        unknown = sorted(set(sub) - FIELDS)
-        if unknown:
-            raise ConfigError(f"model.towers.{name}: unknown field(s) {unknown}; valid: {', '.join(sorted(FIELDS))}")
-        if "family" not in sub:
-            raise ConfigError(f"model.towers.{name}.family is missing; give the sub-tower's family (e.g. dinov2, siglip)")
-        out[name] = ModelConfig(name=f"{model_cfg.name}.{name}", **sub)
-    return out
 
 
 class FusedFamily(Family):
@@ -54,7 +35,7 @@ class FusedFamily(Family):
     def check(self, cfg: Any) -> None:
         super().check(cfg)
         m = cfg.model
-        subs = sub_configs(m)
+        subs = m.sub_towers()
         if len(subs) < 2:
             raise ConfigError(f"model.towers has {len(subs)} tower(s) ({', '.join(subs) or 'none'}); family fused "
                               f"needs at least two (e.g. model.towers.dinov2.*, model.towers.siglip.*)")
@@ -65,7 +46,7 @@ class FusedFamily(Family):
             try:
                 sub.check(cfg)
                 get_family(sub.family, f"model.towers.{name}.family").check(
-                    SimpleNamespace(model=sub, connector=ConnectorConfig(), data=DataConfig()))
+                    SimpleNamespace(model=sub, connector=type(cfg.connector)(), data=type(cfg.data)()))
             except ConfigError as err:
                 raise ConfigError(f"model.towers.{name}: {err}") from None
             if get_family(sub.family).prefix_tokens(sub):
@@ -87,13 +68,13 @@ class FusedFamily(Family):
 
     def build_tower(self, model_cfg: Any) -> torch.nn.Module:
         parts = {}
-        for name, sub in sub_configs(model_cfg).items():
+        for name, sub in model_cfg.sub_towers().items():
             fam = get_family(sub.family)
             parts[name] = Part(fam.build_tower(sub), fam.mean, fam.std)
         return FusedTower(parts, model_cfg.input_size or model_cfg.image_size, model_cfg.patch_size)
 
     def load_parts(self, stack: torch.nn.Module, model_cfg: Any, load: Any) -> None:
-        for name, sub in sub_configs(model_cfg).items():
+        for name, sub in model_cfg.sub_towers().items():
             if sub.weights:
                 shim = torch.nn.Module()
                 shim.tower = stack.tower.parts_[name].tower

@@ -19,8 +19,8 @@ from PIL import Image
 
 from vtlab.errors import CheckpointError
 from vtlab.families.base import Family, Layout, apply_rules, register_family
+from vtlab.families.lm_config import text_fields_of
 from vtlab.families.pixels import ImageLike, normalise, resize, to_uint8_hwc
-from vtlab.text.lm import text_fields_of
 
 TOWER_RULES: list[tuple[str, str]] = [
     (r"embeddings\.patch_embedding\.(weight|bias)", r"tower.patch_embed.\1"),

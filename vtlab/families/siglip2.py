@@ -19,13 +19,12 @@ from typing import Any
 import torch
 from PIL import Image
 
-from vtlab.families.tiler import image_size_of
-from vtlab.models.connectors.pixel_unshuffle import valid_factors
 from vtlab.errors import ConfigError, InvalidCellError
 from vtlab.families.base import register_family
 from vtlab.families.pixels import ImageLike, normalise, resize, to_uint8_hwc
 from vtlab.families.siglip import HF_ACTIVATIONS, SiglipTowerFamily, hf_activation
-from vtlab.families.tiler import ImagePlan, Tiler, TilingScheme, register_tiling
+from vtlab.families.tiler import ImagePlan, Tiler, TilingScheme, image_size_of, register_tiling
+from vtlab.models.connectors.pixel_unshuffle import valid_factors
 from vtlab.models.towers import siglip2 as siglip2_tower
 
 

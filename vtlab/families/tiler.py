@@ -15,46 +15,14 @@ pixels, `Tiler.pack(features, plan, newline)` turns one image's (frames, t, T) c
 from __future__ import annotations
 
 import math
-
-from dataclasses import asdict, dataclass
 from typing import Any
 
 import torch
 
 from vtlab.errors import ConfigError
-from vtlab.families.base import Family, get_family
+from vtlab.families.base import Family, ImagePlan, get_family  # noqa: F401  (ImagePlan re-exported)
 from vtlab.families.pixels import ImageLike, to_uint8_hwc
 from vtlab.models.connectors.pixel_unshuffle import valid_factors  # noqa: F401  (re-exported with the grid)
-
-
-@dataclass(frozen=True)
-class ImagePlan:
-    """One image of `size` (H, W): `frames` tower inputs (`rows` x `cols` tiles plus a global/base frame when
-    tiled) and `tokens` visual tokens for the language model after packing."""
-
-    size: tuple[int, int]
-    tiling: str
-    rows: int
-    cols: int
-    frames: int
-    tokens_per_frame: int
-    tokens: int
-    detail: dict[str, Any]
-
-    @property
-    def tiles(self) -> int:
-        return self.rows * self.cols
-
-    def as_dict(self) -> dict[str, Any]:
-        return asdict(self) | {"tiles": self.tiles}
-
-    def describe(self) -> str:
-        h, w = self.size
-        if self.tiling == "none" or self.frames == 1:
-            return f"{h}x{w} -> 1 frame, {self.tokens} tokens"
-        extra = "global" if self.tiling == "split" else "base"
-        return (f"{h}x{w} -> {self.rows}x{self.cols} tiles + {extra} = {self.frames} frames, "
-                f"{self.tokens} tokens ({self.tiling})")
 
 
 def patch_grid(model: Any) -> tuple[int, int]:

@@ -23,10 +23,7 @@ import torch
 from torch import nn
 
 from vtlab.errors import ConfigError
-from vtlab.families.tiler import ImagePlan
 from vtlab.models.stack import VisionStack
-
-ONE_FRAME = ImagePlan((1, 1), "none", 0, 0, 1, 1, 1, {})  # an untiled image: the family's base tokens
 
 
 class VisionLanguageModel(nn.Module):
@@ -56,7 +53,7 @@ class VisionLanguageModel(nn.Module):
         if len(ids) != 1 or ids[0] == self.tokenizer.unk_token_id:
             where = f" of text.weights={self.text.weights}" if self.text.weights else ""
             raise ConfigError(f"the tokenizer{where} has no single token {token!r}; the {self.family.name} family "
-                              f"places images with {', '.join(self.family.special_tokens(ONE_FRAME))} "
+                              f"places images with {', '.join(self.family.untiled_special_tokens())} "
                               f"(add them as special tokens, or drop text.weights for the offline tokenizer)")
         return int(ids[0])
 

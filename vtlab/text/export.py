@@ -18,7 +18,7 @@ from safetensors.torch import load_file, save_file
 from vtlab.checkpoints.export import export_hf
 from vtlab.errors import CheckpointError
 from vtlab.families import FAMILIES, get_family
-from vtlab.text.lm import hf_text_config
+from vtlab.families.lm_config import hf_text_config
 
 
 def _v(x: Any) -> Any:
