@@ -160,3 +160,32 @@ def test_cuda_epilogue_and_fused_training_mlp_match_plain_path():
     assert _rel(out, ref) < 2e-2
     for a, g in zip(grads, grads_ref, strict=True):
         assert _rel(a, g) < 3e-2
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_inference_epilogue_under_autocast_runs_in_bf16():
+    from vtlab.models.layers import Mlp
+
+    mlp = Mlp(128, 512, "gelu_tanh").cuda()
+    mlp.fused_gelu = True
+    x = torch.randn(2, 10, 128, device="cuda")
+    with torch.no_grad(), torch.autocast("cuda", dtype=torch.bfloat16):
+        out = mlp(x)
+        mlp.fused_gelu = False
+        ref = mlp(x)
+    assert out.dtype == ref.dtype == torch.bfloat16 and _rel(out, ref) < 2e-2
+
+
+def test_linear_gelu_compiles_fullgraph_with_its_backward():
+    fc = torch.nn.Linear(16, 32)
+
+    def f(x: torch.Tensor) -> torch.Tensor:
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            return linear_gelu(F.layer_norm(x, (16,)), fc, "none")
+
+    x = torch.randn(4, 16, requires_grad=True)
+    torch.compile(f, backend="aot_eager", fullgraph=True)(x).float().sum().backward()
+    g, x.grad = x.grad.clone(), None
+    f(x).float().sum().backward()
+    assert torch.equal(g, x.grad)

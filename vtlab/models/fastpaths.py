@@ -105,12 +105,19 @@ class _LinearGelu(torch.autograd.Function):
         return gx, gw, gb, None
 
 
-def linear_gelu(x: torch.Tensor, fc: nn.Linear, approximate: str = "tanh") -> torch.Tensor:
-    """gelu(fc(x)) for x (..., in) through `_LinearGelu`, under autocast in the autocast dtype."""
+def autocast_operands(x: torch.Tensor, fc: nn.Linear) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(x, weight, bias) in the autocast dtype where autocast is on (as F.linear would run), else as they are:
+    `_addmm_activation` is not on autocast's cast list, so under bf16-mixed it would run in fp32."""
     weight, bias = fc.weight, fc.bias
     if torch.is_autocast_enabled(x.device.type):
         dtype = torch.get_autocast_dtype(x.device.type)
-        x, weight, bias = x.to(dtype), weight.to(dtype), bias.to(dtype)
+        return x.to(dtype), weight.to(dtype), bias.to(dtype)
+    return x, weight, bias
+
+
+def linear_gelu(x: torch.Tensor, fc: nn.Linear, approximate: str = "tanh") -> torch.Tensor:
+    """gelu(fc(x)) for x (..., in) through `_LinearGelu`, under autocast in the autocast dtype."""
+    x, weight, bias = autocast_operands(x, fc)
     with torch.autocast(x.device.type, enabled=False):
         out = _LinearGelu.apply(x.reshape(-1, x.shape[-1]), weight, bias, approximate)
     return out.view(*x.shape[:-1], out.shape[-1])

@@ -17,7 +17,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.nn.attention import SDPBackend, sdpa_kernel
 
-from vtlab.models.fastpaths import linear_gelu
+from vtlab.models.fastpaths import autocast_operands, linear_gelu
 
 
 def activation(name: str) -> nn.Module:
@@ -64,8 +64,8 @@ class Mlp(nn.Module):
         if self.fused_gelu_train and self.tanh_gelu and x.is_cuda and torch.is_grad_enabled():
             return self.fc2(linear_gelu(x, self.fc1, "tanh"))
         if self.fused_gelu and self.tanh_gelu and x.is_cuda and not torch.is_grad_enabled():
-            flat = x.reshape(-1, x.shape[-1])
-            h = torch._addmm_activation(self.fc1.bias, flat, self.fc1.weight.t(), use_gelu=True)
+            flat, w, b = autocast_operands(x.reshape(-1, x.shape[-1]), self.fc1)  # frozen towers under bf16-mixed
+            h = torch._addmm_activation(b, flat, w.t(), use_gelu=True)
             return self.fc2(h.view(*x.shape[:-1], h.shape[-1]))
         return self.fc2(self.act(self.fc1(x)))
 
