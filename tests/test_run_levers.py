@@ -18,7 +18,7 @@ REPO = Path(__file__).resolve().parents[1]
 def test_run_levers_smoke(tmp_path: Path) -> None:
     env = {**os.environ, "WANDB_MODE": "disabled", "PYTHONPATH": str(REPO)}
     proc = subprocess.run([sys.executable, str(REPO / "experiments" / "gpu_speed" / "run_levers.py"), "--smoke",
-                           "--presets", "smolvlm", "--lever-presets", "smolvlm", "--out", str(tmp_path)],
+                           "--presets", "smolvlm", "--lever-presets", "smolvlm", "--train-extra", "--out", str(tmp_path)],
                           capture_output=True, text=True, timeout=900, env=env, cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr[-3000:]
     row = json.loads((tmp_path / "smolvlm.json").read_text())
@@ -30,6 +30,8 @@ def test_run_levers_smoke(tmp_path: Path) -> None:
     assert all(isinstance(v, float) for v in sections["training"]["img_s"].values()), sections["training"]
     assert sections["numerics"]["native_levers_bf16_vs_fp32"] < 1e-4  # fp32 on CPU: the same function
     assert sections["tiled"]["rel_err_native_vs_hf"] < 1e-4
+    assert sections["tiled"]["resize_check"]["bicubic"]["mean_abs_uint8"] < 1
+    assert set(sections["max_batch"]["largest"]) == {"native_levers", "hf", "native_levers_checkpointing"}
     assert all(v >= 2 for v in sections["max_batch"]["largest"].values())
     assert json.loads((tmp_path / "levers.json").read_text())[0]["preset"] == "smolvlm"
     md = (tmp_path / "levers.md").read_text()

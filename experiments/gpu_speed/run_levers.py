@@ -15,14 +15,18 @@ preset's time budget is recorded as skipped):
 4. training step (`--train-presets`, default smolvlm; bf16 autocast, compiled tower+connector, AdamW, clip,
    batch 64, random data on the device): full fine-tuning and frozen tower, native with the training levers
    (fc1+GELU epilogue with its backward, patch GEMM, compiled AdamW step) vs transformers-compiled (fused
-   AdamW), plus native without levers (full); then the largest batch that fits (full fine-tuning, compiled
-   with a dynamic batch, doubling then bisecting, capped at `--max-batch-cap`) for both, and for native with
-   activation checkpointing;
+   AdamW) (`--train-extra`: also native without levers, full);
 5. levers one by one (`--lever-presets`, default siglip): throughput with each lever switched off from the
    all-levers configuration, the SDPA backends cudnn / flash, and fp8 (opt-in, its error vs bf16);
 6. tiled images (smolvlm: one 1536x2048 image; llavanext = Granite-Vision's tower: one 600x800 image): per-image
    latency end to end (PIL preprocessing included) of `stack.encode_images` vs the transformers PIL processor +
-   `get_image_features`, eager and with the tower compiled, and the preprocessing alone.
+   `get_image_features`, eager and with the tower compiled, the preprocessing alone, and how close (uint8 levels)
+   and how fast a GPU resize (torch bicubic, antialias) is against Pillow's BICUBIC / LANCZOS on that image.
+7. (last, as it is the least needed) the largest batch that fits (full fine-tuning, compiled with a dynamic
+   batch, doubling then bisecting, capped at `--max-batch-cap`) for native levers and transformers
+   (`--train-extra`: also native with activation checkpointing);
+`--sections` picks sections; `--presets P --sections training,max_batch --budget-s 560` gives one of them a
+whole call.
 
 Method: CUDA-event timing, median of `--repeats` repeats of `--iters` calls after warm-up (which compiles);
 an 8192^3 bf16 matmul in the same process. Outputs: OUT/<preset>.json per preset, OUT/levers.json (all) and
@@ -60,7 +64,7 @@ from vtlab.models.fastpaths import configure_fast_paths, fast_paths  # noqa: E40
 from vtlab.models.fp8 import convert_to_fp8  # noqa: E402
 from vtlab.models.sdpa import configure, pinned  # noqa: E402
 
-BUDGET_S = {"siglip": 160, "smolvlm": 230, "llavanext": 130}  # + ~15 s start-up each: one 10-minute call in all
+BUDGET_S = {"siglip": 170, "smolvlm": 240, "llavanext": 120}  # + ~15 s start-up each: one 10-minute call in all
 TILED = {"smolvlm": (1536, 2048), "llavanext": (600, 800)}  # (H, W): SmolVLM image, Granite-Vision image
 T0 = time.perf_counter()
 
@@ -322,8 +326,8 @@ def training(run: Run) -> dict[str, Any]:
     a = run.args
     batch = 2 if a.smoke else a.train_batch
     variants = [("native_levers", "native", "none", True), ("hf", "hf", "none", False),
-                ("native_levers", "native", "tower", True), ("hf", "hf", "tower", False),
-                ("native_plain", "native", "none", False)]
+                ("native_levers", "native", "tower", True), ("hf", "hf", "tower", False)]
+    variants += [("native_plain", "native", "none", False)] if a.train_extra else []
     out: dict[str, Any] = {"batch": batch, "precision": "bf16 autocast" if run.cuda else "fp32",
                            "attention_backend": a.train_attention, "img_s": {}, "peak_mb": {}, "host_sync_free": {}}
     with pinned(a.train_attention):
@@ -374,7 +378,7 @@ def _fits(run: Run, lit: Any, opt: Any, batch: int) -> bool:
     except torch.OutOfMemoryError:
         return False
     except RuntimeError as exc:
-        if "out of memory" in str(exc).lower():
+        if "out of memory" in str(exc).lower() or "ALLOC_FAILED" in str(exc):
             return False
         raise
     finally:
@@ -389,8 +393,9 @@ def max_batch(run: Run) -> dict[str, Any]:
     cap = 8 if a.smoke else a.max_batch_cap
     out: dict[str, Any] = {"cap": cap, "largest": {}, "probes": {}}
     with pinned(a.train_attention):
-        for label, tower, levers, ckpt in (("native_levers", "native", True, False), ("hf", "hf", False, False),
-                                           ("native_levers_checkpointing", "native", True, True)):
+        variants = [("native_levers", "native", True, False), ("hf", "hf", False, False)]
+        variants += [("native_levers_checkpointing", "native", True, True)] if a.train_extra else []
+        for label, tower, levers, ckpt in variants:
             if not run.budget.allows(60 if run.cuda else 0):
                 out["largest"][label] = "skipped: time budget"
                 continue
@@ -509,8 +514,35 @@ def tiled(run: Run) -> dict[str, Any]:
     out["ratio_eager"] = out["ms"]["native_eager"] / out["ms"]["hf_eager"]
     if "native_compiled_tower" in out["ms"]:
         out["ratio_compiled"] = out["ms"]["native_compiled_tower"] / out["ms"]["hf_compiled_tower"]
-    out["gpu_preprocessing"] = "not implemented (PIL path only; see README)"
+    out["gpu_preprocessing"] = "not implemented (PIL path only); resize_check: how close a GPU resize would be"
+    out["resize_check"] = resize_check(run, image)
     log(f"{run.preset}: tiled {h}x{w}: {out['ms']}")
+    return out
+
+
+def resize_check(run: Run, image: Any) -> dict[str, Any]:
+    """A 2x down-scale of the image with Pillow (BICUBIC, LANCZOS) vs torch's antialiased bicubic on the device:
+    the uint8 difference a GPU preprocessing path would introduce, and the time of each."""
+    import numpy as np
+    import torch.nn.functional as F
+    from PIL import Image
+
+    from vtlab.families.pixels import resize
+
+    arr = np.array(image)
+    h2, w2 = arr.shape[0] // 2, arr.shape[1] // 2
+    src = torch.from_numpy(arr).to(run.device).permute(2, 0, 1)[None].float()
+
+    def gpu() -> torch.Tensor:
+        return F.interpolate(src, size=(h2, w2), mode="bicubic", antialias=True).round().clamp(0, 255)
+
+    out: dict[str, Any] = {"size": [h2, w2], "gpu_ms": run.ms(gpu, 3)}
+    g = gpu()[0].permute(1, 2, 0).cpu()
+    for name, rs in (("bicubic", Image.Resampling.BICUBIC), ("lanczos", Image.Resampling.LANCZOS)):
+        pil = torch.from_numpy(resize(arr, h2, w2, rs)).float()
+        d = (g - pil).abs()
+        out[name] = {"max_abs_uint8": d.max().item(), "mean_abs_uint8": d.mean().item(),
+                     "pil_ms": run.ms(lambda rs=rs: resize(arr, h2, w2, rs), 3)}
     return out
 
 
@@ -536,17 +568,19 @@ def run_preset(preset: str, args: argparse.Namespace) -> dict[str, Any]:
     run.row["meta"]["matmul_tflops"] = H.matmul_tflops(run.device) if not args.smoke else None
     log(f"{preset}: start ({args.budget_s:.0f}s budget)")
     b = build_inference(run)
-    run.section("numerics", 5, lambda: numerics(run, b))
-    run.section("throughput", 60, lambda: throughput(run, b))
-    if preset in args.train_presets.split(","):
-        run.section("training", 90, lambda: training(run))
-    run.section("latency_bs1", 40, lambda: latency(run, b))
-    if preset in args.lever_presets.split(","):
-        run.section("levers", 40, lambda: lever_sweep(run, b))
-    if preset in TILED and preset in args.tiled_presets.split(","):
-        run.section("tiled", 30, lambda: tiled(run))
-    if preset in args.train_presets.split(","):
-        run.section("max_batch", 60, lambda: max_batch(run))
+    wanted = set(args.sections.split(","))
+    plan: list[tuple[str, float, Callable[[], Any], bool]] = [  # in order of priority
+        ("numerics", 5, lambda: numerics(run, b), True),
+        ("throughput", 60, lambda: throughput(run, b), True),
+        ("latency_bs1", 40, lambda: latency(run, b), True),
+        ("training", 90, lambda: training(run), preset in args.train_presets.split(",")),
+        ("levers", 40, lambda: lever_sweep(run, b), preset in args.lever_presets.split(",")),
+        ("tiled", 30, lambda: tiled(run), preset in TILED and preset in args.tiled_presets.split(",")),
+        ("max_batch", 60, lambda: max_batch(run), preset in args.train_presets.split(",")),
+    ]
+    for name, need_s, fn, applies in plan:
+        if applies and name in wanted:
+            run.section(name, need_s, fn)
     log(f"{preset}: done")
     return run.row
 
@@ -607,6 +641,13 @@ def markdown(rows: list[dict[str, Any]]) -> str:
                       f"{td['plan']['tokens']} tokens), per image ms (PIL preprocessing included):", "",
                       "| step | ms |", "|---|---|"]
             lines += [f"| {k} | {fmt(v, '.2f')} |" for k, v in td["ms"].items()]
+            rc = td.get("resize_check", {})
+            if "bicubic" in rc:
+                lines.append(f"\nGPU resize (torch bicubic, antialias) vs Pillow, 2x down-scale to {rc['size']}: "
+                             f"{rc['gpu_ms']:.2f} ms vs {rc['bicubic']['pil_ms']:.2f} ms (BICUBIC) / "
+                             f"{rc['lanczos']['pil_ms']:.2f} ms (LANCZOS); |diff| max {rc['bicubic']['max_abs_uint8']:.0f} / "
+                             f"{rc['lanczos']['max_abs_uint8']:.0f}, mean {rc['bicubic']['mean_abs_uint8']:.2f} / "
+                             f"{rc['lanczos']['mean_abs_uint8']:.2f} uint8 levels")
             lines.append(f"\nnative / HF eager {fmt(td.get('ratio_eager'), '.2f')}x, compiled tower "
                          f"{fmt(td.get('ratio_compiled'), '.2f')}x; rel err native vs HF {fmt(td.get('rel_err_native_vs_hf'), '.1e')}")
         for label, ks in r.get("sections", {}).get("throughput", {}).get("kernels", {}).items():
@@ -646,13 +687,17 @@ def main() -> None:
     ap.add_argument("--train-presets", default="smolvlm")
     ap.add_argument("--train-batch", type=int, default=64)
     ap.add_argument("--train-steps", type=int, default=5)
-    ap.add_argument("--train-warmup", type=int, default=3)
+    ap.add_argument("--train-warmup", type=int, default=2)
     ap.add_argument("--train-attention", default="no_cudnn", help="SDPA for the training steps (task=train's default)")
     ap.add_argument("--max-batch-cap", type=int, default=1024)
     ap.add_argument("--max-batch-probes", type=int, default=6)
     ap.add_argument("--lever-presets", default="siglip")
     ap.add_argument("--tiled-presets", default="smolvlm,llavanext")
     ap.add_argument("--top-kernels", type=int, default=12)
+    ap.add_argument("--sections", default="numerics,throughput,latency_bs1,training,levers,tiled,max_batch",
+                    help="which sections to run (in this order of priority)")
+    ap.add_argument("--train-extra", action="store_true",
+                    help="also native without levers (training) and native with activation checkpointing (max batch)")
     ap.add_argument("--backend", default="inductor", help="torch.compile backend (the smoke test uses eager)")
     ap.add_argument("--smoke", action="store_true", help="CPU, debug presets, one iteration, dynamo's eager backend")
     args = ap.parse_args()
