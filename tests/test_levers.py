@@ -69,3 +69,25 @@ def test_classifier_keeps_conv_state_dict_names():
     assert isinstance(lit.stack.tower.patch_embed, PatchEmbed)
     assert "stack.tower.patch_embed.weight" in lit.state_dict()
     assert lit.stack.tower.patch_embed.weight.ndim == 4
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_bench_cudagraphs_captures_the_throughput_batch(tmp_path):
+    from vtlab.tasks.bench import bench_stack
+
+    r = bench_stack(make_ctx(tmp_path, "siglip_debug", "task.modes=[cudagraphs]", "task.patch_gemm=true", *FAST))
+    assert r["modes"]["cudagraphs"]["status"] == "ok", r["modes"]
+    assert r["modes"]["cudagraphs"]["cudagraph_skips"] == 0
+    assert r["fast_paths"]["cudagraphs_throughput_captured"] is True
+    assert r["fast_paths"]["patch_gemm"] and r["fast_paths"]["fused_gelu_inference"]
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available() or torch.cuda.get_device_capability() < (8, 9), reason="needs sm89+")
+def test_bench_fp8_records_its_error(tmp_path):
+    from vtlab.tasks.bench import bench_stack
+
+    r = bench_stack(make_ctx(tmp_path, "siglip_debug", "task.modes=[eager,compile]", "task.dtype=fp8", *FAST))
+    assert r["fp8"]["linears"] > 0 and 0 < r["fp8"]["rel_err_vs_bf16"] < 0.1
+    assert r["fast_paths"]["fp8_linears"] == r["fp8"]["linears"] and r["dtype"] == "bfloat16"
