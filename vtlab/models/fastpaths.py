@@ -19,9 +19,11 @@ run (experiments/gpu_speed/run_levers.py) shows it pays:
   backward recomputes the pre-activation (one extra fc1 GEMM, +1/3 of fc1's backward FLOPs) and applies
   the GELU derivative, then the two GEMM grads and the bias grad; nothing but the inputs is saved, so it
   also lowers activation memory by one (tokens x MLP width) tensor per block.
-  The epilogue's GELU differs by device (measured, torch 2.11 CUDA / 2.14 CPU): cuBLASLt's is the tanh
-  approximation, the CPU kernel's is exact erf GELU (`EPILOGUE_GELU`); where the epilogue does not compute
-  the requested GELU the forward falls back to addmm + `F.gelu` and keeps the same backward.
+  The epilogue's GELU differs by device: cuBLASLt's is the tanh approximation, the CPU kernel's is exact erf
+  GELU (`EPILOGUE_GELU`; checked on CPU with torch 2.14 by the tests, and it is what torch's own
+  decomposition of `_addmm_activation` says); where the epilogue does not compute the requested GELU the
+  forward falls back to addmm + `F.gelu` and keeps the same backward. Inductor keeps `_addmm_activation` as
+  an extern kernel (`make_fallback`), so the epilogue survives `torch.compile`.
 - `VisionTower.activation_checkpointing` (set here) recomputes each block in the backward
   (`torch.utils.checkpoint`, non-reentrant): memory for a larger batch, at ~1/3 more compute.
 """
