@@ -189,3 +189,15 @@ def test_linear_gelu_compiles_fullgraph_with_its_backward():
     g, x.grad = x.grad.clone(), None
     f(x).float().sum().backward()
     assert torch.equal(g, x.grad)
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_patch_gemm_compiled_bf16_on_cuda_matches_conv():
+    pe = PatchEmbed(3, 768, 14).cuda().bfloat16()
+    x = torch.randn(8, 3, 384, 384, device="cuda", dtype=torch.bfloat16)
+    with torch.inference_mode():
+        ref, _ = pe.tokens(x)
+        pe.as_gemm = True
+        out, _ = torch.compile(pe.tokens, fullgraph=True)(x)
+    assert _rel(out, ref) < 1e-2

@@ -91,3 +91,26 @@ def test_bench_fp8_records_its_error(tmp_path):
     r = bench_stack(make_ctx(tmp_path, "siglip_debug", "task.modes=[eager,compile]", "task.dtype=fp8", *FAST))
     assert r["fp8"]["linears"] > 0 and 0 < r["fp8"]["rel_err_vs_bf16"] < 0.1
     assert r["fast_paths"]["fp8_linears"] == r["fp8"]["linears"] and r["dtype"] == "bfloat16"
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_compiled_adamw_on_cuda_equals_fused_adamw():
+    def make() -> list[torch.nn.Parameter]:
+        torch.manual_seed(0)
+        return [torch.nn.Parameter(torch.randn(64, 32, device="cuda")), torch.nn.Parameter(torch.randn(32, device="cuda"))]
+
+    ref, new = make(), make()
+    opt_ref = adamw([{"params": ref, "lr": 1e-2, "weight_decay": 0.05}], (0.9, 0.999), compiled=False)
+    opt = adamw([{"params": new, "lr": 1e-2, "weight_decay": 0.05}], (0.9, 0.999), compiled=True)
+    assert opt_ref.defaults["fused"] and torch.is_tensor(opt.param_groups[0]["lr"])
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: 1.0 / (s + 1))
+    sched_ref = torch.optim.lr_scheduler.LambdaLR(opt_ref, lambda s: 1.0 / (s + 1))
+    for _ in range(4):
+        for ps, o, s in ((ref, opt_ref, sched_ref), (new, opt, sched)):
+            o.zero_grad()
+            sum((p**3).sum() for p in ps).backward()
+            o.step()
+            s.step()
+    for a, b in zip(ref, new, strict=True):
+        assert torch.allclose(a, b, atol=1e-5, rtol=1e-5)
