@@ -679,6 +679,7 @@ def main() -> None:
     ap.add_argument("--out", type=Path, required=True)
     ap.add_argument("--device", default="cuda")
     ap.add_argument("--budget-s", type=float, default=0, help="seconds for this preset (default: BUDGET_S, per preset)")
+    ap.add_argument("--total-s", type=float, default=580, help="seconds for all presets together (subprocess mode)")
     ap.add_argument("--in-process", action="store_true", help="run the presets in this process (default: one subprocess each)")
     ap.add_argument("--batch", type=int, default=0, help="throughput batch (default 256/64/64)")
     ap.add_argument("--iters", type=int, default=10)
@@ -712,14 +713,22 @@ def main() -> None:
             budget = args.budget_s or (1e9 if args.smoke else BUDGET_S.get(p, 150))
             run_preset(p, argparse.Namespace(**{**vars(args), "budget_s": budget}))
     else:
-        for p in presets:  # one process per preset: its own CUDA context, compile caches and time budget
-            budget = args.budget_s or BUDGET_S.get(p, 150)
+        deadline = T0 + args.total_s  # the whole call: the device's 10-minute limit, less a margin
+        for n, p in enumerate(presets):  # one process per preset: its own CUDA context, compile caches and budget
+            left = deadline - time.perf_counter()
+            later = sum(BUDGET_S.get(q, 150) for q in presets[n + 1 :])
+            own = args.budget_s or BUDGET_S.get(p, 150)
+            budget = min(left - 25, own if args.budget_s else max(own, left - 25 - later))  # time left over rolls on
+            if budget < 30:
+                log(f"{p}: not started, {left:.0f}s left of --total-s")
+                continue
             cmd = [sys.executable, __file__, *sys.argv[1:], "--presets", p, "--budget-s", str(budget)]
             log(f"subprocess {p}: budget {budget:.0f}s")
             try:
-                subprocess.run(cmd, timeout=budget + 30, check=False)
+                subprocess.run(cmd, timeout=max(30.0, min(budget + 30, deadline - time.perf_counter())), check=False)
             except subprocess.TimeoutExpired:
-                log(f"{p}: killed after {budget + 30:.0f}s (its partial results are kept)")
+                log(f"{p}: killed (its partial results are kept)")
+            merge(args, presets)  # levers.md is current after every preset
     rows = merge(args, presets)
     print(markdown(rows))
 
