@@ -49,5 +49,9 @@ class HFSiglipTower(nn.Module):
     def inactive_modules(self) -> list[nn.Module]:
         return []
 
+    def no_weight_decay(self) -> set[str]:
+        """The position table, as the native tower's `pos_embed` (VisionClassifier.param_groups asks for it)."""
+        return {f"model.{n}" for n, _ in self.model.named_parameters() if n.endswith("position_embedding.weight")}
+
     def forward(self, pixel_values: torch.Tensor) -> torch.Tensor:
         return self.model(pixel_values=pixel_values).last_hidden_state

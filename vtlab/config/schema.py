@@ -25,7 +25,7 @@ from vtlab.data.synthetic import TASKS as SYNTHETIC_TASKS
 from vtlab.errors import ConfigError, InvalidCellError
 from vtlab.families.tiler import image_size_of, patch_grid
 from vtlab.measure.modes import MODES
-from vtlab.measure.timing import DTYPES
+from vtlab.measure.timing import DTYPES, QUANTIZED
 from vtlab.models.connectors import CONNECTORS
 from vtlab.models.connectors.avgpool import POOL_MODES
 from vtlab.models.connectors.pixel_unshuffle import valid_factors
@@ -63,7 +63,8 @@ PoolMode = choices("PoolMode", POOL_MODES, "connector.pool: vtlab.models.connect
 PruneScore = choices("PruneScore", PRUNE_SCORES, "connector.prune: vtlab.models.reduction.prune.PRUNE_SCORES")
 AttentionBackend = choices("AttentionBackend", BACKENDS, "task.attention_backend: vtlab.models.sdpa.BACKENDS")
 BenchMode = choices("BenchMode", MODES, "task.modes entries: vtlab.measure.modes.MODES")
-DType = choices("DType", ("auto", *DTYPES), "task.dtype: auto (bf16 on CUDA, fp32 on CPU) or vtlab.measure.timing.DTYPES")
+DType = choices("DType", ("auto", *DTYPES, *QUANTIZED),
+                "task.dtype: auto (bf16 on CUDA, fp32 on CPU), vtlab.measure.timing.DTYPES or QUANTIZED (bench only)")
 SelectStrategy = choices("SelectStrategy", CLIP_STRATEGIES, "model.select_strategy: vtlab.models.towers.clip.STRATEGIES")
 HeadKind = choices("HeadKind", HEADS, "task.head: vtlab.models.heads.HEADS")
 SyntheticTask = choices("SyntheticTask", SYNTHETIC_TASKS, "data.task: vtlab.data.synthetic.TASKS")
@@ -304,6 +305,8 @@ class TaskConfig:
     repeats: int = 5
     # CUDA inference: fc1 bias + tanh GELU in the cuBLASLt GEMM epilogue (+8-14 % img/s on H100, experiments/gpu_speed)
     fused_gelu: bool = True
+    # patch embedding as one GEMM over unfolded patches instead of the conv (same function; vtlab.models.fastpaths)
+    patch_gemm: bool = False
 
     def check(self, root: Any) -> None:
         """The timing loop divides by batch_size and takes a median of repeats."""
@@ -354,6 +357,10 @@ class TrainTaskConfig(TaskConfig):
     # SDPA kernels for training: no_cudnn (default; cuDNN's backward can give NaN gradients on H100/H200) |
     # auto (PyTorch's choice) | cudnn | flash | efficient | math
     attention_backend: AttentionBackend = AttentionBackend("no_cudnn")
+    # issue 16 training levers (vtlab.models.fastpaths, vtlab.train.module), off until measured to pay:
+    fused_gelu_train: bool = False  # fc1 bias + tanh GELU in the GEMM epilogue in training too (CUDA; recomputing backward)
+    activation_checkpointing: bool = False  # recompute every tower block in the backward: memory for batch size
+    compile_optimizer: bool = False  # torch.compile the AdamW step (foreach, tensor lr) instead of the fused kernel
 
     def check(self, root: Any) -> None:
         super().check(root)

@@ -19,6 +19,8 @@ import torch
 from vtlab.errors import ConfigError
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+# quantised inference dtypes -> the dtype of activations and unquantised weights (task=bench only; vtlab.models.fp8)
+QUANTIZED = {"fp8": torch.bfloat16}
 
 
 def on_gpu(accelerator: str) -> bool:
@@ -38,8 +40,13 @@ def resolve_device(name: str) -> torch.device:
     return device
 
 
-def resolve_dtype(name: Any, device: torch.device) -> torch.dtype:
+def resolve_dtype(name: Any, device: torch.device, quantized: bool = False) -> torch.dtype:
+    """The torch dtype of `task.dtype`; a QUANTIZED name (only where `quantized`) gives its activation dtype."""
     name = str(getattr(name, "value", name))
+    if name in QUANTIZED:
+        if not quantized:
+            raise ConfigError(f"task.dtype={name} is for task=bench (inference) only; valid here: auto, {', '.join(DTYPES)}")
+        return QUANTIZED[name]
     if name == "auto":
         return torch.bfloat16 if device.type == "cuda" else torch.float32
     if name not in DTYPES:

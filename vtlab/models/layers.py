@@ -17,6 +17,8 @@ import torch.nn.functional as F
 from torch import nn
 from torch.nn.attention import SDPBackend, sdpa_kernel
 
+from vtlab.models.fastpaths import autocast_operands, linear_gelu
+
 
 def activation(name: str) -> nn.Module:
     """`gelu_tanh` = HF gelu_pytorch_tanh (towers); `gelu` = exact erf GELU (projectors, timm default)."""
@@ -46,7 +48,8 @@ class Attention(nn.Module):
 class Mlp(nn.Module):
     """fc1 -> GELU -> fc2. With `fused_gelu` set (CUDA inference, tanh GELU), fc1's bias and GELU run in
     the cuBLASLt GEMM epilogue (`torch._addmm_activation`), saving one read and one write of the
-    (tokens x hidden) activation; it has no backward, so training always takes the plain path."""
+    (tokens x hidden) activation. With `fused_gelu_train` set (CUDA, tanh GELU, grad enabled) training takes the
+    same epilogue through vtlab.models.fastpaths.linear_gelu, whose backward recomputes the pre-activation."""
 
     def __init__(self, dim: int, hidden: int, act: str) -> None:
         super().__init__()
@@ -55,11 +58,14 @@ class Mlp(nn.Module):
         self.fc2 = nn.Linear(hidden, dim)
         self.tanh_gelu = act == "gelu_tanh"
         self.fused_gelu = False
+        self.fused_gelu_train = False
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.fused_gelu_train and self.tanh_gelu and x.is_cuda and torch.is_grad_enabled():
+            return self.fc2(linear_gelu(x, self.fc1, "tanh"))
         if self.fused_gelu and self.tanh_gelu and x.is_cuda and not torch.is_grad_enabled():
-            flat = x.reshape(-1, x.shape[-1])
-            h = torch._addmm_activation(self.fc1.bias, flat, self.fc1.weight.t(), use_gelu=True)
+            flat, w, b = autocast_operands(x.reshape(-1, x.shape[-1]), self.fc1)  # frozen towers under bf16-mixed
+            h = torch._addmm_activation(b, flat, w.t(), use_gelu=True)
             return self.fc2(h.view(*x.shape[:-1], h.shape[-1]))
         return self.fc2(self.act(self.fc1(x)))
 

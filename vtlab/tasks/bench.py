@@ -14,6 +14,11 @@ Settings left unset (None) get device defaults, CPU ones small enough for a tiny
 With an input image size (`data.image_size=[H,W]`) one image is the frames of its tiling plan (SmolVLM
 split, LlavaNext anyres): latency is per image (all its frames in one tower batch, then split and packed),
 throughput counts images (and their packed tokens), FLOPs are per image.
+
+`fast_paths` records the fast paths the stack ran with (vtlab.models.fastpaths.fast_paths, the SDPA kernel, and
+whether the throughput batch of `cudagraphs` was graph-captured: Inductor's `cudagraph_skips` counter).
+`task.dtype=fp8` (CUDA sm89+ only, never the default) converts the tower blocks' Linears to e4m3 GEMMs
+(vtlab.models.fp8) and records their relative error against the bf16 stack on the same input under `fp8`.
 """
 
 from __future__ import annotations
@@ -23,6 +28,7 @@ import time
 from typing import Any
 
 import torch
+from torch._dynamo.utils import counters
 
 from vtlab.api import build_stack, build_vlm_from_config
 from vtlab.config.schema import image_size_of
@@ -44,6 +50,8 @@ from vtlab.measure.timing import (
     synchronize,
     time_ms,
 )
+from vtlab.models.fastpaths import configure_fast_paths, fast_paths
+from vtlab.models.fp8 import check_fp8, convert_to_fp8
 from vtlab.models.sdpa import configure, detect_backend, pinned
 from vtlab.results.record import RunContext
 from vtlab.tasks import profile
@@ -99,6 +107,7 @@ def measure_mode(mode: str, stack: torch.nn.Module, shape1: tuple[int, ...], bat
     """Latency at batch 1 and throughput at `batch` (halved on out-of-memory) for one mode. An image is
     `shape1[0]` frames; `pack(tokens, images)` (tiled inputs) splits and packs them after the stack."""
     runner = make_runner(mode, stack)
+    counters["inductor"].pop("cudagraph_skips", None)
     frames = shape1[0]
     fn = runner if pack is None else (lambda x: pack(runner(x), x.shape[0] // frames))
     warmup = settings["warmup"] + extra_warmup(mode)
@@ -124,6 +133,8 @@ def measure_mode(mode: str, stack: torch.nn.Module, shape1: tuple[int, ...], bat
             batch //= 2
             torch.cuda.empty_cache()
             print(f"vtlab: {mode}: out of memory, retrying throughput at batch {batch}", file=sys.stderr)
+    if mode == "cudagraphs":  # a skipped capture (e.g. a host sync, a CPU tensor) runs the graph eagerly
+        out["cudagraph_skips"] = int(counters["inductor"].get("cudagraph_skips", 0))
     img_s = batch / (median(thr) / 1e3)
     tflops = flops_per_img * img_s / 1e12
     peak, _ = peak_memory_mb(device)
@@ -137,6 +148,17 @@ def measure_mode(mode: str, stack: torch.nn.Module, shape1: tuple[int, ...], bat
         peak_memory_mb=peak,
     )
     return out
+
+
+def _to_fp8(stack: torch.nn.Module, device: torch.device, dtype: torch.dtype) -> dict[str, Any]:
+    """Convert the tower to fp8 GEMMs in place; the relative L2 error of the stack output against bf16."""
+    x = torch.randn(stack.input_shape(2), device=device, dtype=dtype, generator=torch.Generator(device).manual_seed(0))
+    with torch.inference_mode():
+        ref = stack(x).float()
+        linears = convert_to_fp8(stack.tower)
+        out = stack(x).float()
+    return {"linears": linears, "rel_err_vs_bf16": ((out - ref).norm() / ref.norm()).item(),
+            "scales": "per-tensor (weights static, activations dynamic)", "kernel": "torch._scaled_mm e4m3"}
 
 
 def _headline(modes: dict[str, dict[str, Any]]) -> dict[str, Any]:
@@ -164,7 +186,10 @@ def _headline(modes: dict[str, dict[str, Any]]) -> dict[str, Any]:
 def bench_stack(ctx: RunContext) -> dict[str, Any]:
     cfg, task = ctx.cfg, ctx.cfg.task
     device = resolve_device(task.device)
-    dtype = resolve_dtype(task.dtype, device)
+    dtype = resolve_dtype(task.dtype, device, quantized=True)
+    fp8 = str(getattr(task.dtype, "value", task.dtype)) == "fp8"
+    if fp8:
+        check_fp8(device)
     settings = bench_settings(task, device)
     torch.manual_seed(cfg.seed)
     vlm = build_vlm_from_config(cfg).to(device=device, dtype=dtype).eval() if cfg.text.lm else None
@@ -172,6 +197,8 @@ def bench_stack(ctx: RunContext) -> dict[str, Any]:
     # pin inside every block too (an sdpa_kernel context in the traced forward binds compiled modes as well)
     # fc1 bias + tanh GELU in the cuBLASLt GEMM epilogue: CUDA inference only (the layer checks both)
     configure(stack, task.attention_backend, fused_gelu=task.fused_gelu)
+    configure_fast_paths(stack, patch_gemm=task.patch_gemm)
+    fp8_info = _to_fp8(stack, device, dtype) if fp8 else None
     size = image_size_of(cfg.data.image_size)
     if vlm is not None:
         check_prompt(vlm, size, cfg.text.prompt)  # tokenizer and context, before anything is timed
@@ -219,6 +246,9 @@ def bench_stack(ctx: RunContext) -> dict[str, Any]:
             lm_side = measure_lm_side(vlm, size, cfg.text.prompt, device, 3, settings["latency_iters"])
     peak, peak_kind = peak_memory_mb(device)
     info = device_info(device)
+    paths = {**fast_paths(stack, device), "attention": attention["ran"],
+             "cudagraphs_throughput_captured": (results.get("cudagraphs", {}).get("cudagraph_skips") == 0
+                                                if results.get("cudagraphs", {}).get("status") == "ok" else None)}
     prefill = lm_prefill(cfg.text, tokens, stack.text_hidden)
     return {
         **ctx.header(),
@@ -232,6 +262,8 @@ def bench_stack(ctx: RunContext) -> dict[str, Any]:
         "attention_backend_requested": str(task.attention_backend),
         "fused_gelu": bool(task.fused_gelu and device.type == "cuda"),
         "attention": attention,
+        "fast_paths": paths,
+        "fp8": fp8_info,
         "stages": image_stages(costs.stages, plan) if plan else costs.stages,
         "params": count_params(stack),
         "params_tower": costs.row("tower")["params"],

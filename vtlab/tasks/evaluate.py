@@ -14,6 +14,7 @@ import lightning.pytorch as pl
 
 from vtlab.api import build_stack
 from vtlab.errors import ArchitectureMismatchError, ConfigError
+from vtlab.models.fastpaths import configure_fast_paths
 from vtlab.results.record import RESULTS, RunContext
 from vtlab.tasks.common import build_datamodule, classifier_facts, metric, publish
 from vtlab.train.callbacks import ThroughputMeter
@@ -56,6 +57,7 @@ def evaluate(ctx: RunContext, tracker: Any) -> tuple[dict[str, Any], pl.Trainer]
     except RuntimeError as exc:
         raise ArchitectureMismatchError(f"checkpoint {path} does not fit the model: {exc}") from None
     del ckpt
+    configure_fast_paths(stack, patch_gemm=t.patch_gemm)
     if t.compile:
         lit.compile_stack()
     meter = ThroughputMeter(skip=t.warmup_batches)

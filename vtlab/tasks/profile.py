@@ -34,6 +34,7 @@ from vtlab.measure.timing import (
     resolve_dtype,
     time_ms,
 )
+from vtlab.models.fastpaths import configure_fast_paths
 from vtlab.models.sdpa import configure
 from vtlab.results.record import RESULTS, RunContext
 from vtlab.tasks.common import stack_facts
@@ -55,6 +56,7 @@ def profile_stack(ctx: RunContext) -> dict[str, Any]:
     vlm = build_vlm_from_config(cfg).to(device=device, dtype=dtype).eval() if cfg.text.lm else None
     stack = vlm.stack if vlm is not None else build_stack(cfg).to(device=device, dtype=dtype).eval()
     configure(stack, fused_gelu=cfg.task.fused_gelu)  # acts on CUDA inference only
+    configure_fast_paths(stack, patch_gemm=cfg.task.patch_gemm)
     batch = cfg.task.batch_size
     size = image_size_of(cfg.data.image_size)
     if vlm is not None:

@@ -14,6 +14,7 @@ from typing import Any
 import lightning.pytorch as pl
 
 from vtlab.api import build_stack
+from vtlab.models.fastpaths import configure_fast_paths, fast_paths
 from vtlab.models.sdpa import pinned
 from vtlab.results.record import RunContext, process_rank
 from vtlab.tasks.common import build_datamodule, classifier_facts, metric, publish
@@ -43,7 +44,10 @@ def train(ctx: RunContext, tracker: Any) -> tuple[dict[str, Any], pl.Trainer]:
         check_resume(load_checkpoint(ckpt_path), arch, str(t.freeze), ckpt_path)
     optim = OptimSettings(lr=t.lr, tower_lr=t.tower_lr, weight_decay=t.weight_decay,
                           warmup_steps=t.warmup_steps, min_lr_ratio=t.min_lr_ratio)
-    lit = VisionClassifier(stack, dm.num_classes, head=t.head, freeze=t.freeze, optim=optim, arch=arch)
+    configure_fast_paths(stack, patch_gemm=t.patch_gemm, fused_gelu_train=t.fused_gelu_train,
+                         activation_checkpointing=t.activation_checkpointing)
+    lit = VisionClassifier(stack, dm.num_classes, head=t.head, freeze=t.freeze, optim=optim, arch=arch,
+                           compile_optimizer=t.compile_optimizer)
     if t.compile:
         lit.compile_stack()
     meter, last_val = ThroughputMeter(), LastValStep()
@@ -68,6 +72,8 @@ def train(ctx: RunContext, tracker: Any) -> tuple[dict[str, Any], pl.Trainer]:
         "precision": resolve_precision(cfg.trainer.precision, cfg.trainer.accelerator),
         "world_size": trainer.world_size,
         "compile": t.compile,
+        "compile_optimizer": t.compile_optimizer,
+        "fast_paths": fast_paths(stack, next(stack.parameters()).device),
         "attention_backend": str(t.attention_backend),
         "resumed_from": ckpt_path,
         "global_step": trainer.global_step,

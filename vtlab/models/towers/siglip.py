@@ -8,7 +8,8 @@ MAP head. For a patch grid other than the native one the position table follows 
 native grid (`Idefics3VisionEmbeddings`: no interpolation). Feature taps return either the post-LN last hidden state or a
 channel-concatenation of pre-LN `hidden_states[i]` (LlavaNext `vision_feature_layer`); no block past the
 deepest tap is run. The forward has no host syncs and no data-dependent branches, so it compiles with
-`fullgraph=True`.
+`fullgraph=True`. Fast paths (vtlab.models.fastpaths): the patch embedding as one GEMM, per-block activation
+checkpointing.
 """
 
 from __future__ import annotations
@@ -19,7 +20,9 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.utils.checkpoint import checkpoint
 
+from vtlab.models.fastpaths import PatchEmbed
 from vtlab.models.layers import Block, MAPHead
 
 POSITION_RULES = ("bicubic", "bucket")
@@ -70,7 +73,8 @@ class VisionTower(nn.Module):
         self.hidden_size = hidden_size
         self.num_layers = num_layers
         self.native_grid = image_size // patch_size
-        self.patch_embed = nn.Conv2d(num_channels, hidden_size, kernel_size=patch_size, stride=patch_size)
+        self.patch_embed = PatchEmbed(num_channels, hidden_size, patch_size)  # an nn.Conv2d; as_gemm: one GEMM
+        self.activation_checkpointing = False  # vtlab.models.fastpaths.configure_fast_paths
         self.pos_embed = nn.Parameter(torch.zeros(self.native_grid**2, hidden_size))
         self.blocks = nn.ModuleList(
             Block(hidden_size, num_heads, intermediate_size, layer_norm_eps, hidden_act) for _ in range(num_layers)
@@ -148,16 +152,20 @@ class VisionTower(nn.Module):
 
     def embed(self, pixel_values: torch.Tensor) -> torch.Tensor:
         """Patch embedding + positions: (B, C, H, W) -> (B, N, D), tokens in row-major (h, w) order."""
-        x = self.patch_embed(pixel_values.to(self.patch_embed.weight.dtype))
-        gh, gw = x.shape[-2], x.shape[-1]
-        return x.flatten(2).transpose(1, 2) + self.position_embedding(gh, gw)
+        x, (gh, gw) = self.patch_embed.tokens(pixel_values.to(self.patch_embed.weight.dtype))
+        return x + self.position_embedding(gh, gw)
+
+    def _block(self, blk: nn.Module, x: torch.Tensor) -> torch.Tensor:
+        if self.activation_checkpointing and self.training and torch.is_grad_enabled():
+            return checkpoint(blk, x, use_reentrant=False)
+        return blk(x)
 
     def hidden_states(self, pixel_values: torch.Tensor, upto: int | None = None) -> list[torch.Tensor]:
         """HF-style `hidden_states`: [embeddings, after block 1, ..., after block `upto`], all pre-post-LN."""
         x = self.embed(pixel_values)
         states = [x]
         for blk in self.blocks[: self.num_layers if upto is None else upto]:
-            x = blk(x)
+            x = self._block(blk, x)
             states.append(x)
         return states
 
@@ -166,7 +174,7 @@ class VisionTower(nn.Module):
         if self.feature_layers is None:
             x = self.embed(pixel_values)
             for blk in self.blocks:
-                x = blk(x)
+                x = self._block(blk, x)
             return self.post_norm(x)
         states = self.hidden_states(pixel_values, upto=self.depth_used)
         feats = [states[i] for i in self.feature_layers]

@@ -1,0 +1,203 @@
+"""Issue 16's fast paths compute the same function as the plain paths, forward and backward.
+
+- patch embedding as one GEMM == the valid-padding conv (fp64 and fp32, incl. 384/14-style remainders the
+  conv drops), gradients of input, weight and bias included; state-dict names unchanged;
+- `linear_gelu` (the fc1+GELU training path) == fc1 -> GELU with autograd, values and grads, for the tanh GELU
+  (fallback forward, custom backward) and the erf GELU (CPU's `_addmm_activation` epilogue, custom backward);
+  the device epilogue table is checked on CPU here and on CUDA in the gpu-marked test;
+- activation checkpointing per block gives the same loss and gradients;
+- the whole tower with every fast path on == the plain tower, forward and backward.
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from vtlab.models.fastpaths import EPILOGUE_GELU, PatchEmbed, configure_fast_paths, fast_paths, gelu_grad, linear_gelu
+from vtlab.models.towers.siglip import VisionTower
+
+
+def _rel(a: torch.Tensor, b: torch.Tensor) -> float:
+    return ((a.double() - b.double()).norm() / b.double().norm().clamp(min=1e-30)).item()
+
+
+@pytest.mark.parametrize("size,patch", [((32, 32), 8), ((384, 384), 14), ((45, 61), 7), ((40, 28), 14)])
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+def test_patch_gemm_equals_conv_forward_and_backward(size, patch, dtype):
+    torch.manual_seed(0)
+    pe = PatchEmbed(3, 24, patch).to(dtype)
+    x = torch.randn(2, 3, *size, dtype=dtype, requires_grad=True)
+    ref, grid = pe.tokens(x)
+    assert grid == (size[0] // patch, size[1] // patch)
+    assert ref.shape == (2, grid[0] * grid[1], 24)
+    go = torch.randn_like(ref)
+    gx_ref, gw_ref, gb_ref = torch.autograd.grad(ref, (x, pe.weight, pe.bias), go)
+    pe.as_gemm = True
+    out, grid2 = pe.tokens(x)
+    gx, gw, gb = torch.autograd.grad(out, (x, pe.weight, pe.bias), go)
+    tol = 1e-12 if dtype == torch.float64 else 1e-5
+    assert grid2 == grid
+    for a, b in ((out, ref), (gx, gx_ref), (gw, gw_ref), (gb, gb_ref)):
+        assert _rel(a, b) < tol
+    # the remainder the conv drops gets no gradient on either path
+    assert gx[..., grid[0] * patch :, :].abs().sum() == 0 and gx[..., grid[1] * patch :].abs().sum() == 0
+    assert set(pe.state_dict()) == {"weight", "bias"} and pe.weight.shape == (24, 3, patch, patch)
+
+
+def test_epilogue_gelu_on_cpu_is_the_table_entry():
+    x, w, b = torch.randn(7, 16, dtype=torch.float64), torch.randn(12, 16, dtype=torch.float64), torch.randn(12, dtype=torch.float64)
+    out = torch._addmm_activation(b, x, w.t(), use_gelu=True)
+    ref = F.gelu(F.linear(x, w, b), approximate=EPILOGUE_GELU["cpu"])
+    assert (out - ref).abs().max() < 1e-12
+
+
+@pytest.mark.parametrize("approximate", ["tanh", "none"])
+def test_gelu_grad_matches_autograd(approximate):
+    x = torch.linspace(-6, 6, 1001, dtype=torch.float64, requires_grad=True)
+    (g,) = torch.autograd.grad(F.gelu(x, approximate=approximate).sum(), x)
+    assert (gelu_grad(x.detach(), approximate) - g).abs().max() < 1e-12
+
+
+@pytest.mark.parametrize("approximate", ["tanh", "none"])  # none: CPU's _addmm_activation epilogue runs
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+def test_linear_gelu_equals_plain_forward_and_backward(approximate, dtype):
+    torch.manual_seed(0)
+    fc = torch.nn.Linear(16, 40).to(dtype)
+    x = torch.randn(2, 9, 16, dtype=dtype, requires_grad=True)
+    go = torch.randn(2, 9, 40, dtype=dtype)
+    ref = F.gelu(fc(x), approximate=approximate)
+    grads_ref = torch.autograd.grad(ref, (x, fc.weight, fc.bias), go)
+    out = linear_gelu(x, fc, approximate)
+    grads = torch.autograd.grad(out, (x, fc.weight, fc.bias), go)
+    tol = 1e-12 if dtype == torch.float64 else 1e-5
+    assert out.shape == ref.shape and _rel(out, ref) < tol
+    for a, b in zip(grads, grads_ref, strict=True):
+        assert _rel(a, b) < tol
+
+
+def test_linear_gelu_under_cpu_autocast_runs_in_the_autocast_dtype():
+    fc = torch.nn.Linear(16, 32)
+    x = torch.randn(4, 16, requires_grad=True)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        out = linear_gelu(x, fc, "tanh")
+        ref = F.gelu(fc(x), approximate="tanh")
+    assert out.dtype == torch.bfloat16 and _rel(out, ref) < 1e-2
+    out.float().sum().backward()
+    assert x.grad is not None and fc.weight.grad is not None and fc.weight.grad.dtype == torch.float32
+
+
+def _tower(**kw) -> VisionTower:
+    torch.manual_seed(0)
+    t = VisionTower(image_size=32, patch_size=8, hidden_size=32, intermediate_size=64, num_layers=2, num_heads=4, **kw)
+    for p in t.parameters():  # off the (1, 0) LayerNorm init, off zero biases
+        p.data.add_(torch.randn_like(p) * 0.05)
+    return t
+
+
+def _loss_and_grads(t: VisionTower, x: torch.Tensor) -> tuple[torch.Tensor, list[torch.Tensor]]:
+    t.zero_grad()
+    loss = (t(x) ** 2).mean()
+    loss.backward()
+    return loss.detach(), [p.grad.clone() for p in t.parameters() if p.grad is not None]
+
+
+@pytest.mark.parametrize("feature_layers", [None, [-2, -1]])
+def test_tower_with_fast_paths_equals_plain_tower(feature_layers):
+    t = _tower(feature_layers=feature_layers).double().train()
+    x = torch.randn(2, 3, 36, 35, dtype=torch.float64)  # remainders: 36/8, 35/8
+    ref_loss, ref_grads = _loss_and_grads(t, x)
+    configure_fast_paths(t, patch_gemm=True, fused_gelu_train=True, activation_checkpointing=True)
+    assert fast_paths(t, torch.device("cpu"))["patch_gemm"] and fast_paths(t, torch.device("cpu"))["activation_checkpointing"]
+    assert not fast_paths(t, torch.device("cpu"))["fused_gelu_train"]  # CUDA only
+    loss, grads = _loss_and_grads(t, x)
+    assert abs(loss - ref_loss) / ref_loss < 1e-12
+    assert len(grads) == len(ref_grads)
+    for a, b in zip(grads, ref_grads, strict=True):
+        assert _rel(a, b) < 1e-10
+
+
+def test_activation_checkpointing_only_in_training_with_grad():
+    t = _tower()
+    configure_fast_paths(t, activation_checkpointing=True)
+    calls = []
+    import vtlab.models.towers.siglip as mod
+
+    orig = mod.checkpoint
+    mod.checkpoint = lambda fn, x, **kw: (calls.append(1), orig(fn, x, **kw))[1]
+    try:
+        t.eval()
+        with torch.no_grad():
+            t(torch.randn(1, 3, 32, 32))
+        assert not calls
+        t.train()
+        t(torch.randn(1, 3, 32, 32)).sum().backward()
+        assert len(calls) == 2
+    finally:
+        mod.checkpoint = orig
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_cuda_epilogue_and_fused_training_mlp_match_plain_path():
+    from vtlab.models.layers import Mlp
+
+    dev = torch.device("cuda")
+    x, w, b = (torch.randn(64, 128, device=dev), torch.randn(256, 128, device=dev), torch.randn(256, device=dev))
+    ep = torch._addmm_activation(b, x, w.t(), use_gelu=True)
+    assert _rel(ep, F.gelu(F.linear(x, w, b), approximate=EPILOGUE_GELU["cuda"])) < 1e-3
+    torch.manual_seed(0)
+    mlp = Mlp(128, 512, "gelu_tanh").to(dev)
+    xin = torch.randn(4, 50, 128, device=dev, requires_grad=True)
+    with torch.autocast("cuda", dtype=torch.bfloat16):
+        ref = mlp(xin)
+    grads_ref = torch.autograd.grad(ref.float().square().mean(), [xin, *mlp.parameters()])
+    mlp.fused_gelu_train = True
+    with torch.autocast("cuda", dtype=torch.bfloat16):
+        out = mlp(xin)
+    grads = torch.autograd.grad(out.float().square().mean(), [xin, *mlp.parameters()])
+    assert _rel(out, ref) < 2e-2
+    for a, g in zip(grads, grads_ref, strict=True):
+        assert _rel(a, g) < 3e-2
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_inference_epilogue_under_autocast_runs_in_bf16():
+    from vtlab.models.layers import Mlp
+
+    mlp = Mlp(128, 512, "gelu_tanh").cuda()
+    mlp.fused_gelu = True
+    x = torch.randn(2, 10, 128, device="cuda")
+    with torch.no_grad(), torch.autocast("cuda", dtype=torch.bfloat16):
+        out = mlp(x)
+        mlp.fused_gelu = False
+        ref = mlp(x)
+    assert out.dtype == ref.dtype == torch.bfloat16 and _rel(out, ref) < 2e-2
+
+
+def test_linear_gelu_compiles_fullgraph_with_its_backward():
+    fc = torch.nn.Linear(16, 32)
+
+    def f(x: torch.Tensor) -> torch.Tensor:
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            return linear_gelu(F.layer_norm(x, (16,)), fc, "none")
+
+    x = torch.randn(4, 16, requires_grad=True)
+    torch.compile(f, backend="aot_eager", fullgraph=True)(x).float().sum().backward()
+    g, x.grad = x.grad.clone(), None
+    f(x).float().sum().backward()
+    assert torch.equal(g, x.grad)
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_patch_gemm_compiled_bf16_on_cuda_matches_conv():
+    pe = PatchEmbed(3, 768, 14).cuda().bfloat16()
+    x = torch.randn(8, 3, 384, 384, device="cuda", dtype=torch.bfloat16)
+    with torch.inference_mode():
+        ref, _ = pe.tokens(x)
+        pe.as_gemm = True
+        out, _ = torch.compile(pe.tokens, fullgraph=True)(x)
+    assert _rel(out, ref) < 1e-2
