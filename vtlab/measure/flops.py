@@ -2,9 +2,9 @@
 
 A well-kept counter beats our own tracing: `FlopCounterMode` sees every aten matmul, convolution and SDPA
 kernel (2 FLOPs per multiply-add; LayerNorm, GELU, softmax and biases are not counted, exactly like the closed
-forms). Counted FLOPs must not depend on which kernel ran, so the kernels it does not know are given the
-formula of the op they replace: the CPU flash-attention kernel (= SDPA, 4 N^2 d) and the fused fc1 + GELU
-epilogue `aten._addmm_activation` (= addmm, 2 m k n). The closed forms belong to the modules
+forms). Counted FLOPs must not depend on which kernel ran, so the kernels it does not count (or refuses) get the
+formula of the op they replace: every fused SDPA kernel, CPU flash included and grouped-query shapes too
+(= 2 b h s_q s_k (d + d_v)), and the fused fc1 + GELU epilogue `aten._addmm_activation` (= addmm, 2 m k n). The closed forms belong to the modules
 (`tower.flops_closed_form(gh, gw)`, `connector.flops_closed_form(grid)`); `stage_costs` puts both in the
 tower and connector rows, looked up by name, and the LM-side prefill of the visual tokens is a Llama-style
 decoder's closed form.
@@ -17,14 +17,17 @@ from dataclasses import dataclass
 from typing import Any
 
 import torch
-from torch.utils.flop_counter import FlopCounterMode, addmm_flop, sdpa_flop_count
+from torch.utils.flop_counter import FlopCounterMode, addmm_flop
 
 from vtlab.measure.timing import count_params
 
 
-def _cpu_sdpa_flops(query_shape, key_shape, value_shape, *args: Any, out_shape: Any = None, **kwargs: Any) -> int:
-    """The CPU flash kernel computes the same attention as SDPA: 4 N^2 d."""
-    return sdpa_flop_count(query_shape, key_shape, value_shape)
+def _sdpa_flops(query_shape, key_shape, value_shape, *args: Any, out_shape: Any = None, **kwargs: Any) -> int:
+    """Scores and values of attention, 2 b h s_q s_k (d + d_v), for any SDPA kernel, also when keys and values
+    have fewer heads than the queries (grouped-query attention, which torch's own formula refuses)."""
+    b, h, s_q, d = query_shape
+    s_k, d_v = key_shape[-2], value_shape[-1]
+    return 2 * b * h * s_q * s_k * d + 2 * b * h * s_q * s_k * d_v
 
 
 def _addmm_activation_flops(self_shape, a_shape, b_shape, *args: Any, out_shape: Any = None, **kwargs: Any) -> int:
@@ -33,8 +36,10 @@ def _addmm_activation_flops(self_shape, a_shape, b_shape, *args: Any, out_shape:
 
 
 EXTRA_FLOP_FORMULAS: dict[Any, Callable[..., int]] = {torch.ops.aten._addmm_activation: _addmm_activation_flops}
-if hasattr(torch.ops.aten, "_scaled_dot_product_flash_attention_for_cpu"):
-    EXTRA_FLOP_FORMULAS[torch.ops.aten._scaled_dot_product_flash_attention_for_cpu] = _cpu_sdpa_flops
+for _kernel in ("_scaled_dot_product_flash_attention_for_cpu", "_scaled_dot_product_flash_attention",
+                "_scaled_dot_product_efficient_attention", "_scaled_dot_product_cudnn_attention"):
+    if hasattr(torch.ops.aten, _kernel):
+        EXTRA_FLOP_FORMULAS[getattr(torch.ops.aten, _kernel)] = _sdpa_flops
 
 
 def count_flops(fn: Callable[..., Any], *args: Any) -> int:

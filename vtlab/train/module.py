@@ -21,6 +21,7 @@
 from __future__ import annotations
 
 import math
+import types
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -62,7 +63,7 @@ def compile_optimizer_step(opt: torch.optim.Optimizer, **compile_kwargs: Any) ->
     plain_step = opt.step
     compiled = torch.compile(lambda: plain_step(), **compile_kwargs)
 
-    def step(closure: Any = None) -> Any:
+    def step(self: torch.optim.Optimizer, closure: Any = None) -> Any:
         loss = None
         if closure is not None:
             with torch.enable_grad():
@@ -70,7 +71,7 @@ def compile_optimizer_step(opt: torch.optim.Optimizer, **compile_kwargs: Any) ->
         compiled()
         return loss
 
-    opt.step = step  # type: ignore[method-assign]
+    opt.step = types.MethodType(step, opt)  # bound, as LR schedulers expect of optimizer.step
     return opt
 
 
