@@ -35,3 +35,7 @@ class DataError(VtlabError):
 
 class NonFiniteLossError(VtlabError):
     """The training loss became NaN or infinite; the run stops without touching earlier checkpoints."""
+
+
+class WriteError(VtlabError):
+    """A result or checkpoint could not be written (disk full, permissions); the earlier file is kept."""

@@ -357,6 +357,9 @@ class VTLabConfig:
     data: DataConfig = field(default_factory=DataConfig)
     seed: int = 0
     out_dir: str | None = None  # where results go; None = the Hydra run directory
+    # allow a run to replace what an earlier run left in out_dir (results.json, checkpoints, another task's
+    # record); a folder held by a live run (.vtlab.lock) is refused even so (vtlab.results.rundir)
+    overwrite: bool = False
 
     def check(self, root: Any = None) -> None:
         """Every group's own checks, in order (vtlab.config.validate adds the cross-group and registry rules)."""

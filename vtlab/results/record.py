@@ -21,7 +21,8 @@ from typing import Any
 from omegaconf import DictConfig, OmegaConf
 
 from vtlab.config.schema import VTLabConfig, image_size_of
-from vtlab.errors import ConfigError
+from vtlab.errors import ConfigError, WriteError
+from vtlab.results.rundir import held_by_other
 
 RESULTS = "results.json"
 # the string fields of a record that dashboards group and filter by (W&B run summary, sweep summary)
@@ -58,15 +59,19 @@ def image_label(image_size: Any) -> str | None:
 
 
 def write_json_atomic(path: Path, payload: dict[str, Any]) -> Path:
-    """Write `payload` as JSON to `path` through a temporary file in the same folder, fsync, rename."""
-    path.parent.mkdir(parents=True, exist_ok=True)
+    """Write `payload` as JSON to `path` through a temporary file in the same folder, fsync, rename.
+
+    A failed write (disk full, read-only) is one WriteError line and leaves the earlier file as it was."""
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     try:
+        path.parent.mkdir(parents=True, exist_ok=True)
         with open(tmp, "w") as fh:
             fh.write(json.dumps(payload, indent=2, default=str) + "\n")
             fh.flush()
             os.fsync(fh.fileno())
         os.replace(tmp, path)
+    except OSError as exc:
+        raise WriteError(f"cannot write {path} ({exc.strerror or exc}); the earlier file, if any, is unchanged") from None
     finally:
         if tmp.exists():
             tmp.unlink()
@@ -114,8 +119,11 @@ class RunContext:
 
 
 def record_not_run(raw: DictConfig, out_dir: Path, model_choice: str | None, reason: str, overrides: list[str],
-                   status: str = "skipped") -> Path:
-    """results.json of a cell that did not run: `skipped` (it cannot exist) or `failed` (refused or stopped)."""
+                   status: str = "skipped") -> Path | None:
+    """results.json of a cell that did not run: `skipped` (it cannot exist) or `failed` (refused or stopped).
+
+    A refusal writes nothing over what it protects: an existing results.json, a folder held by another live
+    run or a folder that cannot be written are left alone (the reason is printed; None is returned)."""
     factor = OmegaConf.select(raw, "connector.factor", default=None)
     task = OmegaConf.select(raw, "task.name", default=None)
     image_size = OmegaConf.select(raw, "data.image_size", default=None)
@@ -130,6 +138,11 @@ def record_not_run(raw: DictConfig, out_dir: Path, model_choice: str | None, rea
         "image": image_label(image_size),
         "overrides": overrides,
     }
-    path = write_json_atomic(out_dir / RESULTS, record)
     print(f"vtlab: {status} {record['run_name']}: {reason}")
-    return path
+    if (out_dir / RESULTS).exists() or held_by_other(out_dir):
+        return None
+    try:
+        return write_json_atomic(out_dir / RESULTS, record)
+    except WriteError as exc:
+        print(f"vtlab: no record written for {record['run_name']}: {exc}", file=sys.stderr)
+        return None

@@ -34,7 +34,7 @@ def check(ctx: RunContext) -> None:
     if not ctx.cfg.task.ckpt_path:
         raise ConfigError("task=eval needs task.ckpt_path=PATH (a best-*.ckpt or last.ckpt written by task=train)")
     previous = ctx.out_dir / RESULTS
-    if previous.is_file() and _task_of(previous) != "eval":
+    if previous.is_file() and _task_of(previous) != "eval" and not ctx.cfg.overwrite:
         raise ConfigError(
             f"out_dir={ctx.out_dir} holds another task's results.json (e.g. the training run's), which task=eval "
             f"would overwrite; evaluate into another out_dir (task.ckpt_path=PATH takes the checkpoint from anywhere)"

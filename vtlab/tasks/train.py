@@ -28,8 +28,10 @@ def _saved_step(callback: Any) -> int:
 
 
 def check(ctx: RunContext) -> None:
-    """Refuse a fresh run into a directory holding an earlier run's checkpoints (it would overwrite them)."""
-    check_fresh_run(ctx.out_dir, ctx.cfg.task.ckpt_path, process_rank())
+    """Refuse a fresh run into a directory holding an earlier run's checkpoints or results.json (it would
+    overwrite them), unless overwrite=true."""
+    if not ctx.cfg.overwrite:
+        check_fresh_run(ctx.out_dir, ctx.cfg.task.ckpt_path, process_rank())
 
 
 def train(ctx: RunContext, tracker: Any) -> tuple[dict[str, Any], pl.Trainer]:
