@@ -2,7 +2,7 @@
 
 Both splits are built (and folder problems reported) by `setup()`, which the train and eval tasks call
 before the Trainer starts so that bad data fails fast with one message. The train loader shuffles with an
-(seed, epoch) sampler and drops the ragged last batch (one compiled shape); val keeps every sample.
+(seed, epoch) sampler that resumes mid-epoch and drops the ragged last batch (one compiled shape); val keeps every sample.
 """
 
 from __future__ import annotations
@@ -70,15 +70,11 @@ class VtlabDataModule(pl.LightningDataModule):
 
     def _loader(self, dataset: Dataset, batch_size: int, train: bool) -> DataLoader:
         workers = self.cfg.num_workers
-        return DataLoader(
-            dataset,
-            batch_size=batch_size,
-            sampler=EpochShuffleSampler(len(dataset), self.cfg.seed) if train else None,
-            drop_last=train,
-            num_workers=workers,
-            persistent_workers=workers > 0,
-            pin_memory=torch.cuda.is_available(),
-        )
+        common: dict[str, Any] = dict(batch_size=batch_size, drop_last=train, num_workers=workers,
+                                      persistent_workers=workers > 0, pin_memory=torch.cuda.is_available())
+        if train:  # resumable mid-epoch (vtlab.data.sampler, vtlab.train.callbacks.SamplerResume)
+            return DataLoader(dataset, sampler=EpochShuffleSampler(len(dataset), self.cfg.seed), **common)
+        return DataLoader(dataset, **common)
 
     def train_dataloader(self) -> DataLoader:
         self.setup()

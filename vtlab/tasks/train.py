@@ -17,7 +17,7 @@ from vtlab.api import build_stack
 from vtlab.models.sdpa import pinned
 from vtlab.results.record import RunContext, process_rank
 from vtlab.tasks.common import build_datamodule, classifier_facts, metric, publish
-from vtlab.train.callbacks import LastValStep, ThroughputMeter
+from vtlab.train.callbacks import LastValStep, SamplerResume, ThroughputMeter
 from vtlab.train.checkpoint import architecture, check_fresh_run, check_resume, load_checkpoint, resolve_ckpt_path
 from vtlab.train.module import OptimSettings, VisionClassifier
 from vtlab.train.trainer import build_trainer, checkpoint_callbacks, resolve_precision
@@ -50,7 +50,7 @@ def train(ctx: RunContext, tracker: Any) -> tuple[dict[str, Any], pl.Trainer]:
         lit.compile_stack()
     meter, last_val = ThroughputMeter(), LastValStep()
     ckpt_cbs = checkpoint_callbacks(ctx.out_dir / "checkpoints", t.keep_every_n_epochs)
-    trainer = build_trainer(ctx, tracker, [*ckpt_cbs, meter, last_val])
+    trainer = build_trainer(ctx, tracker, [*ckpt_cbs, meter, last_val, SamplerResume()])
     last_path = ctx.out_dir / "checkpoints" / "last.ckpt"
     with pinned(t.attention_backend):  # process-wide SDPA flags: compiled graphs, validation and ranks see them too
         start = time.perf_counter()

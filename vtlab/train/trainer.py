@@ -5,11 +5,14 @@
   the task runner: never a second run), CSVLogger (`<run dir>/csv/metrics.csv`), or none. `wandb` is only
   imported when `logger=wandb`.
 - checkpoints in `<run dir>/checkpoints/`: `best-epochE-stepS-val_accA.ckpt` (highest val_acc),
-  `last.ckpt`, and optionally `epochN.ckpt` every `task.keep_every_n_epochs` epochs.
+  `last.ckpt`, and optionally `epochN.ckpt` every `task.keep_every_n_epochs` epochs, each written by
+  `AtomicCheckpointIO` (a temporary file in the same folder, fsync, rename: a kill or a full disk mid-write
+  leaves the previous file whole; Lightning's own writer truncates the target first).
 """
 
 from __future__ import annotations
 
+import errno
 import os
 import sys
 from pathlib import Path
@@ -17,13 +20,40 @@ from typing import Any
 
 import lightning.pytorch as pl
 import torch
+from lightning.fabric.plugins.io.torch_io import TorchCheckpointIO
 from lightning.fabric.utilities.exceptions import MisconfigurationException
 from lightning.pytorch.callbacks import Callback, ModelCheckpoint
 from lightning.pytorch.loggers import CSVLogger
 
-from vtlab.errors import ConfigError
+from vtlab.errors import ConfigError, WriteError
 from vtlab.measure.timing import on_gpu
 from vtlab.results.record import RunContext, process_rank
+
+
+class AtomicCheckpointIO(TorchCheckpointIO):
+    """Lightning's CheckpointIO with an atomic write: `.<name>.<pid>.tmp` beside the target, fsync, rename."""
+
+    def save_checkpoint(self, checkpoint: dict[str, Any], path: Any, storage_options: Any | None = None) -> None:
+        target = Path(path)
+        tmp = target.with_name(f".{target.name}.{os.getpid()}.tmp")
+        try:
+            target.parent.mkdir(parents=True, exist_ok=True)
+            with open(tmp, "wb") as fh:
+                torch.save(checkpoint, fh)
+                fh.flush()
+                os.fsync(fh.fileno())
+            os.replace(tmp, target)
+            dir_fd = os.open(target.parent, os.O_RDONLY)
+            try:
+                os.fsync(dir_fd)  # the rename itself survives a power cut
+            finally:
+                os.close(dir_fd)
+        except OSError as exc:
+            full = " (disk full)" if exc.errno == errno.ENOSPC else ""
+            raise WriteError(f"cannot write checkpoint {target}{full}: {exc.strerror or exc}; the previous "
+                             f"checkpoint files are unchanged") from None
+        finally:
+            tmp.unlink(missing_ok=True)
 
 
 def resolve_precision(precision: str | None, accelerator: str) -> str:
@@ -111,6 +141,7 @@ def build_trainer(ctx: RunContext, tracker: Any, callbacks: list[Callback]) -> p
         default_root_dir=str(ctx.out_dir),
         logger=build_loggers(ctx, tracker),
         callbacks=callbacks,
+        plugins=[AtomicCheckpointIO()],
     )
     for key in ("val_check_interval", "limit_train_batches", "limit_val_batches"):
         value = getattr(t, key)
