@@ -207,3 +207,24 @@ def test_checkpoint_config_json_of_the_wrong_type_is_one_error(exported, edit: s
     path.write_text(json.dumps(scope["c"]))
     with pytest.raises(CheckpointError, match=needle):
         config("hf", [f"model.weights={folder}"])
+
+
+# ---------------------------------------------------------------------------------------------- sizes
+
+
+@pytest.mark.parametrize("override", ["model.input_size=100000", "task.batch_size=1000000000",
+                                      "model.num_layers=1000000"])
+def test_sizes_that_cannot_fit_are_refused_with_the_estimate(override: str) -> None:
+    with pytest.raises(ConfigError, match=r"cannot fit: it needs at least [\d.]+ GiB .* but the cpu device has [\d.]+ GiB"):
+        config("smolvlm_debug", ["task.device=cpu", override])
+
+
+def test_memory_estimate_leaves_real_presets_alone() -> None:
+    from vtlab.config.validate import device_memory, memory_estimate
+
+    cfg = config("llavanext", ["task.device=cpu"])
+    assert 0 < sum(memory_estimate(cfg).values()) < device_memory(torch.device("cpu"))
+
+
+def test_size_that_cannot_fit_from_the_cli_is_one_line() -> None:
+    assert "cannot fit" in _one_line(cli(["+model=smolvlm_debug", "logger=none", "model.num_layers=1000000"]))

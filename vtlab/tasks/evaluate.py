@@ -47,7 +47,7 @@ def evaluate(ctx: RunContext, tracker: Any) -> tuple[dict[str, Any], pl.Trainer]
     ckpt = load_checkpoint(path)
     pl.seed_everything(cfg.seed, workers=True, verbose=False)
     stack = build_stack(cfg, load_weights=False)
-    dm = build_datamodule(ctx, stack, t.batch_size)
+    dm = build_datamodule(ctx, stack, t.batch_size, train=False)  # eval reads only the val split
     check_architecture(ckpt, architecture(cfg, dm.num_classes), path)
     freeze = ckpt.get("vtlab_train", {}).get("freeze", "none")
     lit = VisionClassifier(stack, dm.num_classes, head=ckpt["vtlab_arch"].get("head", "attention_pool"), freeze=freeze)
