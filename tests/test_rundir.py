@@ -132,7 +132,7 @@ def test_refused_cell_record_writes_nothing_over_what_it_protects(tmp_path: Path
 def test_train_into_a_folder_holding_a_profile_result_is_refused(tmp_path: Path) -> None:
     write_json_atomic(tmp_path / "results.json", {"task": "profile", "status": "ok"})
     before = (tmp_path / "results.json").read_text()
-    with pytest.raises(ConfigError, match="task=profile run"):
+    with pytest.raises(ConfigError, match=r"another task.s results.json \(task=profile\)"):
         run_task(make_ctx(tmp_path, TINY))
     assert (tmp_path / "results.json").read_text() == before
     assert not (tmp_path / LOCK).exists()  # the refusal released the folder
@@ -147,6 +147,8 @@ def test_overwrite_true_allows_replacing_another_tasks_record(tmp_path: Path) ->
 
 def test_csv_logger_into_a_sweep_dir_does_not_replace_its_summary(tmp_path: Path) -> None:
     (tmp_path / "summary.csv").write_text("model,factor\nsiglip_debug,1\n")
+    (tmp_path / "summary.md").write_text("# vtlab sweep\n")
+    (tmp_path / "multirun.yaml").write_text("hydra: {}\n")
     proc = cli([*PROFILE, "logger=csv", f"out_dir={tmp_path}"])
     assert "holds a -m sweep" in _error_line(proc)
     assert (tmp_path / "summary.csv").read_text() == "model,factor\nsiglip_debug,1\n"

@@ -23,7 +23,9 @@ from vtlab.errors import ConfigError
 
 LOCK = ".vtlab.lock"
 RESULTS = "results.json"
-SWEEP_MARKERS = ("multirun.yaml", "summary.csv", "summary.md")  # what a -m sweep folder holds
+# what only a -m sweep folder holds (Hydra's multirun.yaml, the sweep's summary.md; a csv-logged run has its
+# own summary.csv, so that one is no marker)
+SWEEP_MARKERS = ("multirun.yaml", "summary.md")
 
 
 def check_out_dir(out_dir: Path) -> Path:
@@ -158,5 +160,5 @@ def check_foreign(out_dir: Path, task: str, overwrite: bool) -> None:
                           f"files. Choose another out_dir (or overwrite=true to allow it)")
     previous = results_task(out_dir)
     if (out_dir / RESULTS).is_file() and previous != task:
-        raise ConfigError(f"out_dir={out_dir} holds the results.json of a task={previous} run, which this task={task} "
-                          f"run would overwrite; choose another out_dir (or overwrite=true to replace it)")
+        raise ConfigError(f"out_dir={out_dir} holds another task's results.json (task={previous}), which this "
+                          f"task={task} run would overwrite; choose another out_dir (or overwrite=true to replace it)")
