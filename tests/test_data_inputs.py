@@ -6,12 +6,11 @@ from __future__ import annotations
 import shutil
 from pathlib import Path
 
-import numpy as np
 import pytest
 from PIL import Image
-
 from test_data import _Cfg, write_folder
-from train_helpers import ONE_THREAD, TINY, cli, run_inproc
+from train_helpers import TINY, cli, run_inproc
+
 from vtlab.data import VtlabDataModule
 from vtlab.data.folders import image_folder
 from vtlab.errors import ConfigError, DataError

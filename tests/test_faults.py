@@ -20,9 +20,9 @@ from typing import Any
 import pytest
 import torch
 from lightning.pytorch.callbacks import Callback
+from train_helpers import ONE_THREAD, REPO, TINY, run_inproc
 
 import vtlab.tasks.train as train_task
-from train_helpers import ONE_THREAD, REPO, TINY, run_inproc
 from vtlab.errors import WriteError
 from vtlab.results.rundir import LOCK
 

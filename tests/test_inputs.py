@@ -11,8 +11,8 @@ from pathlib import Path
 import pytest
 import torch
 from safetensors.torch import load_file, save_file
-
 from train_helpers import cli
+
 from vtlab.api import build_stack, config
 from vtlab.checkpoints import export_hf
 from vtlab.checkpoints.loader import load_weights

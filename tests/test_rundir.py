@@ -10,8 +10,8 @@ import sys
 from pathlib import Path
 
 import pytest
-
 from train_helpers import ONE_THREAD, REPO, TINY, cli, make_ctx
+
 from vtlab.errors import CheckpointError, ConfigError
 from vtlab.results.record import record_not_run, write_json_atomic
 from vtlab.results.rundir import LOCK, acquire, check_foreign, check_out_dir, claimed, held_by_other, release

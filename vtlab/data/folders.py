@@ -12,7 +12,6 @@ from __future__ import annotations
 import os
 from collections.abc import Callable
 from pathlib import Path
-
 from typing import Any
 
 from PIL import Image, UnidentifiedImageError

@@ -102,7 +102,7 @@ def acquire(out_dir: Path) -> Path:
                 continue
             if read_lock(aside) != holder:  # another run retook the lock between our read and move: give it back
                 os.replace(aside, lock)
-                raise ConfigError(_held_message(out_dir, read_lock(lock)))
+                raise ConfigError(_held_message(out_dir, read_lock(lock))) from None
             aside.unlink()
             continue
         except OSError as exc:
