@@ -36,7 +36,7 @@ def test_compiled_optimizer_step_equals_plain_step():
     opt = compile_optimizer_step(torch.optim.AdamW(groups(new), foreach=True), backend="aot_eager")
     for step in range(3):
         for ps, o in ((ref, opt_ref), (new, opt)):
-            def closure(ps=ps):
+            def closure(ps=ps, step=step):
                 loss = sum((p**2).sum() for p in ps) * (step + 1)
                 loss.backward()
                 return loss

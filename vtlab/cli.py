@@ -3,7 +3,9 @@
 Validation runs before anything is built. A bad value prints one message naming the key, the value and
 what is valid, and exits with status 2, without a traceback. Inside a `-m` sweep, a cell that cannot
 exist (a factor that does not divide the grid) is recorded as skipped and the sweep goes on; a cell refused
-or stopped by any other vtlab error is recorded as failed, the sweep goes on, and the command exits with 2.
+or stopped by any other error (a vtlab one, or a bug) is recorded as failed, the sweep goes on, and the
+command exits with 2. Ctrl-C in a sweep still writes the summary and plots of the finished cells. `-m` with
+a fixed `out_dir` is refused (use hydra.sweep.dir: each cell gets its own sub-folder).
 """
 
 from __future__ import annotations
@@ -23,6 +25,7 @@ from vtlab.config.presets import config_dir, group_options, model_names
 from vtlab.config.schema import register_configs
 from vtlab.errors import ConfigError, InvalidCellError, VtlabError
 from vtlab.results.record import RunContext, record_not_run
+from vtlab.results.sweep import write_summary
 from vtlab.tasks import run_task
 
 register_configs()
@@ -44,6 +47,9 @@ def _app(raw: DictConfig) -> None:
     out_dir = Path(raw.get("out_dir") or hc.runtime.output_dir)
     if model_choice is None:
         _fail(f"no model given: add +model=NAME, one of {model_names()} (e.g. python -m vtlab +model=smolvlm)")
+    if is_sweep and raw.get("out_dir"):  # every cell would write into one folder, over each other
+        _fail(f"out_dir={raw.out_dir} names one run's folder, but -m runs several cells; set hydra.sweep.dir="
+              f"{raw.out_dir} instead (each cell then gets its own sub-folder and the sweep its summary)")
     overrides = list(hc.overrides.task)
     def not_run(exc: Exception, status: str) -> None:
         """Outside a sweep: the one-line error. Inside: record the cell (the sweep goes on, its summary shows it)."""
@@ -75,6 +81,17 @@ def _app(raw: DictConfig) -> None:
         run_task(ctx)
     except VtlabError as exc:
         not_run(exc, "failed")
+    except (KeyboardInterrupt, SystemExit) as exc:  # Ctrl-C (Lightning turns it into SystemExit)
+        if not is_sweep or (isinstance(exc, SystemExit) and exc.code in (0, None)):
+            raise
+        record_not_run(raw, out_dir, model_choice, "interrupted (Ctrl-C)", overrides, status="failed")
+        summary = write_summary(Path(hc.sweep.dir))  # the finished cells keep their table and plots
+        print(f"vtlab: sweep interrupted; summary of the finished cells: {summary['markdown']}", file=sys.stderr)
+        raise KeyboardInterrupt from None
+    except Exception as exc:  # noqa: BLE001 - a bug in one sweep cell must not end the sweep
+        if not is_sweep:
+            raise
+        not_run(RuntimeError(f"{type(exc).__name__}: {exc}"[:2000]), "failed")
 
 
 GROUPS = ("model", "connector", "text", "task", "logger", "trainer", "data")

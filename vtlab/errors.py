@@ -32,6 +32,18 @@ class ArchitectureMismatchError(ConfigError):
 class DataError(VtlabError):
     """The data on disk cannot be used as is (unreadable image, ...)."""
 
+    def __init__(self, message: str = "") -> None:
+        # re-raised in the main process by a DataLoader worker (torch's ExceptionWrapper): its message is
+        # "Caught DataError in DataLoader worker process N. Original Traceback ... DataError: <ours>"; keep ours
+        if "Original Traceback" in message:
+            last = message.rstrip().splitlines()[-1]
+            message = last.split("DataError: ", 1)[1] if "DataError: " in last else last
+        super().__init__(message)
+
 
 class NonFiniteLossError(VtlabError):
     """The training loss became NaN or infinite; the run stops without touching earlier checkpoints."""
+
+
+class WriteError(VtlabError):
+    """A result or checkpoint could not be written (disk full, permissions); the earlier file is kept."""

@@ -10,14 +10,14 @@ config.json records the exact connector and text settings, so `load(export(x))` 
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any
 
 import torch
 from omegaconf import DictConfig
-from safetensors.torch import save_file
+from safetensors.torch import save
 
+from vtlab.atomic import atomic_write, write_json_atomic
 from vtlab.checkpoints.layouts import to_hf
 from vtlab.errors import CheckpointError
 from vtlab.families import get_family
@@ -44,17 +44,29 @@ def hf_config(cfg: Any, stack: torch.nn.Module) -> dict[str, Any]:
     return conf
 
 
-def export_hf(stack: torch.nn.Module, cfg: Any, out_dir: str | Path) -> Path:
+EXPORT_FILES = ("model.safetensors", "config.json")
+
+
+def export_hf(stack: torch.nn.Module, cfg: Any, out_dir: str | Path, overwrite: bool = False) -> Path:
     """Write `stack` to `out_dir` as `model.safetensors` + `config.json` in Hugging Face layout; returns the dir.
-    `cfg` is the typed VTLabConfig the stack was built from (`vtlab.config(...)` / `vtlab.to_config(...)`)."""
+
+    A folder that already holds a checkpoint (either file, or any *.safetensors / *.bin / *.ckpt) is refused
+    unless `overwrite=True`."""
+    out = Path(out_dir)
+    held = sorted(p.name for p in out.glob("*") if p.name in EXPORT_FILES or p.suffix in (".safetensors", ".bin", ".ckpt", ".pt", ".pth")) if out.is_dir() else []
+    if held and not overwrite:
+        raise CheckpointError(f"export: {out} already holds a checkpoint ({', '.join(held[:3])}); export into another "
+                              f"folder, or pass overwrite=True to replace it")
+    if out.exists() and not out.is_dir():
+        raise CheckpointError(f"export: {out} is a file, not a folder")
     if isinstance(cfg, DictConfig | dict) or not hasattr(cfg, "model"):
         raise CheckpointError("export: pass the VTLabConfig the stack was built from (vtlab.config(...) or "
                               "vtlab.to_config(...))")
     conf = hf_config(cfg, stack)
     state = {k: v.detach().cpu() for k, v in stack.state_dict().items()}
     tensors = {k: v.clone() for k, v in to_hf(state, cfg.model.family, cfg).items()}
-    out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    save_file(tensors, str(out / "model.safetensors"), metadata={"format": "pt"})
-    (out / "config.json").write_text(json.dumps(conf, indent=2) + "\n")
+    data = save(tensors, metadata={"format": "pt"})
+    atomic_write(out / "model.safetensors", lambda fh: fh.write(data), "checkpoint")
+    write_json_atomic(out / "config.json", conf)
     return out

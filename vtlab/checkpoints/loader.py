@@ -2,7 +2,8 @@
 
 Mirrors `transformers`' `from_pretrained(strict)` checks, done up front: the whole native state dict is built
 and compared with the stack (missing keys, unexpected keys, shapes) before a single tensor is copied, and only
-then `load_state_dict(strict=True)` runs, so a failed load leaves the model exactly as it was.
+then `load_state_dict(strict=True)` runs, so a failed load leaves the model exactly as it was. Values are checked
+too: only floating tensors go into floating parameters, and NaN/inf values are refused.
 
 Policies (documented in README "Real weights"):
 - a MAP head in the checkpoint is skipped when the stack was built without one (`model.use_head=false`: the
@@ -41,6 +42,19 @@ def _ckpt_names(native: str, layout: Layout) -> str:
         names = [layout.prefix + n[len(hub):] if n.startswith(hub) else n for n in names]
         return " / ".join(names)
     return native
+
+
+def check_values(tensors: dict[str, torch.Tensor], expected: dict[str, torch.Tensor], where: str) -> None:
+    """Only floating tensors are cast into floating parameters (an int8, bool or complex tensor would be cast
+    silently: quantised or foreign data), and every value must be finite (NaN/inf would propagate everywhere)."""
+    wrong = [f"{k} ({v.dtype})" for k, v in tensors.items()
+             if expected[k].is_floating_point() and not v.is_floating_point()]
+    if wrong:
+        raise CheckpointError(f"{where}: tensors of a non-floating dtype for floating parameters: {_listed(wrong)}; "
+                              f"vtlab casts only between floating dtypes (dequantise the checkpoint first). Nothing was loaded.")
+    bad = [k for k, v in tensors.items() if v.is_floating_point() and not bool(torch.isfinite(v).all())]
+    if bad:
+        raise CheckpointError(f"{where}: NaN or infinite values in {_listed(bad)}; refused. Nothing was loaded.")
 
 
 def inspect(path: str) -> tuple[Source, Layout, dict[str, tuple[int, ...]]]:
@@ -111,6 +125,7 @@ def load_weights(stack: torch.nn.Module, path: str, cfg: Any = None) -> dict[str
         raise CheckpointError(f"{where} does not fit model '{getattr(getattr(cfg, 'model', None), 'name', '?')}': "
                               + "; ".join(problems) + "." + hint + " Nothing was loaded.")
 
+    check_values(tensors, expected, where)
     stack.load_state_dict(tensors, strict=True)
     if newline is not None:  # a checkpoint's image_newline for a stack built without one (no anyres tiling)
         param = next(stack.parameters(), None)

@@ -12,6 +12,8 @@ from __future__ import annotations
 import json
 import os
 import pickle
+import re
+import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -40,9 +42,13 @@ class Source:
         if self.config_path is None:
             return None
         try:
-            return json.loads(self.config_path.read_text())
+            data = json.loads(self.config_path.read_text())
         except (OSError, json.JSONDecodeError) as exc:
             raise CheckpointError(f"checkpoint {self.spec}: cannot read {self.config_path}: {exc}") from None
+        if not isinstance(data, dict):
+            raise CheckpointError(f"checkpoint {self.spec}: {self.config_path} holds a {type(data).__name__}, not a "
+                                  f"JSON object of config fields")
+        return data
 
 
 # ---------------------------------------------------------------------------------------------- resolving
@@ -57,15 +63,33 @@ def hf_cache_dir() -> Path:
     return Path("~/.cache/huggingface/hub").expanduser()
 
 
+HF_REPO = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*/[A-Za-z0-9][A-Za-z0-9._-]*")  # the hub's own name rule
+HF_REVISION = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*(/[A-Za-z0-9][A-Za-z0-9._-]*)*")  # a branch, tag or commit
+
+
+def _inside(path: Path, root: Path) -> bool:
+    """True when `path` (symlinks resolved) lies inside `root`."""
+    try:
+        path.resolve().relative_to(root.resolve())
+    except ValueError:
+        return False
+    return True
+
+
 def resolve_hf_id(spec: str) -> Path:
-    """`hf://org/name[@revision]` -> the snapshot folder in the local cache (never downloads)."""
+    """`hf://org/name[@revision]` -> the snapshot folder in the local cache (never downloads).
+
+    The repo, the revision and the commit a `refs/<rev>` file names must be plain names (no `..`, no
+    absolute path), and the snapshot must lie inside the cache, so a crafted id or ref cannot escape it."""
     repo, _, revision = spec[len("hf://") :].partition("@")
     revision = revision or "main"
     cache = hf_cache_dir()
+    if not HF_REPO.fullmatch(repo) or ".." in repo:
+        raise CheckpointError(f"model.weights={spec}: expected hf://ORG/NAME[@REVISION] (letters, digits, . _ -)")
+    if not HF_REVISION.fullmatch(revision) or ".." in revision.split("/"):
+        raise CheckpointError(f"model.weights={spec}: revision '{revision}' is not a branch, tag or commit name")
     repo_dir = cache / ("models--" + repo.replace("/", "--"))
     where = f"looked in {repo_dir} (cache root {cache}, from $HF_HUB_CACHE / $HF_HOME / ~/.cache/huggingface/hub)"
-    if not repo or repo.count("/") != 1:
-        raise CheckpointError(f"model.weights={spec}: expected hf://ORG/NAME[@REVISION]")
     if not repo_dir.is_dir():
         raise CheckpointError(
             f"model.weights={spec}: '{repo}' is not in the local Hugging Face cache ({where}). "
@@ -75,7 +99,10 @@ def resolve_hf_id(spec: str) -> Path:
     snapshots = repo_dir / "snapshots"
     ref = repo_dir / "refs" / revision
     if ref.is_file():
-        snap = snapshots / ref.read_text().strip()
+        commit = ref.read_text().strip()
+        if not re.fullmatch(r"[0-9a-fA-F]{7,64}", commit):
+            raise CheckpointError(f"model.weights={spec}: {ref} should hold a commit hash, holds {commit[:80]!r}")
+        snap = snapshots / commit
     elif (snapshots / revision).is_dir():
         snap = snapshots / revision
     else:
@@ -89,6 +116,8 @@ def resolve_hf_id(spec: str) -> Path:
             )
     if not snap.is_dir():
         raise CheckpointError(f"model.weights={spec}: snapshot folder {snap} is missing ({where})")
+    if not _inside(snap, cache):
+        raise CheckpointError(f"model.weights={spec}: snapshot {snap} resolves outside the cache {cache}; refused")
     return snap
 
 
@@ -99,7 +128,15 @@ def _folder_files(folder: Path, spec: str) -> tuple[list[Path], str, list[str]]:
             weight_map = json.loads(index.read_text())["weight_map"]
         except (OSError, json.JSONDecodeError, KeyError, TypeError) as exc:
             raise CheckpointError(f"checkpoint {spec}: shard index {index} is unreadable or has no weight_map ({exc})") from None
+        if not isinstance(weight_map, dict) or not all(isinstance(k, str) and isinstance(v, str)
+                                                       for k, v in weight_map.items()):
+            raise CheckpointError(f"checkpoint {spec}: {index}: weight_map must map tensor names to shard file names "
+                                  f"(strings), found {type(weight_map).__name__}")
         names = sorted(set(weight_map.values()))
+        outside = [n for n in names if Path(n).is_absolute() or ".." in Path(n).parts or not _inside(folder / n, folder)]
+        if outside:
+            raise CheckpointError(f"checkpoint {spec}: {index} names shard files outside its folder ({outside[:3]}); "
+                                  f"refused")
         missing = [n for n in names if not (folder / n).is_file()]
         if missing:
             raise CheckpointError(
@@ -174,14 +211,40 @@ def _unwrap(obj: object, spec: str) -> dict[str, torch.Tensor]:
     )
 
 
+MAX_INFLATION = 4  # a torch zip stores tensors uncompressed: declared sizes beyond 4x the file are a bomb
+
+
+def check_declared_size(path: Path, spec: str) -> None:
+    """Refuse a torch zip whose entries declare more bytes than MAX_INFLATION x its size on disk (a compressed
+    bomb), before torch allocates them."""
+    if not zipfile.is_zipfile(path):
+        return
+    try:
+        with zipfile.ZipFile(path) as zf:
+            declared = sum(info.file_size for info in zf.infolist())
+    except (zipfile.BadZipFile, OSError, ValueError) as exc:
+        raise CheckpointError(f"checkpoint {spec}: {path} cannot be read: it is truncated or corrupt ({exc})") from None
+    size = path.stat().st_size
+    if declared > MAX_INFLATION * size + (1 << 20):
+        raise CheckpointError(f"checkpoint {spec}: refused to load {path}: its entries declare {declared / 2**20:.0f} MiB "
+                              f"uncompressed in a {size / 2**20:.1f} MiB file (torch writes tensors uncompressed: "
+                              f"a decompression bomb or a corrupt file)")
+
+
+def _refused_global(exc: Exception) -> str:
+    """The `GLOBAL module.name` torch's unpickler refused, without its advice to set weights_only=False."""
+    found = re.search(r"GLOBAL ([\w.]+)", str(exc)) or re.search(r"Unsupported global: ([\w.]+)", str(exc))
+    return f"GLOBAL {found.group(1)}" if found else type(exc).__name__
+
+
 def torch_load(path: Path, spec: str) -> Any:
     """`torch.load(weights_only=True)` on CPU: tensors and plain data only; a pickle that would run code, or a
     corrupt file, is a CheckpointError naming the file."""
+    check_declared_size(path, spec)
     try:
         obj = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as exc:
-        lines = [ln.strip() for ln in str(exc).splitlines() if "GLOBAL" in ln or "Unsupported" in ln]
-        first = lines[0] if lines else type(exc).__name__
+        first = _refused_global(exc)
         raise CheckpointError(
             f"checkpoint {spec}: refused to load {path}: it cannot be read safely, it contains pickled Python "
             f"objects that are not tensors or plain data ({first}). vtlab never unpickles code: it reads safetensors "
@@ -225,9 +288,14 @@ def read_tensors(source: Source, keep=None) -> dict[str, torch.Tensor]:
         tensors = _torch_load(source.files[0], source.spec)
         return {k: v for k, v in tensors.items() if keep is None or keep(k)}
     out: dict[str, torch.Tensor] = {}
+    owner: dict[str, Path] = {}
     for path in source.files:
         with _safetensors_open(path, source.spec) as f:
             for k in f.keys():
+                if k in owner:  # two shards hold one tensor: which copy is current cannot be told
+                    raise CheckpointError(f"checkpoint {source.spec}: tensor '{k}' is in two shards, {owner[k].name} "
+                                          f"and {path.name}; refused (a stale shard left beside the new ones?)")
+                owner[k] = path
                 if keep is None or keep(k):
                     try:
                         out[k] = f.get_tensor(k)

@@ -29,6 +29,26 @@ def compose_config(model: str | None, overrides: Sequence[str] = ()) -> DictConf
         return compose_raw(args)
     except (HydraException, OmegaConfBaseException) as exc:
         raise ConfigError(composition_message(exc)) from None
+    except ValueError as exc:  # Hydra: "Config group override must be a string or a list. Got NoneType"
+        raise ConfigError(f"cannot compose {' '.join(args)}: {exc} (a config group such as connector=... cannot be "
+                          f"null: pick one of its options)") from None
+
+
+def check_known_keys(node: DictConfig, schema: type = VTLabConfig, prefix: str = "") -> None:
+    """Refuse a key no schema has (`+task.batchsize=8`, `++data.sed=1`): `+`/`++` overrides add keys to the
+    composed tree that OmegaConf.to_object would drop silently."""
+    names = {f.name: f for f in dataclasses.fields(schema)}
+    for key in node.keys():
+        if str(key) == "hydra" and not prefix:
+            continue
+        if key not in names:
+            where = f" of {prefix.rstrip('.')}" if prefix else ""
+            raise ConfigError(f"{prefix}{key} is not a known key; valid keys{where}: {', '.join(sorted(names))}")
+        child = node._get_node(key)
+        if isinstance(child, DictConfig) and not child._is_none() and not child._is_missing():
+            child_type = OmegaConf.get_type(child)
+            if dataclasses.is_dataclass(child_type):
+                check_known_keys(child, child_type, f"{prefix}{key}.")
 
 
 def composition_message(exc: BaseException) -> str:
@@ -58,6 +78,7 @@ def composition_message(exc: BaseException) -> str:
 def to_config(cfg: DictConfig | VTLabConfig) -> VTLabConfig:
     """Resolve interpolations, apply checkpoint-derived architecture, validate, return the typed object."""
     if isinstance(cfg, DictConfig):
+        check_known_keys(cfg)
         cfg = apply_checkpoint_architecture(cfg)
         try:
             obj = OmegaConf.to_object(cfg)

@@ -13,10 +13,11 @@ from __future__ import annotations
 from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
+from omegaconf.errors import OmegaConfBaseException
 
 from vtlab.checkpoints.arch import checkpoint_arch
 from vtlab.config.presets import compose_raw, model_names
-from vtlab.errors import ConfigError
+from vtlab.errors import CheckpointError, ConfigError
 from vtlab.families import TOWER_ONLY_FAMILY, get_family
 
 HF_PRESET = "hf"
@@ -159,10 +160,18 @@ def apply_checkpoint_architecture(cfg: DictConfig) -> DictConfig:
             raise ConfigError("+model=hf takes the whole architecture from a checkpoint: add model.weights=PATH "
                               "(a safetensors file, a folder, hf://org/name from the local cache, or a timm/vtlab file)")
         return cfg
-    arch = checkpoint_arch(str(path))
-    if is_hf:
-        _fill_hf(cfg, arch, str(path))
-        return cfg
+    try:
+        arch = checkpoint_arch(str(path))
+        if is_hf:
+            _fill_hf(cfg, arch, str(path))
+            return cfg
+    except (ValueError, TypeError, AttributeError, KeyError, OmegaConfBaseException) as exc:
+        if isinstance(exc, ConfigError):
+            raise
+        reason = " ".join(str(exc).split("\n")[0].split())
+        key = getattr(exc, "full_key", None)
+        raise CheckpointError(f"model.weights={path}: its config.json has a field of the wrong type or value"
+                              f"{f' ({key})' if key else ''}: {reason}; fix or remove config.json") from None
     carried = _take_carried(cfg, arch)
     have = {f"model.{k}": _value(model.get(k)) for k in model if not OmegaConf.is_missing(model, k)}
     have.update({f"connector.{k}": _value(v) for k, v in cfg.connector.items()})

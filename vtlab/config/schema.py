@@ -395,6 +395,9 @@ class LoggerConfig:
     tags: list[str] = field(default_factory=list)
 
 
+ACCELERATORS = ("auto", "cpu", "gpu", "cuda", "mps")  # what vtlab runs on (Lightning's TPU/HPU/XLA are not supported)
+
+
 @dataclass
 class TrainerConfig:
     accelerator: str = "auto"
@@ -413,6 +416,24 @@ class TrainerConfig:
     limit_train_batches: Any = None
     limit_val_batches: Any = None
     enable_progress_bar: bool = True
+
+    def check(self, root: Any) -> None:
+        """What Lightning would refuse only once the Trainer is built (or accept and misbehave on)."""
+        if self.accelerator not in ACCELERATORS:
+            raise ConfigError(f"trainer.accelerator={self.accelerator} is unknown; valid: {', '.join(ACCELERATORS)}")
+        _positive(self, "trainer", ("num_nodes", "log_every_n_steps"))
+        if self.max_epochs < -1 or self.max_steps < -1:
+            raise ConfigError(f"trainer.max_epochs={self.max_epochs} / trainer.max_steps={self.max_steps} must be "
+                              f">= -1 (-1: no limit)")
+        for key in ("val_check_interval", "limit_train_batches", "limit_val_batches"):
+            value = getattr(self, key)
+            if value is None:
+                continue
+            ok = (isinstance(value, int) and not isinstance(value, bool) and value >= (1 if key == "val_check_interval" else 0)) \
+                or (isinstance(value, float) and 0.0 < value <= 1.0)
+            if not ok:
+                raise ConfigError(f"trainer.{key}={value} must be an int >= {1 if key == 'val_check_interval' else 0} "
+                                  f"(batches) or a float in (0, 1] (a share of the epoch), or null")
 
 
 @dataclass
@@ -461,6 +482,9 @@ class VTLabConfig:
     data: DataConfig = field(default_factory=DataConfig)
     seed: int = 0
     out_dir: str | None = None  # where results go; None = the Hydra run directory
+    # allow a run to replace what an earlier run left in out_dir (results.json, checkpoints, another task's
+    # record); a folder held by a live run (.vtlab.lock) is refused even so (vtlab.results.rundir)
+    overwrite: bool = False
 
     def check(self, root: Any = None) -> None:
         """Every group's own checks, in order (vtlab.config.validate adds the cross-group and registry rules)."""
@@ -470,6 +494,7 @@ class VTLabConfig:
             raise ConfigError(f"text_hidden={self.text_hidden} must be a positive integer (e.g. 576, 960, 2048, 4096)")
         self.text.check(self)
         self.task.check(self)
+        self.trainer.check(self)
         self.data.check(self)
         for key, value in (("seed", self.seed), ("data.seed", self.data.seed)):
             if not 0 <= value < 2**32:

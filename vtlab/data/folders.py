@@ -1,14 +1,18 @@
 """Real data from image folders: `<root>/train/<class>/*.png` and `<root>/val/<class>/*.png` (torchvision ImageFolder).
 
 Problems are reported before training starts, in one message each: a missing root or split folder, a split
-without class folders or without images, train and val with different classes. An image that cannot be
-decoded raises `DataError` naming the file (instead of a PIL traceback from inside a DataLoader worker).
+without class folders, a class folder without images, train and val with different classes. An image that
+cannot be decoded (or a decompression bomb, PIL's DecompressionBombError) raises `DataError` naming the file.
+Files are listed by `image_files`, which follows a symlinked folder once only (torchvision's os.walk with
+followlinks=True goes round a symlink loop until the path is too long, multiplying the images).
 """
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 from PIL import Image, UnidentifiedImageError
 from torchvision.datasets import ImageFolder
@@ -25,8 +29,36 @@ def load_rgb(path: str) -> Image.Image:
             img = Image.open(fh)
             img.load()  # decode now (errors surface here); the family's preprocessor converts the mode
             return img
-    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as exc:
+    except (UnidentifiedImageError, Image.DecompressionBombError, OSError, SyntaxError, ValueError) as exc:
         raise DataError(f"cannot read image {path}: {exc.__class__.__name__}: {exc}; remove or replace the file") from None
+
+
+def image_files(folder: Path) -> list[str]:
+    """Image paths under `folder`, sorted; every real folder is visited once (symlink loops and a link to a
+    folder already seen add nothing)."""
+    exts = tuple(IMG_EXTENSIONS)
+    seen: set[str] = set()
+    found: list[str] = []
+    for here, dirs, files in os.walk(folder, followlinks=True):
+        real = os.path.realpath(here)
+        if real in seen:
+            dirs[:] = []
+            continue
+        seen.add(real)
+        dirs.sort()
+        found += [os.path.join(here, f) for f in sorted(files) if f.lower().endswith(exts)]
+    return sorted(found)
+
+
+class ImageFolderOnce(ImageFolder):
+    """torchvision's ImageFolder with its file listing from `image_files`."""
+
+    @staticmethod
+    def make_dataset(directory: str, class_to_idx: dict[str, int] | None = None, extensions: Any = None,
+                     is_valid_file: Any = None, allow_empty: bool = False) -> list[tuple[str, int]]:
+        assert class_to_idx is not None
+        return [(path, idx) for cls, idx in sorted(class_to_idx.items(), key=lambda kv: kv[1])
+                for path in image_files(Path(directory) / cls)]
 
 
 def check_split_folder(root: Path, split: str) -> Path:
@@ -42,10 +74,14 @@ def check_split_folder(root: Path, split: str) -> Path:
     if not classes:
         raise ConfigError(f"{folder} is empty: it needs one sub-folder per class with images inside")
     exts = tuple(IMG_EXTENSIONS)
-    if not any(f.suffix.lower() in exts for c in classes for f in (folder / c).rglob("*") if f.is_file()):
+    empty = [c for c in classes if not image_files(folder / c)]
+    if len(empty) == len(classes):
         raise ConfigError(
             f"{folder} has class folders {classes[:10]} but no images in them (extensions: {', '.join(exts)})"
         )
+    if empty:  # an empty class would still count as a class (a head output that can never be right)
+        raise ConfigError(f"{folder}: class folder(s) {empty[:10]} hold no images; remove them or add images "
+                          f"(extensions: {', '.join(exts)})")
     return folder
 
 
@@ -60,7 +96,7 @@ def image_folder(root: str | None, split: str, transform: Callable | None = None
         raise ConfigError(f"data.root={root} is not a folder")
     folder = check_split_folder(base, split)
     try:
-        return ImageFolder(str(folder), transform=transform, loader=load_rgb, allow_empty=True)
+        return ImageFolderOnce(str(folder), transform=transform, loader=load_rgb, allow_empty=True)
     except (FileNotFoundError, OSError) as exc:
         raise ConfigError(f"cannot index {folder}: {exc}") from None
 

@@ -2,7 +2,7 @@
 
 Both splits are built (and folder problems reported) by `setup()`, which the train and eval tasks call
 before the Trainer starts so that bad data fails fast with one message. The train loader shuffles with an
-(seed, epoch) sampler and drops the ragged last batch (one compiled shape); val keeps every sample.
+(seed, epoch) sampler that resumes mid-epoch and drops the ragged last batch (one compiled shape); val keeps every sample.
 """
 
 from __future__ import annotations
@@ -23,8 +23,9 @@ from vtlab.errors import ConfigError
 
 class VtlabDataModule(pl.LightningDataModule):
     def __init__(self, data_cfg: Any, input_size: int, batch_size: int, eval_batch_size: int | None = None,
-                 transform: Callable[[Any], torch.Tensor] | None = None) -> None:
+                 transform: Callable[[Any], torch.Tensor] | None = None, train: bool = True) -> None:
         super().__init__()
+        self.need_train = train  # False for task=eval: only the val split is read (a val-only folder is enough)
         self.cfg = data_cfg
         self.transform = transform or siglip_transform(input_size)
         self.input_size = input_size
@@ -39,7 +40,7 @@ class VtlabDataModule(pl.LightningDataModule):
         return len(self.classes)
 
     def setup(self, stage: str | None = None) -> None:
-        if self.train_set is not None:
+        if self.val_set is not None:
             return
         kind = getattr(self.cfg.kind, "value", self.cfg.kind)
         transform = self.transform
@@ -52,17 +53,20 @@ class VtlabDataModule(pl.LightningDataModule):
                 task=self.cfg.task,
                 glyphs_per_class=self.cfg.glyphs_per_class,
             )
-            self.train_set = GlyphCount(spec, self.cfg.train_size, "train", self.cfg.seed, transform)
+            if self.need_train:
+                self.train_set = GlyphCount(spec, self.cfg.train_size, "train", self.cfg.seed, transform)
             self.val_set = GlyphCount(spec, self.cfg.val_size, "val", self.cfg.seed, transform)
-            self.classes = self.train_set.classes
+            self.classes = self.val_set.classes
         elif kind == "folder":
-            train = image_folder(self.cfg.root, "train", transform)
             val = image_folder(self.cfg.root, "val", transform)
-            check_same_classes(train, val)
-            self.train_set, self.val_set, self.classes = train, val, train.classes
+            if self.need_train:
+                train = image_folder(self.cfg.root, "train", transform)
+                check_same_classes(train, val)
+                self.train_set = train
+            self.val_set, self.classes = val, val.classes
         else:
             raise ConfigError(f"data.kind={kind!r} is unknown; valid: synthetic, folder")
-        if len(self.train_set) < self.batch_size:
+        if self.need_train and len(self.train_set) < self.batch_size:
             raise ConfigError(
                 f"the train split has {len(self.train_set)} images, fewer than task.batch_size={self.batch_size} "
                 "(the ragged last batch is dropped, so no step would run); lower task.batch_size or add data"
@@ -70,15 +74,11 @@ class VtlabDataModule(pl.LightningDataModule):
 
     def _loader(self, dataset: Dataset, batch_size: int, train: bool) -> DataLoader:
         workers = self.cfg.num_workers
-        return DataLoader(
-            dataset,
-            batch_size=batch_size,
-            sampler=EpochShuffleSampler(len(dataset), self.cfg.seed) if train else None,
-            drop_last=train,
-            num_workers=workers,
-            persistent_workers=workers > 0,
-            pin_memory=torch.cuda.is_available(),
-        )
+        common: dict[str, Any] = dict(batch_size=batch_size, drop_last=train, num_workers=workers,
+                                      persistent_workers=workers > 0, pin_memory=torch.cuda.is_available())
+        if train:  # resumable mid-epoch (vtlab.data.sampler, vtlab.train.callbacks.SamplerResume)
+            return DataLoader(dataset, sampler=EpochShuffleSampler(len(dataset), self.cfg.seed), **common)
+        return DataLoader(dataset, **common)
 
     def train_dataloader(self) -> DataLoader:
         self.setup()

@@ -11,17 +11,19 @@ sweep's cells together.
 
 from __future__ import annotations
 
-import json
 import os
+import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 
+from vtlab.atomic import write_json_atomic
 from vtlab.config.schema import VTLabConfig, image_size_of
-from vtlab.errors import ConfigError
+from vtlab.errors import ConfigError, WriteError
 from vtlab.models.connectors import CONNECTORS
+from vtlab.results.rundir import held_by_other
 
 RESULTS = "results.json"
 # the string fields of a record that dashboards group and filter by (W&B run summary, sweep summary)
@@ -61,22 +63,6 @@ def image_label(image_size: Any) -> str | None:
     except ConfigError:
         return None
     return None if size is None else f"{size[0]}x{size[1]}"
-
-
-def write_json_atomic(path: Path, payload: dict[str, Any]) -> Path:
-    """Write `payload` as JSON to `path` through a temporary file in the same folder, fsync, rename."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
-        with open(tmp, "w") as fh:
-            fh.write(json.dumps(payload, indent=2, default=str) + "\n")
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
-    return path
 
 
 @dataclass
@@ -122,8 +108,11 @@ class RunContext:
 
 
 def record_not_run(raw: DictConfig, out_dir: Path, model_choice: str | None, reason: str, overrides: list[str],
-                   status: str = "skipped") -> Path:
-    """results.json of a cell that did not run: `skipped` (it cannot exist) or `failed` (refused or stopped)."""
+                   status: str = "skipped") -> Path | None:
+    """results.json of a cell that did not run: `skipped` (it cannot exist) or `failed` (refused or stopped).
+
+    A refusal writes nothing over what it protects: an existing results.json, a folder held by another live
+    run or a folder that cannot be written are left alone (the reason is printed; None is returned)."""
     factor = OmegaConf.select(raw, "connector.factor", default=None)
     kind = OmegaConf.select(raw, "connector.kind", default=None)
     kind = None if kind is None else str(getattr(kind, "value", kind))
@@ -143,6 +132,11 @@ def record_not_run(raw: DictConfig, out_dir: Path, model_choice: str | None, rea
         "image": image_label(image_size),
         "overrides": overrides,
     }
-    path = write_json_atomic(out_dir / RESULTS, record)
     print(f"vtlab: {status} {record['run_name']}: {reason}")
-    return path
+    if (out_dir / RESULTS).exists() or held_by_other(out_dir):
+        return None
+    try:
+        return write_json_atomic(out_dir / RESULTS, record)
+    except WriteError as exc:
+        print(f"vtlab: no record written for {record['run_name']}: {exc}", file=sys.stderr)
+        return None

@@ -8,6 +8,7 @@ and with `logger=wandb` logs one extra W&B run holding the sweep's table and sca
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -52,8 +53,26 @@ def _record_failure(config: DictConfig, job_return: JobReturn) -> None:
                    list(OmegaConf.select(config, "hydra.overrides.task", default=[]) or []), status="failed")
 
 
+def earlier_sweep(sweep_dir: Path) -> str | None:
+    """The first file of an earlier sweep in `sweep_dir` (its summary or a cell's results.json), else None."""
+    for name in ("summary.csv", "summary.md"):
+        if (sweep_dir / name).exists():
+            return name
+    cells = sorted(sweep_dir.glob(f"*/{RESULTS}")) if sweep_dir.is_dir() else []
+    return str(cells[0].relative_to(sweep_dir)) if cells else None
+
+
 class SweepSummary(Callback):
     """`hydra.callbacks.sweep_summary._target_: vtlab.sweep.SweepSummary`."""
+
+    def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
+        """Refuse a sweep into a folder that holds an earlier sweep (its cells would be overwritten)."""
+        sweep_dir = Path(str(config.hydra.sweep.dir))
+        found = earlier_sweep(sweep_dir)
+        if found and not OmegaConf.select(config, "overwrite", default=False):
+            print(f"vtlab: error: hydra.sweep.dir={sweep_dir} already holds an earlier sweep ({found}), whose cells "
+                  f"this sweep would overwrite; choose another hydra.sweep.dir (or overwrite=true)", file=sys.stderr)
+            sys.exit(2)
 
     def on_job_end(self, config: DictConfig, job_return: JobReturn, **kwargs: Any) -> None:
         if not _is_multirun(config):

@@ -1,6 +1,6 @@
 """The tasks a run can perform, one module each: `TASKS[name] = Task(check, run)`.
 
-`run_task(ctx)` is the one wrapper around every task: the task's `check` (refusals that need the run folder,
+`run_task(ctx)` is the one wrapper around every task: it claims the run folder (one run per folder), the task's `check` (refusals that need the run folder,
 e.g. a results.json it would overwrite) runs before the tracker opens, the tracker is always finished
 (`wandb.finish()`), and the task writes its one record through `ctx.write_result`.
 """
@@ -11,7 +11,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from vtlab.results.record import RunContext
+from vtlab.results.record import RunContext, process_rank
+from vtlab.results.rundir import check_foreign, check_out_dir, claimed
 from vtlab.results.tracking import open_tracker
 from vtlab.tasks import bench, evaluate, profile, train
 
@@ -31,11 +32,18 @@ TASKS: dict[str, Task] = {
 
 
 def run_task(ctx: RunContext) -> dict[str, Any]:
-    """Run the configured task with its tracker open, and always close the tracker (wandb.finish())."""
+    """Run the configured task with its run folder claimed (vtlab.results.rundir) and its tracker open; always
+    release the folder and close the tracker (wandb.finish())."""
     task = TASKS[str(ctx.cfg.task.name)]
-    task.check(ctx)  # refusals before any tracker run opens
-    tracker = open_tracker(ctx)
-    try:
-        return task.run(ctx, tracker)
-    finally:
-        tracker.finish()
+    rank0 = process_rank() == 0
+    if rank0:
+        check_out_dir(ctx.out_dir)
+    with claimed(ctx.out_dir, enabled=rank0):
+        if rank0:
+            check_foreign(ctx.out_dir, str(ctx.cfg.task.name), ctx.cfg.overwrite)
+        task.check(ctx)  # refusals before any tracker run opens
+        tracker = open_tracker(ctx)
+        try:
+            return task.run(ctx, tracker)
+        finally:
+            tracker.finish()

@@ -35,7 +35,7 @@ def check(ctx: RunContext) -> None:
     if not ctx.cfg.task.ckpt_path:
         raise ConfigError("task=eval needs task.ckpt_path=PATH (a best-*.ckpt or last.ckpt written by task=train)")
     previous = ctx.out_dir / RESULTS
-    if previous.is_file() and _task_of(previous) != "eval":
+    if previous.is_file() and _task_of(previous) != "eval" and not ctx.cfg.overwrite:
         raise ConfigError(
             f"out_dir={ctx.out_dir} holds another task's results.json (e.g. the training run's), which task=eval "
             f"would overwrite; evaluate into another out_dir (task.ckpt_path=PATH takes the checkpoint from anywhere)"
@@ -48,7 +48,7 @@ def evaluate(ctx: RunContext, tracker: Any) -> tuple[dict[str, Any], pl.Trainer]
     ckpt = load_checkpoint(path)
     pl.seed_everything(cfg.seed, workers=True, verbose=False)
     stack = build_stack(cfg, load_weights=False)
-    dm = build_datamodule(ctx, stack, t.batch_size)
+    dm = build_datamodule(ctx, stack, t.batch_size, train=False)  # eval reads only the val split
     check_architecture(ckpt, architecture(cfg, dm.num_classes), path)
     freeze = ckpt.get("vtlab_train", {}).get("freeze", "none")
     lit = VisionClassifier(stack, dm.num_classes, head=ckpt["vtlab_arch"].get("head", "attention_pool"), freeze=freeze)

@@ -43,9 +43,9 @@ from vtlab.tasks.console import print_stage_table
 
 def check(ctx: RunContext) -> None:
     """Refuse an out_dir that already holds a results.json (outside a sweep: a sweep cell has its own folder)."""
-    if not ctx.is_sweep and (ctx.out_dir / RESULTS).exists():
+    if not ctx.is_sweep and not ctx.cfg.overwrite and (ctx.out_dir / RESULTS).exists():
         raise ConfigError(f"out_dir={ctx.out_dir} already holds results.json of an earlier run, which this run would "
-                          f"overwrite; choose another out_dir (or leave it unset for a fresh outputs/<date>/<time>/)")
+                          f"overwrite; choose another out_dir (or leave it unset for a fresh outputs/<date>/<time>/, or overwrite=true)")
 
 
 def profile_stack(ctx: RunContext) -> dict[str, Any]:

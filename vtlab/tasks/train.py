@@ -18,7 +18,7 @@ from vtlab.models.fastpaths import configure_fast_paths, fast_paths
 from vtlab.models.sdpa import pinned
 from vtlab.results.record import RunContext, process_rank
 from vtlab.tasks.common import build_datamodule, classifier_facts, metric, publish
-from vtlab.train.callbacks import LastValStep, ThroughputMeter
+from vtlab.train.callbacks import LastValStep, SamplerResume, ThroughputMeter
 from vtlab.train.checkpoint import architecture, check_fresh_run, check_resume, load_checkpoint, resolve_ckpt_path
 from vtlab.train.module import OptimSettings, VisionClassifier
 from vtlab.train.trainer import build_trainer, checkpoint_callbacks, resolve_precision
@@ -29,8 +29,10 @@ def _saved_step(callback: Any) -> int:
 
 
 def check(ctx: RunContext) -> None:
-    """Refuse a fresh run into a directory holding an earlier run's checkpoints (it would overwrite them)."""
-    check_fresh_run(ctx.out_dir, ctx.cfg.task.ckpt_path, process_rank())
+    """Refuse a fresh run into a directory holding an earlier run's checkpoints or results.json (it would
+    overwrite them), unless overwrite=true."""
+    if not ctx.cfg.overwrite:
+        check_fresh_run(ctx.out_dir, ctx.cfg.task.ckpt_path, process_rank())
 
 
 def train(ctx: RunContext, tracker: Any) -> tuple[dict[str, Any], pl.Trainer]:
@@ -52,7 +54,7 @@ def train(ctx: RunContext, tracker: Any) -> tuple[dict[str, Any], pl.Trainer]:
         lit.compile_stack()
     meter, last_val = ThroughputMeter(), LastValStep()
     ckpt_cbs = checkpoint_callbacks(ctx.out_dir / "checkpoints", t.keep_every_n_epochs)
-    trainer = build_trainer(ctx, tracker, [*ckpt_cbs, meter, last_val])
+    trainer = build_trainer(ctx, tracker, [*ckpt_cbs, meter, last_val, SamplerResume()])
     last_path = ctx.out_dir / "checkpoints" / "last.ckpt"
     with pinned(t.attention_backend):  # process-wide SDPA flags: compiled graphs, validation and ranks see them too
         start = time.perf_counter()

@@ -1,4 +1,11 @@
-"""Lightning callbacks of the train/eval tasks: step throughput (images/s) for train and validation.
+"""Lightning callbacks of the train/eval tasks: step throughput (images/s) for train and validation, and
+the sampler's resume point.
+
+`SamplerResume` makes a mid-epoch resume exact: its state in the checkpoint is the train sampler's epoch and
+the samples the fit loop had trained on in it (Lightning's `batch_progress.current.processed` batches, the
+count it adds to its own fetch counter on resume); at `on_train_start` of the resumed run it tells the
+sampler to skip them. (Lightning's own loader-state hook does not fire here: the train loader is built
+before the checkpoint is restored, when the module asks for `estimated_stepping_batches`.)
 
 The clock is read around each batch (after a device synchronise), skipping the first `skip` batches of
 every epoch and validation run (compilation, cudnn autotune, worker start-up), so the figure is steady-state step throughput
@@ -8,10 +15,13 @@ including forward, backward and the optimizer step. Per-process images are multi
 from __future__ import annotations
 
 import time
+import warnings
 from typing import Any
 
 import lightning.pytorch as pl
 import torch
+
+from vtlab.data.sampler import EpochShuffleSampler
 
 
 def _sync(module: pl.LightningModule) -> None:
@@ -75,3 +85,42 @@ class LastValStep(pl.Callback):
     def on_validation_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         if not trainer.sanity_checking:
             self.step = trainer.global_step
+
+
+def _train_sampler(trainer: pl.Trainer) -> EpochShuffleSampler | None:
+    loader = trainer.train_dataloader
+    sampler = getattr(loader, "sampler", None)
+    return sampler if isinstance(sampler, EpochShuffleSampler) else None
+
+
+class SamplerResume(pl.Callback):
+    """Saves (epoch, samples trained on) of the train sampler; a resumed run skips those samples."""
+
+    def __init__(self) -> None:
+        self.trainer: pl.Trainer | None = None
+        self.pending: dict[str, int] | None = None
+        # the warning that a mid-epoch resume is not exact: with this callback it is
+        warnings.filterwarnings("ignore", message=".*resuming from a checkpoint that ended before the epoch ended.*")
+
+    def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
+        self.trainer = trainer
+
+    def state_dict(self) -> dict[str, int]:
+        trainer = self.trainer
+        sampler = _train_sampler(trainer) if trainer is not None else None
+        loader = trainer.train_dataloader if trainer is not None else None
+        if sampler is None or loader is None or not loader.batch_size:
+            return {}
+        done = trainer.fit_loop.epoch_loop.batch_progress.current.processed
+        if done >= len(loader):  # the epoch is complete: the next pass is the next epoch, from its start
+            return {"epoch": sampler.epoch + 1, "skip": 0}
+        return {"epoch": sampler.epoch, "skip": done * loader.batch_size}
+
+    def load_state_dict(self, state_dict: dict[str, int]) -> None:
+        self.pending = dict(state_dict) if "epoch" in state_dict else None
+
+    def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        sampler = _train_sampler(trainer)
+        if self.pending is not None and sampler is not None:
+            sampler.resume(self.pending["epoch"], self.pending["skip"])
+        self.pending = None

@@ -98,7 +98,12 @@ def check_fresh_run(out_dir: Path, ckpt_path: str | None, rank: int) -> None:
     if earlier and not ckpt_path and rank == 0:  # ranks > 0 share rank 0's folder
         raise ConfigError(
             f"out_dir={out_dir} already holds checkpoints of an earlier run ({earlier[0].name}, ...); a fresh "
-            f"run would overwrite them: resume with task.ckpt_path=last, or choose another out_dir"
+            f"run would overwrite them: resume with task.ckpt_path=last, or choose another out_dir (or overwrite=true)"
+        )
+    if (out_dir / "results.json").is_file() and not ckpt_path and rank == 0:
+        raise ConfigError(
+            f"out_dir={out_dir} already holds results.json of an earlier run; a fresh run would overwrite it: "
+            f"choose another out_dir (or overwrite=true)"
         )
 
 

@@ -5,7 +5,9 @@
   the task runner: never a second run), CSVLogger (`<run dir>/csv/metrics.csv`), or none. `wandb` is only
   imported when `logger=wandb`.
 - checkpoints in `<run dir>/checkpoints/`: `best-epochE-stepS-val_accA.ckpt` (highest val_acc),
-  `last.ckpt`, and optionally `epochN.ckpt` every `task.keep_every_n_epochs` epochs.
+  `last.ckpt`, and optionally `epochN.ckpt` every `task.keep_every_n_epochs` epochs, each written by
+  `AtomicCheckpointIO` (a temporary file in the same folder, fsync, rename: a kill or a full disk mid-write
+  leaves the previous file whole; Lightning's own writer truncates the target first).
 """
 
 from __future__ import annotations
@@ -16,13 +18,23 @@ from pathlib import Path
 from typing import Any
 
 import lightning.pytorch as pl
+import torch
+from lightning.fabric.plugins.io.torch_io import TorchCheckpointIO
 from lightning.fabric.utilities.exceptions import MisconfigurationException
 from lightning.pytorch.callbacks import Callback, ModelCheckpoint
 from lightning.pytorch.loggers import CSVLogger, WandbLogger
 
+from vtlab.atomic import atomic_write
 from vtlab.errors import ConfigError
 from vtlab.measure.timing import on_gpu
 from vtlab.results.record import RunContext, process_rank
+
+
+class AtomicCheckpointIO(TorchCheckpointIO):
+    """Lightning's CheckpointIO with an atomic write: `.<name>.<pid>.tmp` beside the target, fsync, rename."""
+
+    def save_checkpoint(self, checkpoint: dict[str, Any], path: Any, storage_options: Any | None = None) -> None:
+        atomic_write(path, lambda fh: torch.save(checkpoint, fh), "checkpoint")
 
 
 def resolve_precision(precision: str | None, accelerator: str) -> str:
@@ -108,6 +120,7 @@ def build_trainer(ctx: RunContext, tracker: Any, callbacks: list[Callback]) -> p
         default_root_dir=str(ctx.out_dir),
         logger=build_loggers(ctx, tracker),
         callbacks=callbacks,
+        plugins=[AtomicCheckpointIO()],
     )
     for key in ("val_check_interval", "limit_train_batches", "limit_val_batches"):
         value = getattr(t, key)
