@@ -38,8 +38,10 @@ def build_stack(cfg: DictConfig | VTLabConfig, load_weights: bool = True) -> Vis
     connector = CONNECTORS[str(c.connector.kind)](c.connector, tower.feature_dim, c.text_hidden)
     tiler = Tiler.for_config(c)
     stack = VisionStack(tower, connector, tiler, _newline(tiler, c.text_hidden), input_size=c.model.input_size)
+    stack.weights = "random init"  # what the tables and results.json say was loaded
     if load_weights and c.model.weights:
-        load_checkpoint(stack, c.model.weights, c)
+        report = load_checkpoint(stack, c.model.weights, c)
+        stack.weights = f"{report['source']} (layout {report['layout']})"
     return stack
 
 

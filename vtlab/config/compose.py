@@ -20,6 +20,7 @@ from vtlab.config.presets import compose_raw
 from vtlab.config.schema import VTLabConfig
 from vtlab.config.validate import validate
 from vtlab.errors import ConfigError
+from vtlab.families.tiler import resolve_tiling
 
 
 def compose_config(model: str | None, overrides: Sequence[str] = ()) -> DictConfig:
@@ -67,6 +68,15 @@ def to_config(cfg: DictConfig | VTLabConfig) -> VTLabConfig:
         obj = cfg
     validate(obj)
     return obj  # type: ignore[return-value]
+
+
+def effective_config(raw: DictConfig) -> DictConfig:
+    """What will run (`--cfg job`): the validated config with interpolations resolved (`text_hidden`) and the
+    null defaults that a family decides made explicit (`model.tiling`: the family's own scheme)."""
+    cfg = to_config(raw)
+    out = OmegaConf.create(OmegaConf.to_container(OmegaConf.structured(cfg), resolve=True, enum_to_str=True))
+    out.model.tiling = resolve_tiling(cfg.model)
+    return out
 
 
 def config(model: str | None, overrides: Sequence[str] = ()) -> VTLabConfig:

@@ -11,6 +11,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
+from vtlab.logs import quiet_run
 from vtlab.results.record import RunContext
 from vtlab.results.tracking import open_tracker
 from vtlab.tasks import bench, evaluate, profile, train
@@ -34,8 +35,9 @@ def run_task(ctx: RunContext) -> dict[str, Any]:
     """Run the configured task with its tracker open, and always close the tracker (wandb.finish())."""
     task = TASKS[str(ctx.cfg.task.name)]
     task.check(ctx)  # refusals before any tracker run opens
-    tracker = open_tracker(ctx)
-    try:
-        return task.run(ctx, tracker)
-    finally:
-        tracker.finish()
+    with quiet_run():  # one line per event, no adverts, no noise warnings (vtlab.logs)
+        tracker = open_tracker(ctx)
+        try:
+            return task.run(ctx, tracker)
+        finally:
+            tracker.finish()

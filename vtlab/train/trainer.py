@@ -22,6 +22,7 @@ from lightning.pytorch.callbacks import Callback, ModelCheckpoint
 from lightning.pytorch.loggers import CSVLogger
 
 from vtlab.errors import ConfigError
+from vtlab.train.callbacks import ParamSummary
 from vtlab.measure.timing import on_gpu
 from vtlab.results.record import RunContext, process_rank
 
@@ -110,7 +111,7 @@ def build_trainer(ctx: RunContext, tracker: Any, callbacks: list[Callback]) -> p
         enable_progress_bar=t.enable_progress_bar,
         default_root_dir=str(ctx.out_dir),
         logger=build_loggers(ctx, tracker),
-        callbacks=callbacks,
+        callbacks=[*callbacks, ParamSummary()],  # Lightning's summary, without its "Total FLOPs: 0"
     )
     for key in ("val_check_interval", "limit_train_batches", "limit_val_batches"):
         value = getattr(t, key)
