@@ -2,10 +2,11 @@
 
 Each filter acts at its source and only inside `quiet_run()` (the task runner's scope), so warnings that
 matter elsewhere are kept:
-- Lightning attaches its own stderr handler to `lightning.pytorch` / `lightning.fabric` when it is imported
-  before any logging is configured (vtlab.cli imports it before Hydra configures the root logger), so each
-  INFO line printed twice: those handlers are dropped while the root logger has handlers (Hydra's console
-  and `vtlab.log` file handlers then print and keep each line once).
+- Lightning attaches its own stderr handler to `lightning.pytorch` / `lightning.fabric` (and stops
+  propagation) when it is imported before any logging is configured, which vtlab.cli does before Hydra
+  configures the root logger: its lines bypassed Hydra's handlers (never in `vtlab.log`) and printed beside
+  them. While the root logger has handlers, Lightning's own are dropped and its records propagate, so each
+  line prints once and is kept in `vtlab.log`.
 - Lightning's "💡 Tip: ... litlogger" advertisement (an INFO record) is filtered by its text.
 - Lightning's `_pytree` DeprecationWarning (`isinstance(treespec, LeafSpec)`, raised by Lightning's own code
   against torch's new pytree API; nothing a user can change) is ignored by message.
@@ -41,15 +42,16 @@ class DropMessages(logging.Filter):
 def quiet_run() -> Iterator[None]:
     """The scope of one vtlab task: the filters above on, everything restored afterwards."""
     root_handled = bool(logging.getLogger().handlers)
-    saved: list[tuple[logging.Logger, list[logging.Handler]]] = []
+    saved: list[tuple[logging.Logger, list[logging.Handler], bool]] = []
     filters: list[tuple[logging.Logger, logging.Filter]] = []
     for name in LIGHTNING_LOGGERS:
         logger = logging.getLogger(name)
         if root_handled:  # the root logger prints and files the lines: Lightning's own handler doubles them
             own = [h for h in logger.handlers if type(h) is logging.StreamHandler]
-            saved.append((logger, own))
+            saved.append((logger, own, logger.propagate))
             for handler in own:
                 logger.removeHandler(handler)
+            logger.propagate = True
         advert = DropMessages(*ADVERTS)
         logger.addFilter(advert)
         filters.append((logger, advert))
@@ -65,6 +67,7 @@ def quiet_run() -> Iterator[None]:
     finally:
         for logger, flt in filters:
             logger.removeFilter(flt)
-        for logger, handlers in saved:
+        for logger, handlers, propagate in saved:
             for handler in handlers:
                 logger.addHandler(handler)
+            logger.propagate = propagate

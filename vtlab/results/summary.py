@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any
 
 COLUMNS = (
-    "job", "task", "model", "factor", "image", "tiling", "frames", "status", "tokens", "patches", "text_hidden", "params", "flops",
+    "job", "task", "model", "connector", "factor", "image", "tiling", "frames", "status", "tokens", "patches", "text_hidden", "params", "flops",
     "lm_prefill_flops", "latency_ms", "latency_ms_p90", "latency_mode", "throughput_img_s", "throughput_tokens_s",
     "throughput_mode", "tflops", "mfu", "peak_memory_mb", "dtype", "device_name", "attention_backend", "run_name",
     "reason",
@@ -45,6 +45,8 @@ def collect(sweep_dir: Path) -> list[dict[str, Any]]:
         row["job"] = path.parent.name
         row["status"] = result.get("status", "ok")
         row["reason"] = result.get("reason") or result.get("error")
+        if row["connector"] is None:  # the connector kind lives in the record's config
+            row["connector"] = ((result.get("config") or {}).get("connector") or {}).get("kind")
         if row["device_name"] is None:
             row["device_name"] = (result.get("device_info") or {}).get("device_name")
         for mode, m in (result.get("modes") or {}).items():
