@@ -1,7 +1,8 @@
 """Trade-off plots of a sweep (PNG, matplotlib Agg): visual tokens vs a cost.
 
 One series per (model, connector, input image size), its points the connector factors (labelled f1, f2, ...),
-so an image-size sweep draws one line per size instead of one zig-zag per model. Every PNG has its own title
+so an image-size sweep draws one line per size instead of one zig-zag per model (the legend gives each size's
+frame count: two sizes planned to the same frames draw the same line). Every PNG has its own title
 (the sweep and the quantity), axes with units, and a subtitle naming the device, dtype and the bench mode the
 numbers come from.
 """
@@ -30,7 +31,8 @@ def _series(rows: list[dict[str, Any]], y: str) -> Series:
     out: Series = defaultdict(list)
     for r in rows:
         if r.get("status") == "ok" and isinstance(r.get("tokens"), (int, float)) and isinstance(r.get(y), (int, float)):
-            key = (str(r.get("model")), str(r.get("connector") or "?"), str(r.get("image") or "native"))
+            image = str(r.get("image") or "native") + (f" ({r['frames']} frames)" if r.get("image") and r.get("frames") else "")
+            key = (str(r.get("model")), str(r.get("connector") or "?"), image)
             out[key].append((r["tokens"], r[y], r.get("factor")))
     return {key: sorted(points) for key, points in out.items()}
 
