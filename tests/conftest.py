@@ -9,7 +9,6 @@ import pytest
 import torch
 from hydra.core.global_hydra import GlobalHydra
 
-
 REPO = Path(__file__).resolve().parent.parent
 
 

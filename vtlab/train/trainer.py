@@ -22,9 +22,9 @@ from lightning.pytorch.callbacks import Callback, ModelCheckpoint
 from lightning.pytorch.loggers import CSVLogger
 
 from vtlab.errors import ConfigError
-from vtlab.train.callbacks import ParamSummary
 from vtlab.measure.timing import on_gpu
 from vtlab.results.record import RunContext, process_rank
+from vtlab.train.callbacks import ParamSummary
 
 
 def resolve_precision(precision: str | None, accelerator: str) -> str:
