@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 
 from vtlab.logs import quiet_run
+from vtlab.tasks.train import summary_line
 
 
 class _Keep(logging.Handler):
@@ -78,3 +79,9 @@ def test_refused_run_leaves_no_folder(tmp_path):
     proc = _run(["+model=smolvlm_debug", "connector.factor=3", "logger=wandb", f"out_dir={tmp_path / 'run'}"], tmp_path)
     assert proc.returncode == 2 and proc.stderr.startswith("vtlab: error: connector.factor=3"), proc.stderr
     assert list(tmp_path.iterdir()) == []
+
+
+def test_short_run_summary_line_keeps_every_field():
+    short = {"global_step": 1, "val_acc": 0.25, "chance_acc": 0.25, "val_loss": 1.3863, "train_images_per_s": None}
+    assert summary_line("smolvlm_debug-f4", short) == ("train smolvlm_debug-f4: 1 steps, val_acc 0.2500 (chance 0.250), "
+                                                      "val_loss 1.3863, n/a train images/s")
