@@ -40,7 +40,7 @@ def test_quiet_run_filters_at_the_source_and_keeps_the_rest():
             logging.getLogger("torch.utils.cpp_extension").warning("No CUDA runtime is found, using CUDA_HOME='/x'")
             logging.getLogger("torch.utils.cpp_extension").warning("a real problem")
             with warnings.catch_warnings(record=True) as caught:
-                warnings.simplefilter("always", UserWarning, stacklevel=1)
+                warnings.simplefilter("always", UserWarning)
                 warnings.warn("`isinstance(treespec, LeafSpec)` is deprecated, use ...", DeprecationWarning, stacklevel=1)
                 warnings.warn("a warning that matters", UserWarning, stacklevel=1)
     finally:
