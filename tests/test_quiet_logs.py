@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pytest
 
+from vtlab.cli import run_dir_follows_out_dir
 from vtlab.logs import quiet_run
 from vtlab.tasks.train import summary_line
 
@@ -85,3 +86,13 @@ def test_short_run_summary_line_keeps_every_field():
     short = {"global_step": 1, "val_acc": 0.25, "chance_acc": 0.25, "val_loss": 1.3863, "train_images_per_s": None}
     assert summary_line("smolvlm_debug-f4", short) == ("train smolvlm_debug-f4: 1 steps, val_acc 0.2500 (chance 0.250), "
                                                       "val_loss 1.3863, n/a train images/s")
+
+
+def test_out_dir_sets_the_run_dir_and_keeps_an_earlier_runs_hydra_folder(tmp_path):
+    run = tmp_path / "run"
+    assert run_dir_follows_out_dir(["+model=x", f"out_dir={run}"]) == ["+model=x", f"out_dir={run}",
+                                                                        f"hydra.run.dir={run}"]
+    (run / ".hydra").mkdir(parents=True)
+    assert run_dir_follows_out_dir([f"out_dir={run}"])[-1] == "hydra.output_subdir=.hydra.1"
+    assert run_dir_follows_out_dir(["-m", f"out_dir={run}"]) == ["-m", f"out_dir={run}"]  # sweeps: per-cell dirs
+    assert run_dir_follows_out_dir([f"out_dir={run}", "hydra.run.dir=elsewhere"])[-1] == "hydra.run.dir=elsewhere"

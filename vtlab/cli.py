@@ -138,13 +138,22 @@ def is_multirun(argv: list[str]) -> bool:
 
 def run_dir_follows_out_dir(argv: list[str]) -> list[str]:
     """`out_dir=X` (one run) also sets `hydra.run.dir=X`, so Hydra's `.hydra/` and `vtlab.log` land beside
-    the run's results.json instead of in ./outputs/<date>/<time>/; an explicit `hydra.run.dir=` wins."""
+    the run's results.json instead of in ./outputs/<date>/<time>/; an explicit `hydra.run.dir=` wins. A folder
+    that already holds an earlier run's `.hydra/` (a resume, an eval, a refused rerun) keeps it: this run's goes
+    to `.hydra.<k>/` (vtlab.log is appended to)."""
     out = [a.partition("=")[2] for a in argv if a.startswith("out_dir=")]
     if not out or not out[-1] or out[-1] == "null" or is_multirun(argv):
         return argv
     if any(a.lstrip("+").startswith("hydra.run.dir=") for a in argv):
         return argv
-    return [*argv, f"hydra.run.dir={out[-1]}"]
+    extra = [f"hydra.run.dir={out[-1]}"]
+    target = Path(out[-1])
+    if (target / ".hydra").exists() and not any(a.lstrip("+").startswith("hydra.output_subdir=") for a in argv):
+        k = 1
+        while (target / f".hydra.{k}").exists():
+            k += 1
+        extra.append(f"hydra.output_subdir=.hydra.{k}")
+    return [*argv, *extra]
 
 
 def cfg_job_request(argv: list[str]) -> bool:
