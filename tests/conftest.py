@@ -24,6 +24,20 @@ def _isolated_run_state(monkeypatch):
     GlobalHydra.instance().clear()
 
 
+def _run_folders() -> set[Path]:
+    return {p for name in ("outputs", "multirun") if (REPO / name).is_dir() for p in (REPO / name).glob("*/*")}
+
+
+@pytest.fixture(autouse=True)
+def _no_run_folders_in_checkout():
+    """A test must give its runs an out_dir / hydra.run.dir under tmp_path: none may leave ./outputs or
+    ./multirun folders in the checkout."""
+    before = _run_folders()
+    yield
+    left = sorted(str(p.relative_to(REPO)) for p in _run_folders() - before)
+    assert not left, f"the test left run folders in the checkout: {left}"
+
+
 def pytest_collection_modifyitems(config, items):
     if torch.cuda.is_available():
         return

@@ -102,7 +102,7 @@ def test_a_family_of_its_own_builds_profiles_and_round_trips_its_checkpoint(toy_
     result = profile_stack(RunContext(cfg=vtlab.to_config(raw), raw=raw, out_dir=tmp_path, model_choice="toy_debug"))
     assert result["tokens"] == 4 and result["flops"] == result["flops_closed_form"] > 0
 
-    cfg = vtlab.config("toy_debug")
+    cfg = vtlab.make_config("toy_debug")
     out = export_hf(stack, cfg, tmp_path / "export")
     from safetensors import safe_open
 
@@ -114,7 +114,7 @@ def test_a_family_of_its_own_builds_profiles_and_round_trips_its_checkpoint(toy_
         again = vtlab.build(model, [f"model.weights={out}", *extra]).eval()
         with torch.no_grad():
             assert torch.equal(again(x), stack(x))
-    assert vtlab.config("hf", [f"model.weights={out}"]).model.family == "toyvit"
+    assert vtlab.make_config("hf", [f"model.weights={out}"]).model.family == "toyvit"
 
 
 def _python_files() -> list[Path]:

@@ -200,6 +200,7 @@ def test_real_presets_match_the_documented_architecture(model, expected):
 def test_every_yaml_under_conf_is_covered():
     """A YAML added to conf/ that no test above composes would fail here."""
     covered = {"config.yaml"} | {f"model/{m}.yaml" for m in options("model")}
+    covered |= {f"experiment/{e}.yaml" for e in options("experiment")}  # test_every_experiment_validates
     covered |= {f"{g}/{o}.yaml" for g in GROUPS for o in options(g)}
     on_disk = {str(p.relative_to(CONF)) for p in CONF.rglob("*.yaml")}
     assert on_disk == covered, sorted(on_disk ^ covered)
@@ -208,8 +209,14 @@ def test_every_yaml_under_conf_is_covered():
 def test_cli_group_list_matches_the_config_groups():
     from vtlab.cli import GROUPS as CLI_GROUPS
 
-    assert set(CLI_GROUPS) == {"model", *GROUPS}
-    assert {p.name for p in CONF.iterdir() if p.is_dir() and any(p.glob("*.yaml"))} == {"model", *GROUPS}
+    assert set(CLI_GROUPS) == {"model", "experiment", *GROUPS}
+    assert {p.name for p in CONF.iterdir() if p.is_dir() and any(p.glob("*.yaml"))} == {"model", "experiment", *GROUPS}
+
+
+@pytest.mark.parametrize("experiment", options("experiment"))
+def test_every_experiment_validates(experiment):
+    c = to_config(compose_config(None, [f"+experiment={experiment}"]))
+    assert c.model.name and c.task.name
     assert not re.search(r"\bmodel\b", OmegaConf.to_yaml(OmegaConf.load(CONF / "config.yaml").defaults))
 
 

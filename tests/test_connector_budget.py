@@ -18,7 +18,7 @@ from bench_helpers import run_vtlab
 from train_helpers import TINY
 
 from vtlab.api import build_stack
-from vtlab.config.compose import config
+from vtlab.config.compose import make_config
 from vtlab.errors import ConfigError, InvalidCellError
 from vtlab.measure.flops import stage_costs
 from vtlab.models.connectors import CONNECTORS
@@ -40,7 +40,7 @@ def test_every_kind_and_budget_cell_composes_or_is_refused(preset: str) -> None:
     for kind in KINDS:
         for tokens in PRESETS[preset]:
             try:
-                cfg = config(preset, [f"connector={kind}", f"connector.tokens={tokens}", "logger=none"])
+                cfg = make_config(preset, [f"connector={kind}", f"connector.tokens={tokens}", "logger=none"])
             except InvalidCellError as exc:
                 assert f"connector.tokens={tokens}" in str(exc) and "valid tokens: [" in str(exc), str(exc)
                 refused.append((kind, tokens))
@@ -56,19 +56,19 @@ def test_every_kind_and_budget_cell_composes_or_is_refused(preset: str) -> None:
 
 
 def test_tokens_and_factor_are_two_spellings() -> None:
-    a = config("smolvlm_debug", ["connector.tokens=16"])  # the preset's factor 4 yields to tokens
-    b = config("smolvlm_debug", ["connector.factor=2"])
+    a = make_config("smolvlm_debug", ["connector.tokens=16"])  # the preset's factor 4 yields to tokens
+    b = make_config("smolvlm_debug", ["connector.factor=2"])
     assert (a.connector.tokens, a.connector.factor) == (b.connector.tokens, b.connector.factor) == (16, 2)
-    assert config("smolvlm_debug", []).connector.tokens == 4
+    assert make_config("smolvlm_debug", []).connector.tokens == 4
     with pytest.raises(InvalidCellError, match=r"connector.tokens=16 and connector.factor=4 disagree.*makes 4 tokens"):
-        config("smolvlm_debug", ["connector.tokens=16", "connector.factor=4"])
+        make_config("smolvlm_debug", ["connector.tokens=16", "connector.factor=4"])
     with pytest.raises(InvalidCellError, match=r"connector.tokens=9 is not a budget .*valid tokens: \[1, 4, 16, 64\]"):
-        config("smolvlm_debug", ["connector.tokens=9"])
+        make_config("smolvlm_debug", ["connector.tokens=9"])
     with pytest.raises(InvalidCellError, match=r"valid tokens: \[1, 4, 9, 16, 25, 36, 49, 64\]"):
-        config("smolvlm_debug", ["connector=ldp", "connector.tokens=2"])
-    assert config("smolvlm_debug", ["connector=perceiver", "connector.tokens=7"]).connector.factor is None
+        make_config("smolvlm_debug", ["connector=ldp", "connector.tokens=2"])
+    assert make_config("smolvlm_debug", ["connector=perceiver", "connector.tokens=7"]).connector.factor is None
     with pytest.raises(ConfigError, match=r"connector.tokens=0 must be >= 1"):
-        config("smolvlm_debug", ["connector.tokens=0"])
+        make_config("smolvlm_debug", ["connector.tokens=0"])
 
 
 def test_inconsistent_budget_is_one_error_line_on_the_cli(tmp_path: Path) -> None:
@@ -80,7 +80,7 @@ def test_inconsistent_budget_is_one_error_line_on_the_cli(tmp_path: Path) -> Non
 
 def _costs(overrides: list[str], batch: int = 2) -> tuple[VisionStack, object]:
     torch.manual_seed(0)
-    stack = build_stack(config("smolvlm_debug", overrides)).eval()
+    stack = build_stack(make_config("smolvlm_debug", overrides)).eval()
     return stack, stage_costs(stack, torch.randn(batch, 3, 64, 64))
 
 
@@ -117,18 +117,18 @@ def test_reduction_counts_equal_the_closed_forms(overrides: list[str]) -> None:
 
 
 def test_tome_token_counts() -> None:
-    stack = build_stack(config("smolvlm_debug", ["connector=perceiver", "connector.tokens=4",
+    stack = build_stack(make_config("smolvlm_debug", ["connector=perceiver", "connector.tokens=4",
                                                  "model.token_merging.r=8"]))
     assert stack.connector_grid == (1, 64 - 8 - 8)  # 2 blocks, 8 merged in each
     assert stack.features(torch.randn(2, 3, 64, 64)).shape == (2, 48, 32)
-    linear = build_stack(config("smolvlm_debug", ["connector=linear", "connector.factor=1", "model.token_merging.r=40"]))
+    linear = build_stack(make_config("smolvlm_debug", ["connector=linear", "connector.factor=1", "model.token_merging.r=40"]))
     assert linear.num_tokens == 64 - 32 - 16  # r capped at t // 2 per block
 
 
 def test_tome_r0_is_bit_identical_through_the_stack() -> None:
     torch.manual_seed(0)
-    plain = build_stack(config("smolvlm_debug", ["connector=perceiver", "connector.tokens=4"])).eval()
-    assert build_stack(config("smolvlm_debug", ["model.token_merging.r=0"])).reduction is None
+    plain = build_stack(make_config("smolvlm_debug", ["connector=perceiver", "connector.tokens=4"])).eval()
+    assert build_stack(make_config("smolvlm_debug", ["model.token_merging.r=0"])).reduction is None
     reduced = VisionStack(plain.tower, plain.connector, plain.tiler, reduction=Reduction(r=0))
     pixels = torch.randn(2, 3, 64, 64)
     with torch.no_grad():
@@ -156,12 +156,12 @@ def test_tome_r0_is_bit_identical_through_the_stack() -> None:
 ])
 def test_reduction_refusals(overrides: list[str], message: str) -> None:
     with pytest.raises(ConfigError, match=message):
-        config("smolvlm_debug", overrides)
+        make_config("smolvlm_debug", overrides)
 
 
 def test_tome_refuses_feature_taps() -> None:
     with pytest.raises(ConfigError, match=r"model.token_merging.r=2 needs the post-LN last layer"):
-        config("llavanext_debug", ["connector=perceiver", "connector.tokens=4", "model.token_merging.r=2"])
+        make_config("llavanext_debug", ["connector=perceiver", "connector.tokens=4", "model.token_merging.r=2"])
 
 
 def test_plot_series_per_model_and_connector() -> None:

@@ -14,7 +14,7 @@ from PIL import Image
 from torch import nn
 from transformers import Dinov2WithRegistersConfig, Dinov2WithRegistersModel, SiglipVisionConfig, SiglipVisionModel
 
-from vtlab.api import build, config
+from vtlab.api import build, make_config
 from vtlab.errors import CheckpointError, ConfigError
 from vtlab.families import get_family
 from vtlab.measure.flops import stage_costs
@@ -93,15 +93,15 @@ def test_preprocessing_hands_each_part_its_familys_pixels():
 
 def test_fused_config_errors(ckpts):
     with pytest.raises(ConfigError, match=r"the patch grids differ: dinov2 8x8 \(56px / 7px\), siglip 9x9 \(63px / 7px\)"):
-        config("dinosiglip_debug", ["model.towers.siglip.image_size=63"])
+        make_config("dinosiglip_debug", ["model.towers.siglip.image_size=63"])
     with pytest.raises(ConfigError, match=r"model.hidden_size=60 must be the fused channel width 56"):
-        config("dinosiglip_debug", ["model.hidden_size=60"])
+        make_config("dinosiglip_debug", ["model.hidden_size=60"])
     with pytest.raises(ConfigError, match=r"model.towers.siglip: model.hidden_act=quick_gelu is not an activation"):
-        config("dinosiglip_debug", ["model.towers.siglip.hidden_act=quick_gelu"])
+        make_config("dinosiglip_debug", ["model.towers.siglip.hidden_act=quick_gelu"])
     with pytest.raises(ConfigError, match=r"model.towers.siglip: unknown field\(s\) \['bogus'\]"):
-        config("dinosiglip_debug", ["+model.towers.siglip.bogus=1"])
+        make_config("dinosiglip_debug", ["+model.towers.siglip.bogus=1"])
     with pytest.raises(ConfigError, match=r"model.towers has 1 tower"):
-        config("dinosiglip_debug", ["~model.towers.siglip"])
+        make_config("dinosiglip_debug", ["~model.towers.siglip"])
     _, _, d, _ = ckpts
     with pytest.raises(CheckpointError, match=r"does not fit model 'dinosiglip-debug.siglip'"):
         build("dinosiglip_debug", [f"model.towers.siglip.weights={d}"])
@@ -111,7 +111,7 @@ def test_dinosiglip_preset_on_meta():
     from vtlab.api import build_stack
 
     with torch.device("meta"):
-        stack = build_stack(config("dinosiglip"))
+        stack = build_stack(make_config("dinosiglip"))
     parts = stack.tower.parts()
     assert (stack.num_tokens, stack.feature_dim, stack.text_hidden, stack.grid) == (256, 2176, 4096, (16, 16))
     assert parts["dinov2"].tower.num_register_tokens == 4 and parts["siglip"].tower.depth_used == 26

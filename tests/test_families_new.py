@@ -31,7 +31,7 @@ from transformers import (
 from transformers.models.bit.image_processing_pil_bit import BitImageProcessorPil
 from transformers.models.clip.image_processing_pil_clip import CLIPImageProcessorPil
 
-from vtlab.api import build, build_stack, config
+from vtlab.api import build, build_stack, make_config
 from vtlab.checkpoints import detect, export_hf
 from vtlab.errors import CheckpointError, ConfigError
 from vtlab.families import get_family
@@ -98,7 +98,7 @@ def dino(registers: int = 0) -> nn.Module:
 # ---------------------------------------------------------------------------------------------- presets
 @pytest.mark.parametrize("name", NEW_PRESETS)
 def test_new_presets_compose_validate_and_build_on_meta(name):
-    cfg = config(name)
+    cfg = make_config(name)
     assert get_family(cfg.model.family).name in ("clip", "dinov2")  # (siglip2, fused: their own files)
     with torch.device("meta"):
         stack = build_stack(cfg)
@@ -114,26 +114,26 @@ def test_new_presets_compose_validate_and_build_on_meta(name):
 
 def test_family_fields_are_refused_where_they_do_not_belong():
     with pytest.raises(ConfigError, match=r"model.num_registers=2 is not a setting of family siglip .*dinov2"):
-        config("siglip_debug", ["model.num_registers=2"])
+        make_config("siglip_debug", ["model.num_registers=2"])
     with pytest.raises(ConfigError, match=r"model.select_strategy=full is not a setting of family dinov2"):
-        config("dinov2_debug", ["model.select_strategy=full"])
+        make_config("dinov2_debug", ["model.select_strategy=full"])
     with pytest.raises(ConfigError, match=r"model.hidden_act=gelu_tanh is not an activation of family clip"):
-        config("clip_debug", ["model.hidden_act=gelu_tanh"])
+        make_config("clip_debug", ["model.hidden_act=gelu_tanh"])
     with pytest.raises(ConfigError, match=r"model.hidden_act=quick_gelu is not an activation of family siglip"):
-        config("siglip_debug", ["model.hidden_act=quick_gelu"])
+        make_config("siglip_debug", ["model.hidden_act=quick_gelu"])
     with pytest.raises(ConfigError, match="connector.act=quick_gelu is a tower activation"):
-        config("clip_debug", ["connector.act=quick_gelu"])
+        make_config("clip_debug", ["connector.act=quick_gelu"])
     with pytest.raises(ConfigError, match=r"model.num_registers=-1 must be >= 0"):
-        config("dinov2_debug", ["model.num_registers=-1"])
+        make_config("dinov2_debug", ["model.num_registers=-1"])
     with pytest.raises(ConfigError, match=r"intermediate_size=61: a DINOv2 MLP .* gives 60 for hidden_size=28"):
-        config("dinov2_debug", ["model.intermediate_size=61", "model.hidden_size=28"])
+        make_config("dinov2_debug", ["model.intermediate_size=61", "model.hidden_size=28"])
 
 
 def test_kept_prefix_tokens_need_a_tokenwise_connector():
     with pytest.raises(ConfigError, match=r"keeps 1 prefix token.*connector.kind=pixel_unshuffle"):
-        config("clip_debug", ["model.select_strategy=full", "connector=pixel_unshuffle", "connector.factor=2"])
+        make_config("clip_debug", ["model.select_strategy=full", "connector=pixel_unshuffle", "connector.factor=2"])
     with pytest.raises(ConfigError, match=r"keeps 3 prefix token.*connector.factor=2"):
-        config("dinov2_reg_debug", ["model.keep_prefix=true", "connector.factor=2"])
+        make_config("dinov2_reg_debug", ["model.keep_prefix=true", "connector.factor=2"])
     full = build("clip_debug", ["model.select_strategy=full"]).eval()
     kept = build("dinov2_reg_debug", ["model.keep_prefix=true"]).eval()
     for stack, prefix in ((full, 1), (kept, 3)):
@@ -211,7 +211,7 @@ def test_timm_clip_state_dict_loads(tmp_path):
 def test_clip_export_round_trip(tmp_path):
     x = pixels(2, 3, 56, 56)
     for preset in ("clip_debug", "llava15_debug"):
-        cfg = config(preset)
+        cfg = make_config(preset)
         stack = build_stack(cfg).eval()
         perturb_(stack)
         out = export_hf(stack, cfg, tmp_path / preset)
@@ -251,7 +251,7 @@ def test_dinov2_folders_load_with_their_architecture(registers, tmp_path):
 
 def test_dinov2_export_round_trip(tmp_path):
     for preset, cls in (("dinov2_debug", Dinov2Model), ("dinov2_reg_debug", Dinov2WithRegistersModel)):
-        cfg = config(preset)
+        cfg = make_config(preset)
         stack = perturb_(build_stack(cfg))
         out = export_hf(stack, cfg, tmp_path / preset)
         x = pixels(2, 3, 56, 56)
@@ -268,11 +268,11 @@ def test_checkpoint_of_another_family_is_refused(tmp_path):
     dino(0).save_pretrained(tmp_path / "d")
     clip_vision().save_pretrained(tmp_path / "c")
     with pytest.raises(ConfigError, match=r"model.family: preset clip, checkpoint dinov2"):
-        config("clip_debug", [f"model.weights={tmp_path / 'd'}"])
+        make_config("clip_debug", [f"model.weights={tmp_path / 'd'}"])
     with pytest.raises(ConfigError, match=r"model.family: preset dinov2, checkpoint clip"):
-        config("dinov2_debug", [f"model.weights={tmp_path / 'c'}"])
+        make_config("dinov2_debug", [f"model.weights={tmp_path / 'c'}"])
     with pytest.raises(ConfigError, match=r"model.family: preset siglip, checkpoint clip"):
-        config("siglip_debug", [f"model.weights={tmp_path / 'c'}"])
+        make_config("siglip_debug", [f"model.weights={tmp_path / 'c'}"])
 
 
 def test_llava_next_with_a_clip_tower_is_a_clear_error():

@@ -19,7 +19,7 @@ from transformers import Siglip2VisionConfig, Siglip2VisionModel
 from transformers.models.siglip2.image_processing_pil_siglip2 import Siglip2ImageProcessorPil
 
 import vtlab
-from vtlab.api import build, build_stack, config
+from vtlab.api import build, build_stack, make_config
 from vtlab.checkpoints import export_hf
 from vtlab.errors import ConfigError
 from vtlab.measure.flops import stage_costs
@@ -95,7 +95,7 @@ def test_naflex_tokens_equal_siglip2_vision_model_on_processor_inputs(ckpt, budg
 
 
 def test_export_round_trip_and_a_checkpoint_of_another_family(ckpt, tmp_path):
-    cfg = config("siglip2_debug")
+    cfg = make_config("siglip2_debug")
     stack = perturb_(build_stack(cfg))
     out = export_hf(stack, cfg, tmp_path / "e")
     hf = Siglip2VisionModel.from_pretrained(out, attn_implementation="eager").eval()
@@ -108,16 +108,16 @@ def test_export_round_trip_and_a_checkpoint_of_another_family(ckpt, tmp_path):
         frame = stack.tiler.frames(images([(40, 40)])[0])[0]
         report("siglip2_debug export -> Siglip2VisionModel.from_pretrained", max_diff(stack.tower(frame), ref))
     with pytest.raises(ConfigError, match=r"model.family: preset clip, checkpoint siglip2"):
-        config("clip_debug", [f"model.weights={ckpt[1]}"])
+        make_config("clip_debug", [f"model.weights={ckpt[1]}"])
 
 
 def test_patch_budget_errors():
     with pytest.raises(ConfigError, match=r"model.max_num_patches=0 is below one patch"):
-        config("siglip2_debug", ["model.max_num_patches=0"])
+        make_config("siglip2_debug", ["model.max_num_patches=0"])
     with pytest.raises(ConfigError, match=r"model.max_num_patches=16 is not a setting of family siglip "):
-        config("siglip_debug", ["model.max_num_patches=16"])
+        make_config("siglip_debug", ["model.max_num_patches=16"])
     with pytest.raises(ConfigError, match=r"connector.factor=2 does not divide the 3x5 NaFlex patch grid of a 50x80"):
-        config("siglip2_debug", ["connector=pixel_unshuffle", "connector.factor=2", "data.image_size=[50,80]"])
+        make_config("siglip2_debug", ["connector=pixel_unshuffle", "connector.factor=2", "data.image_size=[50,80]"])
     ok = build("siglip2_debug", ["connector=pixel_unshuffle", "connector.factor=2", "data.image_size=[40,40]"])
     assert ok.plan(40, 40).tokens == 4  # 4x4 grid, factor 2
 
@@ -154,7 +154,7 @@ def test_cli_budget_below_one_patch_is_one_line(tmp_path):
 
 def test_so400m_naflex_preset_on_meta():
     with torch.device("meta"):
-        stack = build_stack(config("siglip2_so400m_naflex"))
+        stack = build_stack(make_config("siglip2_so400m_naflex"))
     assert stack.tower.native_grid == 16 and stack.tower.hidden_size == 1152 and len(stack.tower.blocks) == 27
     plan = stack.plan(768, 1024)  # 3:4 -> the largest grid under 256 patches
     assert plan.detail["grid"] == [14, 18] and plan.tokens == 252 and stack.tiler.max_num_patches == 256

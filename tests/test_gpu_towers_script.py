@@ -32,7 +32,7 @@ def test_script_architectures_are_the_presets(table):
     run = script()
     for name, arch in getattr(run, table).items():
         preset = name if table == "ARCH" else TWINS[name]
-        m = vtlab.config(preset).model
+        m = vtlab.make_config(preset).model
         for key, value in arch.items():
             mine = getattr(m, key)
             assert getattr(mine, "value", mine) == value, (preset, key, mine, value)

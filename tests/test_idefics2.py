@@ -11,7 +11,7 @@ import torch
 from hf_parity import force_eager, max_diff, perturb_
 
 from vtlab.api import build_stack
-from vtlab.config.compose import compose_config, config, to_config
+from vtlab.config.compose import compose_config, make_config, to_config
 from vtlab.families import get_family
 
 TOL = 1e-5
@@ -81,10 +81,10 @@ def test_fused_kv_keys_round_trip() -> None:
 
 
 def test_presets() -> None:
-    c = config("idefics2", [])
+    c = make_config("idefics2", [])
     assert (c.connector.tokens, c.text_hidden, c.model.image_size // c.model.patch_size) == (64, 4096, 70)
     assert str(c.model.family) == "idefics2" and get_family("idefics2").position_rule == "bucket"
-    stack = build_stack(config("idefics2_debug", []))
+    stack = build_stack(make_config("idefics2_debug", []))
     assert stack.num_tokens == 4 and stack.stages()["connector"].shape == (1, 4, 64)
 
 

@@ -13,7 +13,7 @@ import torch
 from safetensors.torch import load_file, save_file
 from train_helpers import cli
 
-from vtlab.api import build_stack, config
+from vtlab.api import build_stack, make_config
 from vtlab.checkpoints import export_hf
 from vtlab.checkpoints.loader import load_weights
 from vtlab.checkpoints.sources import resolve_hf_id, torch_load
@@ -49,12 +49,12 @@ def _one_line(proc) -> str:
 ])
 def test_bad_config_value_is_refused(override: str, needle: str) -> None:
     with pytest.raises(ConfigError, match=needle.replace("[", r"\[").replace(".", r"\.").replace("+", r"\+")):
-        config("smolvlm_debug", ["task=train", override])
+        make_config("smolvlm_debug", ["task=train", override])
 
 
 def test_good_trainer_settings_pass() -> None:
     for override in ("trainer.val_check_interval=2", "trainer.val_check_interval=0.5", "trainer.accelerator=cpu"):
-        config("smolvlm_debug", ["task=train", override])
+        make_config("smolvlm_debug", ["task=train", override])
 
 
 @pytest.mark.parametrize("override,needle", [("+task.batchsize=8", "task.batchsize is not a known key"),
@@ -68,7 +68,7 @@ def test_bad_key_from_the_cli_is_one_line(override: str, needle: str) -> None:
 
 @pytest.fixture()
 def exported(tmp_path: Path) -> tuple[Path, object]:
-    cfg = config("siglip_debug")
+    cfg = make_config("siglip_debug")
     out = tmp_path / "ckpt"
     export_hf(build_stack(cfg), cfg, out)
     return out, cfg
@@ -206,7 +206,7 @@ def test_checkpoint_config_json_of_the_wrong_type_is_one_error(exported, edit: s
     exec(edit, scope)
     path.write_text(json.dumps(scope["c"]))
     with pytest.raises(CheckpointError, match=needle):
-        config("hf", [f"model.weights={folder}"])
+        make_config("hf", [f"model.weights={folder}"])
 
 
 # ---------------------------------------------------------------------------------------------- sizes
@@ -216,13 +216,13 @@ def test_checkpoint_config_json_of_the_wrong_type_is_one_error(exported, edit: s
                                       "model.num_layers=1000000"])
 def test_sizes_that_cannot_fit_are_refused_with_the_estimate(override: str) -> None:
     with pytest.raises(ConfigError, match=r"cannot fit: it needs at least [\d.]+ GiB .* but the cpu device has [\d.]+ GiB"):
-        config("smolvlm_debug", ["task.device=cpu", override])
+        make_config("smolvlm_debug", ["task.device=cpu", override])
 
 
 def test_memory_estimate_leaves_real_presets_alone() -> None:
     from vtlab.config.validate import device_memory, memory_estimate
 
-    cfg = config("llavanext", ["task.device=cpu"])
+    cfg = make_config("llavanext", ["task.device=cpu"])
     assert 0 < sum(memory_estimate(cfg).values()) < device_memory(torch.device("cpu"))
 
 

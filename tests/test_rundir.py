@@ -176,10 +176,10 @@ def test_sweep_into_a_dir_holding_an_earlier_sweep_is_refused(tmp_path: Path) ->
 
 
 def test_export_hf_onto_a_checkpoint_refuses_unless_overwrite(tmp_path: Path) -> None:
-    from vtlab.api import build_stack, config
+    from vtlab.api import build_stack, make_config
     from vtlab.checkpoints import export_hf
 
-    cfg = config("siglip_debug")
+    cfg = make_config("siglip_debug")
     stack = build_stack(cfg)
     export_hf(stack, cfg, tmp_path)
     before = (tmp_path / "model.safetensors").read_bytes()

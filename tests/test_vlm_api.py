@@ -72,7 +72,7 @@ def test_text_weights_from_a_folder_and_the_hf_cache(tmp_path, monkeypatch):
     from vtlab.text.lm import hf_text_config
     from vtlab.text.tokenizer import offline_tokenizer
 
-    conf = hf_text_config(vtlab.config("smolvlm_debug", ["text.lm=true"]).text)
+    conf = hf_text_config(vtlab.make_config("smolvlm_debug", ["text.lm=true"]).text)
     conf.update(num_hidden_layers=3, rope_theta=5000.0)
     torch.manual_seed(1)
     lm = AutoModelForCausalLM.from_config(AutoConfig.for_model(conf.pop("model_type"), **conf)).eval()

@@ -9,7 +9,7 @@ import pytest
 import torch
 from test_cli import run_vtlab
 
-from vtlab.api import build_vlm, config
+from vtlab.api import build_vlm, make_config
 from vtlab.measure.lm_side import lm_prefill_flops_closed_form, measure_lm_side
 from vtlab.text.lm import hf_text_config, kv_cache_bytes_per_token
 
@@ -37,7 +37,7 @@ def lm_dirs(tmp_path_factory):
         SiglipVisionModel,
     )
 
-    conf = hf_text_config(config("smolvlm_debug", ["text.lm=true"]).text)
+    conf = hf_text_config(make_config("smolvlm_debug", ["text.lm=true"]).text)
     lm = AutoModelForCausalLM.from_config(AutoConfig.for_model(conf.pop("model_type"), **conf))
     plain = tmp_path_factory.mktemp("plain_lm")
     lm.save_pretrained(plain)

@@ -16,7 +16,7 @@ import torch
 from ckpt_fixtures import LLAVA, LLAVA_LAYERS, SMOLVLM, _randomise
 from hf_parity import copy_hf_tower, copy_linear, max_diff
 
-from vtlab.api import build_vlm, config
+from vtlab.api import build_vlm, make_config
 from vtlab.text.lm import hf_text_config
 from vtlab.text.tokenizer import offline_tokenizer
 
@@ -30,7 +30,7 @@ def _image(h: int, w: int, seed: int = 3) -> np.ndarray:
 
 
 def _text(preset: str) -> dict:
-    conf = hf_text_config(config(preset, ["text.lm=true"]).text)
+    conf = hf_text_config(make_config(preset, ["text.lm=true"]).text)
     conf["num_hidden_layers"] = 2
     return conf
 
@@ -177,7 +177,7 @@ def test_export_round_trip_generates_the_same_tokens(fixture, cls, size, request
 
     _, path = request.getfixturevalue(fixture)
     vlm = build_vlm("hf", [f"model.weights={path}", "logger=none"])
-    cfg = config("hf", [f"model.weights={path}", "text.lm=true", "logger=none"])
+    cfg = make_config("hf", [f"model.weights={path}", "text.lm=true", "logger=none"])
     image = _image(*size)
     tokens = vlm.generate([image], PROMPT, STEPS, stop_at_eos=False)
     out = export_vlm(vlm, cfg, tmp_path / "export")

@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -58,5 +59,7 @@ def run_inproc(out_dir: Path, overrides: list[str], model: str = "smolvlm_debug"
 
 def cli(args: list[str], timeout: float = 240, **popen: Any) -> subprocess.CompletedProcess:
     env = os.environ | {"WANDB_MODE": "disabled", "PYTHONUNBUFFERED": "1", **ONE_THREAD}
+    if not any(a.startswith(("out_dir=", "hydra.run.dir=")) for a in args):  # never a run folder in the checkout
+        args = [*args, f"hydra.run.dir={tempfile.mkdtemp(prefix='vtlab-test-')}"]
     return subprocess.run([sys.executable, "-m", "vtlab", *args], cwd=REPO, env=env, capture_output=True,
                           text=True, timeout=timeout, **popen)

@@ -2,7 +2,7 @@
 
 `build("smolvlm", overrides=["connector.factor=2"])` composes exactly the Hydra config the CLI composes for
 `python -m vtlab +model=smolvlm connector.factor=2`, validates it and returns the `VisionStack`;
-`config(...)` returns the typed config itself. `build_stack(cfg)` asks the model's family for everything
+`make_config(...)` returns the typed config itself. `build_stack(cfg)` asks the model's family for everything
 family-specific (position rule, tiling) and hands the stack its parts whole, then loads `model.weights`.
 """
 
@@ -16,7 +16,7 @@ from omegaconf import DictConfig
 
 from vtlab.checkpoints import load_weights as load_checkpoint
 from vtlab.checkpoints.sources import resolve
-from vtlab.config.compose import compose_config, config, to_config
+from vtlab.config.compose import compose_config, make_config, to_config
 from vtlab.config.schema import VTLabConfig
 from vtlab.errors import ConfigError
 from vtlab.families import Tiler, get_family
@@ -47,8 +47,10 @@ def build_stack(cfg: DictConfig | VTLabConfig, load_weights: bool = True) -> Vis
     reduction = Reduction(r, None if prune is None else str(prune), c.connector.prune_tokens) if r or prune else None
     stack = VisionStack(tower, connector, tiler, _newline(tiler, c.text_hidden), input_size=c.model.input_size,
                         reduction=reduction)
+    stack.weights = "random init"  # what the tables and results.json say was loaded
     if load_weights and c.model.weights:
-        load_checkpoint(stack, c.model.weights, c)
+        report = load_checkpoint(stack, c.model.weights, c)
+        stack.weights = f"{report['source']} (layout {report['layout']})"
     if load_weights:
         family.load_parts(stack, c.model, load_checkpoint)  # sub-tower checkpoints (fused towers)
     return stack
@@ -98,4 +100,4 @@ def build(model: str, overrides: Sequence[str] = (), **kwargs: Any) -> VisionSta
     return build_stack(compose_config(model, overrides), **kwargs)
 
 
-__all__ = ["build", "build_stack", "build_vlm", "build_vlm_from_config", "compose_config", "config", "to_config"]
+__all__ = ["build", "build_stack", "build_vlm", "build_vlm_from_config", "compose_config", "make_config", "to_config"]

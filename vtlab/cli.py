@@ -18,15 +18,16 @@ import hydra
 from hydra.core.hydra_config import HydraConfig
 from hydra.core.override_parser.overrides_parser import OverridesParser
 from hydra.types import RunMode
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 
-from vtlab.config.compose import compose_config, to_config
+from vtlab.config.compose import compose_config, effective_config, to_config
 from vtlab.config.presets import config_dir, group_options, model_names
 from vtlab.config.schema import register_configs
 from vtlab.errors import ConfigError, InvalidCellError, VtlabError
 from vtlab.results.record import RunContext, record_not_run
 from vtlab.results.sweep import write_summary
 from vtlab.tasks import run_task
+from vtlab.tree import GROUPS
 
 register_configs()
 
@@ -94,9 +95,6 @@ def _app(raw: DictConfig) -> None:
         not_run(RuntimeError(f"{type(exc).__name__}: {exc}"[:2000]), "failed")
 
 
-GROUPS = ("model", "connector", "text", "task", "logger", "trainer", "data")
-
-
 def check_group_choices(argv: list[str]) -> str | None:
     """A message for the first `group=option` argument naming an option that does not exist, else None.
 
@@ -150,6 +148,63 @@ def check_composition(argv: list[str]) -> str | None:
     return None
 
 
+def is_multirun(argv: list[str]) -> bool:
+    return any(a in ("-m", "--multirun") for a in argv)
+
+
+def run_dir_follows_out_dir(argv: list[str]) -> list[str]:
+    """`out_dir=X` (one run) also sets `hydra.run.dir=X`, so Hydra's `.hydra/` and `vtlab.log` land beside
+    the run's results.json instead of in ./outputs/<date>/<time>/; an explicit `hydra.run.dir=` wins. A folder
+    that already holds an earlier run's `.hydra/` (a resume, an eval, a refused rerun) keeps it: this run's goes
+    to `.hydra.<k>/` (vtlab.log is appended to)."""
+    out = [a.partition("=")[2] for a in argv if a.startswith("out_dir=")]
+    if not out or not out[-1] or out[-1] == "null" or is_multirun(argv):
+        return argv
+    if any(a.lstrip("+").startswith("hydra.run.dir=") for a in argv):
+        return argv
+    extra = [f"hydra.run.dir={out[-1]}"]
+    target = Path(out[-1])
+    if (target / ".hydra").exists() and not any(a.lstrip("+").startswith("hydra.output_subdir=") for a in argv):
+        k = 1
+        while (target / f".hydra.{k}").exists():
+            k += 1
+        extra.append(f"hydra.output_subdir=.hydra.{k}")
+    return [*argv, *extra]
+
+
+def cfg_job_request(argv: list[str]) -> bool:
+    """True for `--cfg job` / `-c job` outside a sweep (vtlab prints the effective config itself)."""
+    for i, arg in enumerate(argv[:-1]):
+        if arg in ("--cfg", "-c") and argv[i + 1] == "job":
+            return not is_multirun(argv)
+    return False
+
+
+def check_config(argv: list[str]) -> str | None:
+    """A message if the config of a single run fails validation (vtlab.config.validate), else None: refused
+    before Hydra starts, so a refused run leaves no run folder behind. Sweeps validate per cell (a cell that
+    cannot exist is recorded as skipped)."""
+    if is_multirun(argv):
+        return None
+    args = [a for a in argv if not a.startswith("-") and not a.lstrip("+").startswith("hydra.")]
+    if not any(a.startswith("+model=") for a in args):
+        return None  # the task function names the missing model (+experiment configs may set one)
+    try:
+        to_config(compose_config(None, args))
+    except ConfigError as exc:
+        return str(exc)
+    return None
+
+
+def print_effective_config(argv: list[str]) -> None:
+    """`--cfg job`: the config that will run, interpolations resolved and null defaults made explicit."""
+    args = [a for a in argv if not a.startswith("-") and a != "job" and not a.lstrip("+").startswith("hydra.")]
+    try:
+        print(OmegaConf.to_yaml(effective_config(compose_config(None, args))), end="")
+    except ConfigError as exc:
+        _fail(str(exc))
+
+
 def main() -> None:
     """Console-script entry point (`vtlab ...`)."""
     os.environ.setdefault("HYDRA_FULL_ERROR", "0")
@@ -159,6 +214,13 @@ def main() -> None:
     message = check_group_choices(sys.argv[1:]) or check_composition(sys.argv[1:])
     if message:
         _fail(message)
+    if cfg_job_request(sys.argv[1:]):
+        print_effective_config(sys.argv[1:])
+        return
+    message = check_config(sys.argv[1:])
+    if message:
+        _fail(message)
+    sys.argv[1:] = run_dir_follows_out_dir(sys.argv[1:])
     _app()
     if FAILED_CELLS:  # a -m sweep ran to its end, but not every cell did
         _fail(f"{len(FAILED_CELLS)} sweep cell(s) failed (status failed in the sweep summary): " + "; ".join(FAILED_CELLS))

@@ -60,7 +60,7 @@ def export_hf(stack: torch.nn.Module, cfg: Any, out_dir: str | Path, overwrite: 
     if out.exists() and not out.is_dir():
         raise CheckpointError(f"export: {out} is a file, not a folder")
     if isinstance(cfg, DictConfig | dict) or not hasattr(cfg, "model"):
-        raise CheckpointError("export: pass the VTLabConfig the stack was built from (vtlab.config(...) or "
+        raise CheckpointError("export: pass the VTLabConfig the stack was built from (vtlab.make_config(...) or "
                               "vtlab.to_config(...))")
     conf = hf_config(cfg, stack)
     state = {k: v.detach().cpu() for k, v in stack.state_dict().items()}

@@ -93,8 +93,8 @@ def resolve_hf_id(spec: str) -> Path:
     if not repo_dir.is_dir():
         raise CheckpointError(
             f"model.weights={spec}: '{repo}' is not in the local Hugging Face cache ({where}). "
-            "vtlab never downloads: fetch it beforehand (e.g. `huggingface-cli download` on a machine with access) "
-            "or pass a local path."
+            f"vtlab never downloads: fetch it beforehand on a machine with access (`hf download {repo}`, the "
+            f"huggingface_hub CLI; it fills the same cache, or copy the cache folder) or pass a local path."
         )
     snapshots = repo_dir / "snapshots"
     ref = repo_dir / "refs" / revision

@@ -2,7 +2,7 @@
 
 `compose_config` is what the CLI composes (Hydra and OmegaConf errors become one line naming the key);
 `to_config` applies the checkpoint-derived architecture (`+model=hf`, vtlab.config.from_checkpoint), converts
-to the typed dataclasses and runs every check (vtlab.config.validate); `config(model, overrides)` does both.
+to the typed dataclasses and runs every check (vtlab.config.validate); `make_config(model, overrides)` does both.
 """
 
 from __future__ import annotations
@@ -20,6 +20,7 @@ from vtlab.config.presets import compose_raw
 from vtlab.config.schema import VTLabConfig
 from vtlab.config.validate import validate
 from vtlab.errors import ConfigError
+from vtlab.families.tiler import resolve_tiling
 
 
 def compose_config(model: str | None, overrides: Sequence[str] = ()) -> DictConfig:
@@ -90,6 +91,15 @@ def to_config(cfg: DictConfig | VTLabConfig) -> VTLabConfig:
     return obj  # type: ignore[return-value]
 
 
-def config(model: str | None, overrides: Sequence[str] = ()) -> VTLabConfig:
+def effective_config(raw: DictConfig) -> DictConfig:
+    """What will run (`--cfg job`): the validated config with interpolations resolved (`text_hidden`) and the
+    null defaults that a family decides made explicit (`model.tiling`: the family's own scheme)."""
+    cfg = to_config(raw)
+    out = OmegaConf.create(OmegaConf.to_container(OmegaConf.structured(cfg), resolve=True, enum_to_str=True))
+    out.model.tiling = resolve_tiling(cfg.model)
+    return out
+
+
+def make_config(model: str | None, overrides: Sequence[str] = ()) -> VTLabConfig:
     """The validated, typed config of `python -m vtlab +model=<model> <overrides...>` in one call."""
     return to_config(compose_config(model, overrides))

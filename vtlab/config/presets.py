@@ -1,54 +1,19 @@
-"""The shipped presets: where the Hydra config tree lives, however vtlab was installed, and what each group offers.
-
-The tree is the top-level `conf/` of the repository (the users asked for it at the top level), installed as the
-package `vtlab.conf` (a package-dir mapping in pyproject.toml). A checkout's own `conf/` beside its `vtlab/`
-wins (so a second checkout or worktree on `PYTHONPATH` reads its own tree, not an editable install's); in a
-wheel the package `vtlab.conf` is used. Both resolve to a real directory.
+"""The shipped presets composed by Hydra (`compose_raw`); where the tree lives and what each group offers is
+vtlab.tree (standard library only, for the fast `--help`), re-exported here.
 """
 
 from __future__ import annotations
 
-import importlib.util
 from collections.abc import Sequence
-from functools import cache
-from importlib import resources
-from pathlib import Path
 
 from hydra import compose, initialize_config_dir
 from hydra.core.global_hydra import GlobalHydra
 from omegaconf import DictConfig
 
 from vtlab.config.schema import register_configs
+from vtlab.tree import config_dir, group_options, model_names
 
-
-@cache
-def config_dir() -> Path:
-    """The directory holding config.yaml and the group folders."""
-    beside = Path(__file__).resolve().parent.parent.parent / "conf"
-    if (beside / "config.yaml").is_file():
-        return beside
-    try:
-        if importlib.util.find_spec("vtlab.conf") is not None:
-            found = Path(str(resources.files("vtlab.conf")))
-            if (found / "config.yaml").is_file():
-                return found
-    except (ModuleNotFoundError, TypeError):
-        pass
-    raise FileNotFoundError(
-        "vtlab's config tree was not found: neither the package 'vtlab.conf' nor "
-        f"{beside} exists; reinstall vtlab (pip install .)"
-    )
-
-
-def group_options(group: str) -> list[str]:
-    """The YAML options shipped in conf/<group>/ (what `group=NAME` accepts)."""
-    folder = config_dir() / group
-    return sorted(p.stem for p in folder.glob("*.yaml"))
-
-
-def model_names() -> list[str]:
-    """The model presets shipped in conf/model (what `+model=` accepts)."""
-    return group_options("model")
+__all__ = ["compose_raw", "config_dir", "group_options", "model_names"]
 
 
 def compose_raw(overrides: Sequence[str]) -> DictConfig:

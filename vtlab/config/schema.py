@@ -307,9 +307,13 @@ class TaskConfig:
     fused_gelu: bool = True
     # patch embedding as one GEMM over unfolded patches instead of the conv (same function; vtlab.models.fastpaths)
     patch_gemm: bool = False
+    quick: bool = False  # profile/bench: a quick look (1 warm-up, <= 3 repeats; bench: small batch, eager only)
 
     def check(self, root: Any) -> None:
         """The timing loop divides by batch_size and takes a median of repeats."""
+        if self.quick and self.name in (TaskName.train, TaskName.eval):
+            raise ConfigError(f"task.quick=true is for task=profile and task=bench; for a quick {self.name} use "
+                              f"+experiment=quick_train (python -m vtlab --help lists the experiments)")
         for key, least in (("batch_size", 1), ("eval_batch_size", 1), ("repeats", 1), ("warmup", 0)):
             value = getattr(self, key, None)
             if value is not None and value < least:

@@ -7,7 +7,7 @@ of a jittered grid over a noisy dark background. The label is the number of "+" 
 image, so neither mean intensity nor colour nor a coarse blob count tells the classes apart: a model has
 to resolve the shape of glyphs smaller than one patch, which is what the patch and visual-token budget decide.
 
-`task="count"`: only "+" glyphs, label = how many (a coarse task that a tiny model learns in seconds; the
+`task="count"`: only "+" glyphs, label = how many (a coarse task; `+experiment=quick_train` learns it; the
 CPU tests use it).
 `glyphs_per_class=k` (both tasks): label c means c * k "+" glyphs (and (num_classes - 1) * k + distractors glyphs in
 all for count_plus), a denser variant for large images where a handful of glyphs is a needle in 1024 patches.

@@ -90,6 +90,29 @@ def median(values: list[float]) -> float:
     return statistics.median(values)
 
 
+UNSTABLE_SPREAD = 0.5  # (p90 - p10) / p50 above this: the repeats disagree too much to trust the median
+
+
+def spread(values: list[float]) -> dict[str, Any]:
+    """The spread of repeated timings: min, p10, p50, p90, max, the relative spread (p90 - p10) / p50, and
+    `unstable` when that exceeds UNSTABLE_SPREAD (a loaded machine, throttling: the median is not a number)."""
+    p10, p50, p90 = (percentile(values, q) for q in (10, 50, 90))
+    rel = (p90 - p10) / p50 if p50 > 0 else 0.0
+    return {"min": min(values), "p10": p10, "p50": p50, "p90": p90, "max": max(values), "rel_spread": rel,
+            "unstable": rel > UNSTABLE_SPREAD, "n": len(values)}
+
+
+def stage_sum_warning(total_ms: float, parts_ms: dict[str, float], slack: float = 1.1) -> str | None:
+    """A message when stages timed on their own add up to more than the whole call (beyond `slack`): each was
+    timed separately, so on a loaded machine one of them caught a slow patch and the numbers do not add up."""
+    summed = sum(parts_ms.values())
+    if total_ms <= 0 or summed <= slack * total_ms:
+        return None
+    listed = " + ".join(f"{name} {ms:.4g} ms" for name, ms in parts_ms.items())
+    return (f"stage latencies do not add up: {listed} = {summed:.4g} ms > the whole call's {total_ms:.4g} ms "
+            f"(timed separately; the machine was probably busy: rerun, or raise task.repeats)")
+
+
 def reset_peak_memory(device: torch.device) -> None:
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)

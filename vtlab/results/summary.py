@@ -45,6 +45,8 @@ def collect(sweep_dir: Path) -> list[dict[str, Any]]:
         row["job"] = path.parent.name
         row["status"] = result.get("status", "ok")
         row["reason"] = result.get("reason") or result.get("error")
+        if row["connector"] is None:  # the connector kind lives in the record's config
+            row["connector"] = ((result.get("config") or {}).get("connector") or {}).get("kind")
         if row["device_name"] is None:
             row["device_name"] = (result.get("device_info") or {}).get("device_name")
         for mode, m in (result.get("modes") or {}).items():

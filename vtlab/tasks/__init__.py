@@ -11,6 +11,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
+from vtlab.logs import quiet_run
 from vtlab.results.record import RunContext, process_rank
 from vtlab.results.rundir import check_foreign, check_out_dir, claimed
 from vtlab.results.tracking import open_tracker
@@ -42,8 +43,9 @@ def run_task(ctx: RunContext) -> dict[str, Any]:
         if rank0:
             check_foreign(ctx.out_dir, str(ctx.cfg.task.name), ctx.cfg.overwrite)
         task.check(ctx)  # refusals before any tracker run opens
-        tracker = open_tracker(ctx)
-        try:
-            return task.run(ctx, tracker)
-        finally:
-            tracker.finish()
+        with quiet_run():  # one line per event, no adverts, no noise warnings (vtlab.logs)
+            tracker = open_tracker(ctx)
+            try:
+                return task.run(ctx, tracker)
+            finally:
+                tracker.finish()

@@ -32,13 +32,14 @@ from torch._dynamo.utils import counters
 
 from vtlab.api import build_stack, build_vlm_from_config
 from vtlab.config.schema import image_size_of
-from vtlab.measure.ceiling import matmul_ceiling
+from vtlab.measure.ceiling import matmul_ceiling, raise_to_run
 from vtlab.measure.flops import lm_prefill, stage_costs
 from vtlab.measure.lm_side import check_prompt, measure_lm_side
 from vtlab.measure.modes import COMPILED, extra_warmup, make_runner, skip_reason
 from vtlab.measure.progress import StepProgress
 from vtlab.measure.stages import image_stages
 from vtlab.measure.timing import (
+    UNSTABLE_SPREAD,
     count_params,
     device_info,
     median,
@@ -47,6 +48,7 @@ from vtlab.measure.timing import (
     reset_peak_memory,
     resolve_device,
     resolve_dtype,
+    spread,
     synchronize,
     time_ms,
 )
@@ -69,19 +71,28 @@ DEFAULTS = {
 }
 
 
+# `task.quick=true`: a look in seconds (eager only; the spread of so few repeats is rarely trustworthy)
+QUICK = {"warmup": 1, "repeats": 3, "throughput_batch_size": 2, "iters": 1, "latency_iters": 5, "matmul_size": 512}
+
+
 def bench_settings(task: Any, device: torch.device) -> dict[str, Any]:
-    """The measurement settings actually used; `defaulted` lists those chosen for the device."""
+    """The measurement settings actually used; `defaulted` lists those chosen for the device (or by
+    `task.quick`, which replaces the defaults and caps the warm-up and repeats)."""
     cpu = device.type != "cuda"
-    settings: dict[str, Any] = {"warmup": task.warmup, "repeats": task.repeats}
+    quick = bool(getattr(task, "quick", False))
+    settings: dict[str, Any] = {"warmup": task.warmup, "repeats": task.repeats, "quick": quick}
+    if quick:
+        settings.update(warmup=min(task.warmup, QUICK["warmup"]), repeats=min(task.repeats, QUICK["repeats"]))
     defaulted = []
     for key, (on_cuda, on_cpu) in DEFAULTS.items():
         value = getattr(task, key)
         if value is None:
-            value = on_cpu if cpu else on_cuda
+            value = QUICK[key] if quick else on_cpu if cpu else on_cuda
             defaulted.append(key)
         settings[key] = value
     settings["defaulted"] = defaulted
-    settings["defaults_for"] = "cpu" if cpu else "cuda"
+    settings["defaults_for"] = "quick" if quick else "cpu" if cpu else "cuda"
+    settings["modes"] = ["eager"] if quick else list(dict.fromkeys(str(m) for m in task.modes))
     return settings
 
 
@@ -118,7 +129,8 @@ def measure_mode(mode: str, stack: torch.nn.Module, shape1: tuple[int, ...], bat
     out["first_call_s"] = _first_call_s(fn, x1, device)
     progress.step(f"{mode}: latency, {settings['latency_iters']} calls at batch 1")
     lat = _timed(fn, x1, device, warmup, settings["latency_iters"])
-    out.update(latency_ms=median(lat), latency_ms_p90=percentile(lat, 90), latency_ms_all=lat)
+    out.update(latency_ms=median(lat), latency_ms_p90=percentile(lat, 90), latency_ms_all=lat,
+               latency_spread=spread(lat), unstable=spread(lat)["unstable"])
     progress.step(f"{mode}: throughput, batch {batch}" + (" (compiling)" if mode in COMPILED else ""))
     while True:
         try:
@@ -141,6 +153,8 @@ def measure_mode(mode: str, stack: torch.nn.Module, shape1: tuple[int, ...], bat
     out.update(
         throughput_batch_size=batch,
         throughput_ms_all=thr,
+        throughput_spread=spread(thr),
+        unstable=out["unstable"] or spread(thr)["unstable"],
         throughput_img_s=img_s,
         throughput_tokens_s=img_s * tokens,
         tflops=tflops,
@@ -180,6 +194,7 @@ def _headline(modes: dict[str, dict[str, Any]]) -> dict[str, Any]:
         "tflops": thr["tflops"],
         "mfu": thr["mfu"],
         "peak_memory_mb": thr["peak_memory_mb"],
+        "unstable": any(m.get("unstable") for m in ok.values()),
     }
 
 
@@ -207,7 +222,7 @@ def bench_stack(ctx: RunContext) -> dict[str, Any]:
     shape1 = stack.input_shape(frames, plan)
     tokens = plan.tokens if plan else stack.num_tokens
     pack = (lambda out, images: stack.pack(out, [plan] * images)) if plan else None
-    modes = list(dict.fromkeys(str(m) for m in task.modes))
+    modes = settings["modes"]
     runnable = [m for m in modes if skip_reason(m, device) is None]
 
     steps = 3 + 3 * len(runnable)
@@ -244,6 +259,17 @@ def bench_stack(ctx: RunContext) -> dict[str, Any]:
     if vlm is not None:  # text.lm=true: LM prefill, KV cache and TTFT, eager LM (vtlab.measure.lm_side)
         with pinned(task.attention_backend):
             lm_side = measure_lm_side(vlm, size, cfg.text.prompt, device, 3, settings["latency_iters"])
+    ceiling = raise_to_run(ceiling, [m["tflops"] for m in results.values() if m.get("status") == "ok"])
+    for m in results.values():  # mfu against the ceiling no run exceeds
+        if m.get("status") == "ok" and ceiling["tflops"] > 0:
+            m["mfu"] = m["tflops"] / ceiling["tflops"]
+    if ceiling["exceeded"]:
+        print(f"vtlab: warning: {ceiling['note']}", file=sys.stderr)
+    shaky = [name for name, m in results.items() if m.get("unstable")]
+    if shaky:
+        print(f"vtlab: warning: unstable timings in mode(s) {', '.join(shaky)}: the repeats spread by more than "
+              f"{UNSTABLE_SPREAD:.0%} of the median ((p90 - p10) / p50; a loaded machine?); `unstable: true` in "
+              f"results.json", file=sys.stderr)
     peak, peak_kind = peak_memory_mb(device)
     info = device_info(device)
     paths = {**fast_paths(stack, device), "attention": attention["ran"],
@@ -275,6 +301,7 @@ def bench_stack(ctx: RunContext) -> dict[str, Any]:
         "lm_prefill_flops": prefill["flops"],
         "lm_prefill": prefill,
         **_headline(results),
+        "ceiling_exceeded": ceiling["exceeded"],
         "peak_memory_kind": peak_kind,
         "peak_memory_process_mb": peak,
         "ceiling_tflops": ceiling["tflops"],

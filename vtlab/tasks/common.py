@@ -40,6 +40,7 @@ def stack_facts(stack: VisionStack, plan: ImagePlan | None = None) -> dict[str, 
         "tokens": plan.tokens if plan else stack.num_tokens,
         "text_hidden": stack.text_hidden,
         "feature_dim": stack.feature_dim,
+        "weights": getattr(stack, "weights", "random init"),
     }
 
 

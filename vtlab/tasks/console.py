@@ -34,9 +34,11 @@ def print_stage_table(result: dict[str, Any], console: Console | None = None) ->
         _fmt(result["params"]), _fmt(result["flops"]), f"{result['latency_ms']:.2f}",
     )
     console.print(table)
+    console.print(f"weights: {result.get('weights', 'random init')}")
     console.print(
         f"latency p50 {result['latency_ms']:.2f} ms, p90 {result['latency_ms_p90']:.2f} ms; "
         f"peak memory {result['peak_memory_mb']:.0f} MiB ({result['peak_memory_kind']})"
+        + ("; UNSTABLE: the repeats spread too widely to trust" if result.get("unstable") else "")
     )
     _print_lm_side(result, console)
 
@@ -61,7 +63,7 @@ def print_bench_table(result: dict[str, Any], console: Console | None = None) ->
             table.add_row(name, m["status"], m.get("reason") or m.get("error", "")[:60])
             continue
         table.add_row(
-            name, "ok", _num(m["latency_ms"], ".3f"), _num(m["latency_ms_p90"], ".3f"),
+            name, "ok, unstable" if m.get("unstable") else "ok", _num(m["latency_ms"], ".3f"), _num(m["latency_ms_p90"], ".3f"),
             str(m["throughput_batch_size"]), _num(m["throughput_img_s"], ",.1f"), _num(m["throughput_tokens_s"], ",.0f"),
             _num(m["tflops"], ".3f"), _num(100 * m["mfu"], ".1f") + " %" if m["mfu"] is not None else "",
             _num(m["peak_memory_mb"], ".0f"), _num(m["first_call_s"] + m["first_call_batch_s"], ".1f"),
@@ -71,7 +73,8 @@ def print_bench_table(result: dict[str, Any], console: Console | None = None) ->
     console.print(
         f"{result['tokens']} tokens x {result['text_hidden']} to the LM; vision {_fmt(result['flops'])}FLOP/img "
         f"({_fmt(result['params'])} params); LM prefill of the visual tokens ({result['lm_prefill']['name']}): "
-        f"{_fmt(result['lm_prefill_flops'])}FLOP/img; ceiling {ceiling['tflops']:.3f} TFLOP/s ({ceiling['note']})"
+        f"{_fmt(result['lm_prefill_flops'])}FLOP/img; ceiling {ceiling['tflops']:.3f} TFLOP/s ({ceiling['note']}); "
+        f"weights: {result.get('weights', 'random init')}"
     )
     _print_lm_side(result, console)
 

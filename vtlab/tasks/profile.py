@@ -13,6 +13,7 @@ first-token (TTFT) rows, the results the KV-cache size (vtlab.measure.lm_side).
 
 from __future__ import annotations
 
+import sys
 from typing import Any
 
 import torch
@@ -22,6 +23,7 @@ from vtlab.config.schema import image_size_of
 from vtlab.errors import ConfigError
 from vtlab.measure.flops import stage_costs
 from vtlab.measure.lm_side import check_prompt, measure_lm_side
+from vtlab.measure.progress import StepProgress
 from vtlab.measure.stages import image_stages
 from vtlab.measure.timing import (
     count_params,
@@ -32,6 +34,8 @@ from vtlab.measure.timing import (
     reset_peak_memory,
     resolve_device,
     resolve_dtype,
+    spread,
+    stage_sum_warning,
     time_ms,
 )
 from vtlab.models.fastpaths import configure_fast_paths
@@ -65,22 +69,32 @@ def profile_stack(ctx: RunContext) -> dict[str, Any]:
     frames = plan.frames if plan else 1
     pixels = torch.randn(stack.input_shape(batch * frames, plan), device=device, dtype=dtype)
     grid = stack.connector_grid_for(stack.tower.grid_for(pixels.shape[-2], pixels.shape[-1]))  # frames' own (naflex)
+    warmup, repeats = (min(cfg.task.warmup, 1), min(cfg.task.repeats, 2)) if cfg.task.quick else (cfg.task.warmup,
+                                                                                                   cfg.task.repeats)
 
-    costs = stage_costs(stack, pixels[:1] if plan else pixels)  # per frame
-    with torch.inference_mode():
-        feats = stack.features(pixels) if plan else costs.features
-        reset_peak_memory(device)
-        if plan:
-            plans = [plan] * batch
-            tokens = stack.connector(feats, grid)
-            total_ms = time_ms(lambda: stack.encode_frames(pixels, plans), device, cfg.task.warmup, cfg.task.repeats)
-            pack_ms = time_ms(lambda: stack.pack(tokens, plans), device, 1, cfg.task.repeats)
-        else:
-            total_ms = time_ms(lambda: stack(pixels), device, cfg.task.warmup, cfg.task.repeats)
-        tower_ms = time_ms(lambda: stack.features(pixels), device, 1, cfg.task.repeats)
-        conn_ms = time_ms(lambda: stack.connector(feats, grid), device, 1, cfg.task.repeats)
+    with StepProgress(f"profile {ctx.run_name}", 4) as progress:
+        progress.step("FLOPs per stage")
+        costs = stage_costs(stack, pixels[:1] if plan else pixels)  # per frame
+        with torch.inference_mode():
+            feats = stack.features(pixels) if plan else costs.features
+            reset_peak_memory(device)
+            progress.step(f"latency, {warmup} warm-up + {repeats} timed calls of batch {batch}")
+            if plan:
+                plans = [plan] * batch
+                tokens = stack.connector(feats, grid)
+                total_ms = time_ms(lambda: stack.encode_frames(pixels, plans), device, warmup, repeats)
+                pack_ms = time_ms(lambda: stack.pack(tokens, plans), device, 1, repeats)
+            else:
+                total_ms = time_ms(lambda: stack(pixels), device, warmup, repeats)
+            progress.step("tower latency")
+            tower_ms = time_ms(lambda: stack.features(pixels), device, 1, repeats)
+            progress.step("connector latency")
+            conn_ms = time_ms(lambda: stack.connector(feats, grid), device, 1, repeats)
     peak, peak_kind = peak_memory_mb(device)
 
+    warning = stage_sum_warning(median(total_ms), {"tower": median(tower_ms), "connector": median(conn_ms)})
+    if warning:
+        print(f"vtlab: warning: {warning}", file=sys.stderr)
     costs.row("tower").update(latency_ms=median(tower_ms))
     costs.row("connector").update(latency_ms=median(conn_ms))
     stages = costs.stages
@@ -104,6 +118,10 @@ def profile_stack(ctx: RunContext) -> dict[str, Any]:
         "latency_ms": median(total_ms),
         "latency_ms_p90": percentile(total_ms, 90),
         "latency_ms_all": total_ms,
+        "latency_spread": spread(total_ms),
+        "unstable": spread(total_ms)["unstable"],
+        "stages_inconsistent": warning,
+        "quick": cfg.task.quick,
         "peak_memory_mb": peak,
         "peak_memory_kind": peak_kind,
         "device_info": device_info(device),

@@ -93,13 +93,19 @@ def train(ctx: RunContext, tracker: Any) -> tuple[dict[str, Any], pl.Trainer]:
     }, trainer
 
 
+def _num(value: Any, fmt: str) -> str:
+    return format(value, fmt) if isinstance(value, (int, float)) else "n/a"
+
+
+def summary_line(run_name: str, result: dict[str, Any]) -> str:
+    """The one line a training run ends with: every field, `n/a` where a short run has no value."""
+    return (f"train {run_name}: {result['global_step']} steps, val_acc {_num(result['val_acc'], '.4f')} "
+            f"(chance {_num(result['chance_acc'], '.3f')}), val_loss {_num(result['val_loss'], '.4f')}, "
+            f"{_num(result.get('train_images_per_s'), '.1f')} train images/s")
+
+
 def run(ctx: RunContext, tracker: Any) -> dict[str, Any]:
     result, trainer = train(ctx, tracker)
     if trainer.is_global_zero:
-        ips = result["train_images_per_s"]
-        publish(ctx, tracker, result, (
-            f"train {ctx.run_name}: {result['global_step']} steps, val_acc {result['val_acc']} "
-            f"(chance {result['chance_acc']:.3f}), val_loss {result['val_loss']}, "
-            f"{ips:.1f} train images/s" if ips else f"train {ctx.run_name}: val_acc {result['val_acc']}"
-        ))
+        publish(ctx, tracker, result, summary_line(ctx.run_name, result))
     return result

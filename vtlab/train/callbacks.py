@@ -1,5 +1,7 @@
-"""Lightning callbacks of the train/eval tasks: step throughput (images/s) for train and validation, and
-the sampler's resume point.
+"""Lightning callbacks of the train/eval tasks: step throughput (images/s) for train and validation, the
+sampler's resume point, and a model summary without Lightning's FLOPs column (it counts FLOPs only from an
+`example_input_array`, which vtlab's modules do not set, so it printed "Total FLOPs: 0"; vtlab's own FLOPs are in
+task=profile/bench).
 
 `SamplerResume` makes a mid-epoch resume exact: its state in the checkpoint is the train sampler's epoch and
 the samples the fit loop had trained on in it (Lightning's `batch_progress.current.processed` batches, the
@@ -20,8 +22,31 @@ from typing import Any
 
 import lightning.pytorch as pl
 import torch
+from lightning.pytorch.callbacks import ModelSummary
+from lightning.pytorch.utilities.model_summary import get_human_readable_count
+from lightning.pytorch.utilities.rank_zero import rank_zero_info
 
 from vtlab.data.sampler import EpochShuffleSampler
+
+
+class ParamSummary(ModelSummary):
+    """Lightning's model summary (modules, parameters, train/eval mode), one log line each, without FLOPs."""
+
+    @staticmethod
+    def summarize(summary_data: list[tuple[str, list[str]]], total_parameters: int, trainable_parameters: int,
+                  model_size: float, total_training_modes: dict[str, int], total_flops: int = 0,
+                  **summarize_kwargs: Any) -> None:
+        columns = {name: values for name, values in summary_data if name != "FLOPs"}
+        for i, name in enumerate(columns.get("Name", [])):
+            parts = [f"{key.lower()} {values[i]}" for key, values in columns.items() if key not in (" ", "Name")]
+            rank_zero_info(f"module {name}: " + ", ".join(parts))
+        rank_zero_info(
+            f"parameters: {get_human_readable_count(trainable_parameters)} trainable, "
+            f"{get_human_readable_count(total_parameters - trainable_parameters)} frozen, "
+            f"{model_size:.3f} MB; modules in train mode {total_training_modes['train']}, "
+            f"eval mode {total_training_modes['eval']}"
+        )
+
 
 
 def _sync(module: pl.LightningModule) -> None:

@@ -28,6 +28,7 @@ from vtlab.atomic import atomic_write
 from vtlab.errors import ConfigError
 from vtlab.measure.timing import on_gpu
 from vtlab.results.record import RunContext, process_rank
+from vtlab.train.callbacks import ParamSummary
 
 
 class AtomicCheckpointIO(TorchCheckpointIO):
@@ -119,7 +120,7 @@ def build_trainer(ctx: RunContext, tracker: Any, callbacks: list[Callback]) -> p
         enable_progress_bar=t.enable_progress_bar,
         default_root_dir=str(ctx.out_dir),
         logger=build_loggers(ctx, tracker),
-        callbacks=callbacks,
+        callbacks=[*callbacks, ParamSummary()],  # Lightning's summary, without its "Total FLOPs: 0"
         plugins=[AtomicCheckpointIO()],
     )
     for key in ("val_check_interval", "limit_train_batches", "limit_val_batches"):
