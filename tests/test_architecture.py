@@ -154,9 +154,13 @@ def _import_graph() -> tuple[dict[str, set[str]], list[str]]:
     return graph, inner
 
 
+# the one justified exception: the entry point answers --help before importing torch, Hydra and Lightning
+LAZY_BY_DESIGN = {"vtlab.__main__: from vtlab.cli import ..."}
+
+
 def test_import_graph_has_no_cycles_and_no_function_level_imports_of_vtlab() -> None:
     graph, inner = _import_graph()
-    assert not inner, inner
+    assert not set(inner) - LAZY_BY_DESIGN, inner
     state: dict[str, int] = {}
     cycles: list[list[str]] = []
 

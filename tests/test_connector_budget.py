@@ -169,8 +169,8 @@ def test_plot_series_per_model_and_connector() -> None:
             for k in ("perceiver", "ldp") for t in (1, 4)]
     rows.append({"status": "skipped", "model": "m", "connector": "ldp", "tokens": 2})
     series = _series(rows, "latency_ms")
-    assert set(series) == {"m / perceiver", "m / ldp"} and [p[0] for p in series["m / ldp"]] == [1, 4]
-    assert set(_series(rows[:2], "latency_ms")) == {"m"}  # one kind: one series per model, as before
+    assert set(series) == {("m", "perceiver", "native"), ("m", "ldp", "native")}  # one series per (model, kind, size)
+    assert [p[0] for p in series[("m", "ldp", "native")]] == [1, 4]
 
 
 @pytest.mark.slow

@@ -67,3 +67,12 @@ def test_wheel_contains_the_configs_and_runs_from_another_directory(tmp_path):
     (result,) = run_dir.glob("outputs/*/*/results.json")
     res = json.loads(result.read_text())
     assert (res["status"], res["tokens"], res["text_hidden"]) == ("ok", 4, 64)
+
+
+def test_pyproject_lists_every_package() -> None:
+    """Every folder of vtlab/ with an __init__.py is in pyproject's explicit packages list (else the wheel lacks it)."""
+    import tomllib
+
+    listed = set(tomllib.loads((REPO / "pyproject.toml").read_text())["tool"]["setuptools"]["packages"])
+    found = {".".join(p.parent.relative_to(REPO).parts) for p in (REPO / "vtlab").rglob("__init__.py")}
+    assert found <= listed, sorted(found - listed)

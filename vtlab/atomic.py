@@ -36,8 +36,9 @@ def atomic_write(path: Path | str, write: Callable[[IO[bytes]], Any], what: str 
             os.close(folder)
     except OSError as exc:
         full = " (disk full)" if exc.errno == errno.ENOSPC else ""
-        raise WriteError(f"cannot write {what} {target}{full}: {exc.strerror or exc}; the earlier file, if any, is "
-                         f"unchanged") from None
+        earlier = "the previous checkpoint files are unchanged" if what == "checkpoint" else \
+            "the earlier file, if any, is unchanged"
+        raise WriteError(f"cannot write {what} {target}{full}: {exc.strerror or exc}; {earlier}") from None
     finally:
         tmp.unlink(missing_ok=True)
     return target

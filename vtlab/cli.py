@@ -25,6 +25,7 @@ from vtlab.config.presets import config_dir, group_options, model_names
 from vtlab.config.schema import register_configs
 from vtlab.errors import ConfigError, InvalidCellError, VtlabError
 from vtlab.results.record import RunContext, record_not_run
+from vtlab.results.rundir import check_not_held, check_out_dir
 from vtlab.results.sweep import write_summary
 from vtlab.tasks import run_task
 from vtlab.tree import GROUPS
@@ -152,6 +153,23 @@ def is_multirun(argv: list[str]) -> bool:
     return any(a in ("-m", "--multirun") for a in argv)
 
 
+def check_out_dir_first(argv: list[str]) -> str | None:
+    """A message if `out_dir=X` cannot be this run's folder, checked before Hydra creates anything there: `-m`
+    with one fixed out_dir, a path that is no writable folder, a folder a live run holds."""
+    out = [a.partition("=")[2] for a in argv if a.startswith("out_dir=")]
+    if not out or not out[-1] or out[-1] == "null":
+        return None
+    if is_multirun(argv):
+        return (f"out_dir={out[-1]} names one run's folder, but -m runs several cells; set hydra.sweep.dir={out[-1]} "
+                f"instead (each cell then gets its own sub-folder and the sweep its summary)")
+    try:
+        check_out_dir(Path(out[-1]))
+        check_not_held(Path(out[-1]))
+    except ConfigError as exc:
+        return str(exc)
+    return None
+
+
 def run_dir_follows_out_dir(argv: list[str]) -> list[str]:
     """`out_dir=X` (one run) also sets `hydra.run.dir=X`, so Hydra's `.hydra/` and `vtlab.log` land beside
     the run's results.json instead of in ./outputs/<date>/<time>/; an explicit `hydra.run.dir=` wins. A folder
@@ -218,6 +236,9 @@ def main() -> None:
         print_effective_config(sys.argv[1:])
         return
     message = check_config(sys.argv[1:])
+    if message:
+        _fail(message)
+    message = check_out_dir_first(sys.argv[1:])
     if message:
         _fail(message)
     sys.argv[1:] = run_dir_follows_out_dir(sys.argv[1:])

@@ -100,8 +100,9 @@ def resolve_hf_id(spec: str) -> Path:
     ref = repo_dir / "refs" / revision
     if ref.is_file():
         commit = ref.read_text().strip()
-        if not re.fullmatch(r"[0-9a-fA-F]{7,64}", commit):
-            raise CheckpointError(f"model.weights={spec}: {ref} should hold a commit hash, holds {commit[:80]!r}")
+        if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}", commit) or ".." in commit:
+            raise CheckpointError(f"model.weights={spec}: {ref} should hold a snapshot name (a commit hash), holds "
+                                  f"{commit[:80]!r}")
         snap = snapshots / commit
     elif (snapshots / revision).is_dir():
         snap = snapshots / revision

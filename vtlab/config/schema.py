@@ -216,11 +216,11 @@ class ConnectorConfig:
     # `factor` = pixel-unshuffle factor per spatial axis (tokens = (gh/f)*(gw/f)); null = 1 unless `tokens` is
     # given. For kinds that do not unshuffle it is only a spelling of the budget (their module factor is 1).
     factor: int | None = None
-    tokens: int | None = None  # visual tokens per frame; null = from `factor`
     hidden_size: int | None = None  # MLP / Q-Former / C-Abstractor inner width; None = the kind's default
     depth: int = 2  # mlp: Linear layers; perceiver / qformer: layers; c_abstractor: blocks per RegStage
     bias: bool = True
     act: Activation = Activation.gelu
+    tokens: int | None = None  # visual tokens per frame; null = from `factor`
     num_heads: int | None = None  # perceiver (16) / qformer (12) attention heads; None = the kind's default
     head_dim: int | None = None  # perceiver head width (96)
     num_kv_heads: int | None = None  # perceiver GQA kv heads (4)

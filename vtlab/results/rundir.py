@@ -134,6 +134,13 @@ def claimed(out_dir: Path, enabled: bool = True) -> Iterator[Path | None]:
         release(lock)
 
 
+def check_not_held(out_dir: Path) -> None:
+    """Refuse a folder a live run holds (before anything is written into it, e.g. by Hydra's run-dir setup)."""
+    holder = read_lock(out_dir / LOCK)
+    if holder is not None and not is_stale(holder):
+        raise ConfigError(_held_message(out_dir, holder))
+
+
 def held_by_other(out_dir: Path) -> bool:
     """True when a live run other than this process holds `out_dir` (a refused cell then writes nothing there)."""
     holder = read_lock(out_dir / LOCK)

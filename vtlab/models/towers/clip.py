@@ -289,7 +289,7 @@ def tower_kwargs_from_hf_config(conf: dict[str, Any]) -> dict[str, Any]:
         layer_norm_eps=vision.get("layer_norm_eps", 1e-5),
         hidden_act=vision.get("hidden_act", "quick_gelu"),
     )
-    if "vision_feature_layer" in conf or "vision_feature_select_strategy" in conf:  # a LLaVA-style VLM config
+    if str(conf.get("model_type", "")).startswith("llava"):  # a LLaVA-style VLM config (llava, llava_next, ...)
         layer = conf.get("vision_feature_layer", -2)
         kwargs["feature_layers"] = list(layer) if isinstance(layer, (list, tuple)) else [layer]
         kwargs["select_strategy"] = conf.get("vision_feature_select_strategy", "default")
