@@ -24,7 +24,7 @@ from vtlab.config.compose import compose_config, effective_config, to_config
 from vtlab.config.presets import config_dir, group_options, model_names
 from vtlab.config.schema import register_configs
 from vtlab.errors import ConfigError, InvalidCellError, VtlabError
-from vtlab.results.record import RunContext, record_not_run
+from vtlab.results.record import RunContext, process_rank, record_not_run
 from vtlab.results.rundir import check_not_held, check_out_dir
 from vtlab.results.sweep import write_summary
 from vtlab.tasks import run_task
@@ -157,7 +157,7 @@ def check_out_dir_first(argv: list[str]) -> str | None:
     """A message if `out_dir=X` cannot be this run's folder, checked before Hydra creates anything there: `-m`
     with one fixed out_dir, a path that is no writable folder, a folder a live run holds."""
     out = [a.partition("=")[2] for a in argv if a.startswith("out_dir=")]
-    if not out or not out[-1] or out[-1] == "null":
+    if not out or not out[-1] or out[-1] == "null" or process_rank() != 0:  # DDP ranks > 0 share rank 0's folder
         return None
     if is_multirun(argv):
         return (f"out_dir={out[-1]} names one run's folder, but -m runs several cells; set hydra.sweep.dir={out[-1]} "

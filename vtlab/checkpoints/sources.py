@@ -101,7 +101,7 @@ def resolve_hf_id(spec: str) -> Path:
     if ref.is_file():
         commit = ref.read_text().strip()
         if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}", commit) or ".." in commit:
-            raise CheckpointError(f"model.weights={spec}: {ref} should hold a snapshot name (a commit hash), holds "
+            raise CheckpointError(f"model.weights={spec}: {ref} should hold a commit hash (a snapshot name), holds "
                                   f"{commit[:80]!r}")
         snap = snapshots / commit
     elif (snapshots / revision).is_dir():
