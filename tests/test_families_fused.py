@@ -10,6 +10,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
+from hf_parity import max_diff
+from hf_parity import perturb_ as _perturb
 from PIL import Image
 from torch import nn
 from transformers import Dinov2WithRegistersConfig, Dinov2WithRegistersModel, SiglipVisionConfig, SiglipVisionModel
@@ -22,17 +24,8 @@ from vtlab.measure.flops import stage_costs
 TOL = 1e-5
 
 
-@torch.no_grad()
 def perturb_(module: nn.Module, seed: int = 0, scale: float = 0.05) -> nn.Module:
-    gen = torch.Generator().manual_seed(seed)
-    for p in module.parameters():
-        p.add_(torch.randn(p.shape, generator=gen, dtype=p.dtype) * scale)
-    return module.eval()
-
-
-def max_diff(a: torch.Tensor, b: torch.Tensor) -> float:
-    assert a.shape == b.shape, (tuple(a.shape), tuple(b.shape))
-    return (a.double() - b.double()).abs().max().item()
+    return _perturb(module, seed, scale).eval()
 
 
 def report(name: str, diff: float) -> None:

@@ -13,6 +13,8 @@ from functools import partial
 import numpy as np
 import pytest
 import torch
+from hf_parity import max_diff
+from hf_parity import perturb_ as _perturb
 from PIL import Image
 from safetensors.torch import save_file
 from torch import nn
@@ -46,17 +48,8 @@ NEW_PRESETS = ["clip_l14_336", "clip_debug", "llava15", "llava15_debug", "dinov2
                "dinov2_debug", "dinov2_reg_debug"]
 
 
-@torch.no_grad()
 def perturb_(module: nn.Module, seed: int = 0, scale: float = 0.05) -> nn.Module:
-    gen = torch.Generator().manual_seed(seed)
-    for p in module.parameters():
-        p.add_(torch.randn(p.shape, generator=gen, dtype=p.dtype) * scale)
-    return module.eval()
-
-
-def max_diff(a: torch.Tensor, b: torch.Tensor) -> float:
-    assert a.shape == b.shape, (tuple(a.shape), tuple(b.shape))
-    return (a.double() - b.double()).abs().max().item()
+    return _perturb(module, seed, scale).eval()
 
 
 def report(name: str, diff: float) -> None:

@@ -13,6 +13,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from hf_parity import max_diff
+from hf_parity import perturb_ as _perturb
 from PIL import Image
 from torch import nn
 from transformers import Siglip2VisionConfig, Siglip2VisionModel
@@ -29,17 +31,8 @@ SIZES = [(50, 80), (90, 30), (40, 40), (17, 200)]
 REPO = Path(vtlab.__file__).resolve().parent.parent
 
 
-@torch.no_grad()
 def perturb_(module: nn.Module, seed: int = 0, scale: float = 0.05) -> nn.Module:
-    gen = torch.Generator().manual_seed(seed)
-    for p in module.parameters():
-        p.add_(torch.randn(p.shape, generator=gen, dtype=p.dtype) * scale)
-    return module.eval()
-
-
-def max_diff(a: torch.Tensor, b: torch.Tensor) -> float:
-    assert a.shape == b.shape, (tuple(a.shape), tuple(b.shape))
-    return (a.double() - b.double()).abs().max().item()
+    return _perturb(module, seed, scale).eval()
 
 
 def report(name: str, diff: float) -> None:
