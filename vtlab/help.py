@@ -18,7 +18,7 @@ COMMON_KEYS: tuple[tuple[str, str, str], ...] = (
     ("connector.factor", "<preset's>", "pixel-unshuffle factor per axis; must divide the patch grid"),
     ("text_hidden", "${text.hidden_size}", "width the visual tokens are projected to"),
     ("model.weights", "null", "checkpoint file, folder or hf://org/name (local cache only; random init if null)"),
-    ("model.tiling", "null", "split | anyres | none; null: the family's own"),
+    ("model.tiling", "null", "split | anyres | naflex | none; null: the family's own"),
     ("data.image_size", "null", "profile/bench: input image size, int or [H,W] (tiled); train: render size"),
     ("task.quick", "false", "profile/bench: a quick look (few iterations, small batch, eager only)"),
     ("task.modes", "[eager,compile,cudagraphs]", "bench: the modes measured (cudagraphs: CUDA only)"),
