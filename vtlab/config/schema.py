@@ -98,6 +98,9 @@ class Freeze(Choice):
 class DataKind(Choice):
     synthetic = "synthetic"
     folder = "folder"
+    vqa = "vqa"  # text answers (vtlab.data.vqa): the embedded synthetic VQA generator
+    easy_vqa = "easy_vqa"  # text answers: the easy-vqa pip package's images and questions
+    conversations = "conversations"  # text answers: a folder of images + LLaVA-style conversation JSONL
 
 
 def _positive(obj: Any, prefix: str, keys: tuple[str, ...], least: int = 1) -> None:
