@@ -43,6 +43,18 @@ TRAIN = [  # experiments/training/accuracy_vs_tokens.py GPU_DEFAULTS, made short
 ]
 BENCH = ["task=bench", "model.input_size=128", "task.modes=[eager]", "task.latency_iters=30", "task.repeats=3",
          "task.iters=5", "logger=none"]
+# The default recipe ("small"): a 4-layer, 256-wide SigLIP-style tower (the smolvlm_debug preset widened) at 64 px
+# (8x8 patches of 8 px, 5 px glyphs: the ratio at which a random tower finds the glyphs quickly), full fine-tuning
+# at lr 1e-4, connectors sized to the tower (perceiver / qformer 2 layers). experiments/training/README.md
+# section 2 (CPU) saw this tower leave chance at step ~191 with 64 tokens; the 86M-parameter SmolVLM tower at
+# 128 px needs 512-1024 steps and ~4x the GPU time per step, which does not fit 54 cells in one device call.
+SMALL = ["model.hidden_size=256", "model.intermediate_size=1024", "model.num_layers=4", "model.num_heads=4",
+         "text=smollm2_135m", "connector.depth=2"]
+# the attention connectors sized to the 256-wide tower (their presets are Idefics2's / BLIP-2's full size)
+SMALL_KIND = {"qformer": ["connector.hidden_size=256", "connector.num_heads=4"],
+              "perceiver": ["connector.hidden_size=1024", "connector.num_heads=4", "connector.head_dim=64",
+                            "connector.num_kv_heads=2"]}
+SMALL_TRAIN = ["model.input_size=64"]
 CPU_SMOKE = ["trainer.accelerator=cpu", "data.train_size=32", "data.val_size=16", "task.batch_size=16",
              "data.num_workers=0", "connector.depth=1", "connector.hidden_size=32", "connector.num_heads=2", "connector.num_kv_heads=1",
              "connector.head_dim=8"]
@@ -68,7 +80,7 @@ def train_cell(a: argparse.Namespace, kind: str, tokens: int, seed: int, deadlin
     else:
         args = [f"+model={a.model}", *TRAIN, f"trainer.max_steps={a.steps}", f"task.warmup_steps={a.steps // 8}",
                 f"connector={kind}", f"connector.tokens={tokens}", f"seed={seed}", f"data.seed={seed}",
-                f"out_dir={cell}", *a.set]
+                f"out_dir={cell}", *a.kind_set.get(kind, []), *a.set]
         start = time.time()
         rc = vtlab(args, cell / "train.log")
         if rc or not (cell / "results.json").exists():
@@ -80,18 +92,20 @@ def train_cell(a: argparse.Namespace, kind: str, tokens: int, seed: int, deadlin
 
 
 def bench(a: argparse.Namespace) -> dict[tuple[str, int], dict]:
-    sweep = a.out / "bench"
-    if not (sweep / "summary.csv").exists():
-        vtlab(["-m", f"+model={a.model}", f"connector={','.join(a.kinds)}",
-               f"connector.tokens={','.join(map(str, a.budgets))}", *BENCH, *a.bench_set,
-               f"hydra.sweep.dir={sweep}"], a.out / "bench.log")
-    if not (sweep / "summary.csv").exists():
-        return {}
+    """One task=bench sweep per kind (a kind's own overrides, `a.kind_set`, apply to its cells only)."""
     out = {}
-    for r in csv.DictReader((sweep / "summary.csv").open()):
-        if r.get("status") == "ok":
-            out[(r["connector"], int(r["tokens"]))] = {k: float(r[k]) if r.get(k) else None
-                                                       for k in ("latency_ms", "throughput_img_s", "flops", "params")}
+    for kind in a.kinds:
+        sweep = a.out / "bench" / kind
+        if not (sweep / "summary.csv").exists():
+            vtlab(["-m", f"+model={a.model}", f"connector={kind}",
+                   f"connector.tokens={','.join(map(str, a.budgets))}", *BENCH, *a.bench_set,
+                   *a.kind_set.get(kind, []), f"hydra.sweep.dir={sweep}"], a.out / f"bench_{kind}.log")
+        if not (sweep / "summary.csv").exists():
+            continue
+        for r in csv.DictReader((sweep / "summary.csv").open()):
+            if r.get("status") == "ok":
+                out[(r["connector"], int(r["tokens"]))] = {k: float(r[k]) if r.get(k) else None
+                                                           for k in ("latency_ms", "throughput_img_s", "flops", "params")}
     return out
 
 
@@ -136,7 +150,7 @@ def report(a: argparse.Namespace, rows: list[dict], costs: dict, wall: float) ->
         import matplotlib.pyplot as plt
     except ImportError:
         return
-    fig, ax = plt.subplots(figsize=(6.4, 4.4))
+    fig, (ax, cx) = plt.subplots(1, 2, figsize=(11, 4.4))
     for kind in a.kinds:
         pts = [(t, [r["val_acc"] for r in rows if r["kind"] == kind and r["tokens"] == t and r.get("val_acc") is not None])
                for t in a.budgets]
@@ -144,12 +158,19 @@ def report(a: argparse.Namespace, rows: list[dict], costs: dict, wall: float) ->
         if pts:
             ax.errorbar([p[0] for p in pts], [p[1] for p in pts], yerr=[p[2] for p in pts], marker="o", capsize=3,
                         label=kind)
-    ax.set_xscale("log", base=2)
-    ax.set_xlabel("visual tokens per image")
+        lat = [(t, costs[(kind, t)]["latency_ms"]) for t in a.budgets
+               if costs.get((kind, t), {}).get("latency_ms") is not None]
+        if lat:
+            cx.plot([p[0] for p in lat], [p[1] for p in lat], marker="o", label=kind)
+    for axis in (ax, cx):
+        axis.set_xscale("log", base=2)
+        axis.set_xlabel("visual tokens per image")
+        axis.grid(True, alpha=0.3)
+        axis.legend(fontsize=8)
     ax.set_ylabel("val accuracy (mean +- std over seeds)")
-    ax.set_title(f"connector zoo: {a.model} {a.px} px, {a.steps} steps", fontsize=9)
-    ax.grid(True, alpha=0.3)
-    ax.legend(fontsize=8)
+    ax.set_title(f"accuracy: {a.model} {a.px} px, {a.steps} steps", fontsize=9)
+    cx.set_ylabel("batch-1 latency, ms (task=bench, eager)")
+    cx.set_title("cost: tower + connector latency", fontsize=9)
     fig.tight_layout()
     fig.savefig(a.out / "accuracy_vs_tokens.png", dpi=120)
 
@@ -161,14 +182,24 @@ def main() -> None:
     p.add_argument("--kinds", default=",".join(KINDS))
     p.add_argument("--budgets", default="4,16,64")
     p.add_argument("--seeds", default="0,1,2")
-    p.add_argument("--steps", type=int, default=400)
+    p.add_argument("--steps", type=int, default=1200)
+    p.add_argument("--recipe", choices=["small", "smolvlm128"], default="small",
+                   help="small: the widened smolvlm_debug tower at 64 px (default); smolvlm128: SmolVLM's tower at 128 px")
     p.add_argument("--jobs", type=int, default=12, help="training processes at once on the GPU")
     p.add_argument("--budget-s", type=float, default=380.0, help="start no new training cell after this many s")
     p.add_argument("--set", action="append", default=[], help="extra override for every training cell")
     p.add_argument("--bench-set", action="append", default=[], help="extra override for the bench sweep")
     p.add_argument("--cpu-smoke", action="store_true", help="tiny CPU run: smolvlm_debug, 2 steps, 1 seed")
     a = p.parse_args()
-    a.px = 64 if a.cpu_smoke else 128
+    a.px = 64 if a.cpu_smoke or a.recipe == "small" else 128
+    a.kind_set = {}
+    if a.recipe == "small" and not a.cpu_smoke:
+        a.model = "smolvlm_debug"
+        a.kind_set = SMALL_KIND
+        a.set, a.bench_set = SMALL + a.set, SMALL + a.bench_set
+        TRAIN[TRAIN.index("model.input_size=128")] = "model.input_size=64"
+        BENCH[BENCH.index("model.input_size=128")] = "model.input_size=64"
+        TRAIN.remove("data.glyph_size=13")  # the set's default at 64 px: 5 px glyphs in 8 px patches
     if a.cpu_smoke:
         a.model, a.steps, a.seeds, a.jobs, a.budget_s = "smolvlm_debug", 2, "0", 2, 3600.0
         a.budgets = "1,4"
@@ -181,12 +212,15 @@ def main() -> None:
     seeds = [int(s) for s in a.seeds.split(",")]
     a.out.mkdir(parents=True, exist_ok=True)
     start = time.time()
-    costs = bench(a)
-    print(f"[bench] {len(costs)} cells in {time.time() - start:.0f} s", flush=True)
     deadline = start + a.budget_s
     cells = [(k, t, s) for s in seeds for k in a.kinds for t in a.budgets]  # seed 0 of every cell first
     with ThreadPoolExecutor(a.jobs) as pool:
         rows = list(pool.map(lambda c: train_cell(a, *c, deadline), cells))
+    print(f"[train] {sum(r.get('val_acc') is not None for r in rows)}/{len(rows)} cells in {time.time() - start:.0f} s",
+          flush=True)
+    mark = time.time()
+    costs = bench(a)  # after the trainings: the latencies are measured on a quiet GPU
+    print(f"[bench] {len(costs)} cells in {time.time() - mark:.0f} s", flush=True)
     wall = time.time() - start
     report(a, rows, costs, wall)
     ok = sum(r.get("val_acc") is not None for r in rows)
