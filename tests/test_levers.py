@@ -114,3 +114,27 @@ def test_compiled_adamw_on_cuda_equals_fused_adamw():
             s.step()
     for a, b in zip(ref, new, strict=True):
         assert torch.allclose(a, b, atol=1e-5, rtol=1e-5)
+
+
+def test_patch_gemm_auto_is_the_gemm_on_cuda_only_and_bad_values_are_refused(tmp_path):
+    """task.patch_gemm defaults to auto: the conv on CPU (recorded as such), the GEMM wherever the input is CUDA."""
+    import subprocess
+    import sys
+
+    import torch
+
+    from vtlab.models.fastpaths import configure_fast_paths, fast_paths
+    from vtlab.tasks.bench import bench_stack
+
+    pe = PatchEmbed(3, 8, 4)
+    configure_fast_paths(pe, patch_gemm="auto")
+    assert pe.as_gemm is None
+    assert not pe.uses_gemm(torch.device("cpu")) and pe.uses_gemm(torch.device("cuda"))
+    assert fast_paths(pe, torch.device("cpu"))["patch_gemm"] is False
+    assert fast_paths(pe, torch.device("cuda"))["patch_gemm"] is True
+    r = bench_stack(make_ctx(tmp_path, "siglip_debug", "task.modes=[eager]", *FAST))
+    assert r["fast_paths"]["patch_gemm"] is False  # the default on CPU
+    bad = subprocess.run([sys.executable, "-m", "vtlab", "+model=siglip_debug", "task.patch_gemm=sometimes",
+                          "logger=none", f"out_dir={tmp_path / 'bad'}"], capture_output=True, text=True)
+    assert bad.returncode != 0
+    assert "vtlab: error: task.patch_gemm='sometimes' is not valid; valid: auto" in bad.stderr
