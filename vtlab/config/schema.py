@@ -22,6 +22,7 @@ from hydra.core.config_store import ConfigStore
 from omegaconf import II, MISSING, OmegaConf
 
 from vtlab.data.synthetic import TASKS as SYNTHETIC_TASKS
+from vtlab.data.vqa_synthetic import spec_from_config
 from vtlab.errors import ConfigError, InvalidCellError
 from vtlab.families.tiler import image_size_of, patch_grid
 from vtlab.measure.modes import MODES
@@ -449,21 +450,37 @@ class TrainerConfig:
 
 @dataclass
 class DataConfig:
-    kind: DataKind = DataKind.synthetic  # synthetic | folder
-    root: str | None = None  # ImageFolder root (folder) with train/ and val/ sub-folders
+    kind: DataKind = DataKind.synthetic  # synthetic | folder | vqa | easy_vqa | conversations
+    root: str | None = None  # folder: ImageFolder root with train/ and val/; conversations: images + JSONL files
     # train/eval: the synthetic render size (an int; images are resized to the tower input).
     # profile/bench: the input image size, an int (square) or [H, W]; it is tiled as model.tiling says.
-    # None: one frame at the tower's input size.
+    # None: one frame at the tower's input size (vqa: rendered at the tower's input size).
     image_size: Any = None
     num_classes: int = 4  # synthetic: count 0..num_classes-1 of "+" glyphs (folder: taken from the folders)
     task: SyntheticTask = SyntheticTask("count_plus")  # synthetic: count_plus (count "+" among "x": fine detail) | count (count glyphs: easy)
     distractors: int = 3  # synthetic count_plus: extra "x" glyphs (every image holds num_classes - 1 + distractors)
     glyph_size: int | None = None  # synthetic: glyph side in px; None: max(5, image_size // 40), odd
     glyphs_per_class: int = 1  # synthetic: label k = k * glyphs_per_class "+" glyphs (denser images for large sizes)
-    train_size: int = 512
-    val_size: int = 128
+    # samples per split (synthetic, vqa: generated; easy_vqa, conversations: a seeded subset, null = all)
+    train_size: int | None = 512
+    val_size: int | None = 128
     num_workers: int = 0
     seed: int = 0
+    # Sets with text answers (vtlab.data.vqa). The question types to keep; null = all of the kind's
+    # (vqa: count, ocr, spatial, compare; easy_vqa: shape, color, yes_no; conversations: the rows' qtype keys)
+    qtypes: list[str] | None = None
+    # vqa difficulty knobs (vtlab.data.vqa_synthetic), per question type:
+    count_max: int = 4  # count: answers 0..count_max (<= 9)
+    count_glyph_size: int | None = None  # count: glyph side in px (>= 5); null: max(5, size // 24)
+    count_distractors: int = 4  # count: glyphs of the other shapes (clutter)
+    ocr_length: int = 3  # ocr: characters in the string (answer "k 7 q")
+    ocr_scale: int | None = None  # ocr: px per dot of the 5x7 font; null: max(1, size // 96)
+    spatial_grid: int = 3  # spatial: an n x n grid of shapes (2..9)
+    compare_glyphs: int = 7  # compare: glyphs in all, split unevenly between the left and right halves (clutter)
+    compare_glyph_size: int | None = None  # compare: glyph side in px (>= 5); null: max(5, size // 24)
+    # conversations: the JSONL files under data.root (the test split reads val_jsonl)
+    train_jsonl: str = "train.jsonl"
+    val_jsonl: str = "val.jsonl"
 
     def check(self, root: Any) -> None:
         if self.num_workers < 0:
@@ -479,6 +496,49 @@ class DataConfig:
             raise ConfigError(f"data.image_size={list(size)}: {task} renders square synthetic images; give one "
                               f"int (e.g. data.image_size={max(size)}) or null for the tower input size. [H, W] sizes "
                               f"are for task=profile and task=bench")
+        kind = str(self.kind)
+        if kind in ("synthetic", "vqa"):
+            for key in ("train_size", "val_size"):
+                if getattr(self, key) is None:
+                    raise ConfigError(f"data.{key}=null: data.kind={kind} generates that many samples; give a number "
+                                      f"(null, every sample, is for data.kind=easy_vqa and conversations)")
+        if kind in ("synthetic", "folder"):
+            if self.qtypes is not None:
+                raise ConfigError(f"data.qtypes={list(self.qtypes)} is for the sets with text answers (data.kind=vqa, "
+                                  f"easy_vqa, conversations); data.kind={kind} has class labels")
+            return
+        if self.qtypes is not None and not self.qtypes:
+            raise ConfigError("data.qtypes=[] is empty; give the question types to keep, or null for all")
+        if self.qtypes is not None and len(set(self.qtypes)) != len(self.qtypes):
+            raise ConfigError(f"data.qtypes={list(self.qtypes)} names a type twice; list each once")
+        reads = str(task) not in ("profile", "bench")  # profile / bench read no samples, only data.image_size
+        if kind == "vqa":
+            self._check_vqa(root, size, geometry=reads)
+        elif kind == "easy_vqa":
+            from vtlab.data.easyvqa import QTYPES, easy_vqa_module
+
+            easy_vqa_module()
+            unknown = [q for q in self.qtypes or () if q not in QTYPES]
+            if unknown:
+                raise ConfigError(f"data.qtypes contains {unknown[0]!r}, not a question type of data.kind=easy_vqa; "
+                                  f"valid: {', '.join(QTYPES)}")
+        else:  # conversations: the folder and the files the task reads (the rows are checked when loaded)
+            from vtlab.data.conversations import check_root, jsonl_path
+
+            check_root(self.root)
+            splits = ("val",) if str(task) == "eval" else ("train", "val")
+            for split in splits if reads else ():
+                jsonl_path(self, split)
+
+    def _check_vqa(self, root: Any, size: tuple[int, int] | None, geometry: bool = True) -> None:
+        """The generator's knobs, and (`geometry`: a task that renders samples) whether what they ask for fits
+        the render size (data.image_size, else the tower's input size)."""
+        if geometry and size is not None and not isinstance(self.image_size, int):
+            raise ConfigError(f"data.image_size={list(size)}: data.kind=vqa renders square images; give one int "
+                              f"(e.g. data.image_size={max(size)}) or null for the tower input size")
+        model = getattr(root, "model", None)
+        tower = getattr(model, "input_size", None) or getattr(model, "image_size", None)
+        spec_from_config(self, tower if isinstance(tower, int) else None).check(geometry)
 
 
 @dataclass

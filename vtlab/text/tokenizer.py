@@ -27,18 +27,24 @@ CHAT_TEMPLATE = ("{% for m in messages %}<|im_start|>{{ m['role'] | capitalize }
                  "{% endfor %}{% if add_generation_prompt %}<|im_start|>Assistant:{% endif %}")
 
 
-def offline_tokenizer(vocab_size: int, extra_specials: Sequence[str] = ()) -> Any:
-    """A `PreTrainedTokenizerFast` whose ids all lie below `vocab_size` (a ConfigError if they cannot)."""
+def offline_tokenizer(vocab_size: int, extra_specials: Sequence[str] = (), extra_words: Sequence[str] = ()) -> Any:
+    """A `PreTrainedTokenizerFast` whose ids all lie below `vocab_size` (a ConfigError if they cannot).
+
+    `extra_words`: more plain words (a data set's `vocabulary()`, vtlab.data.vqa), lowercased, given ids after
+    the built-in ones in their order, so the built-in ids stay what they were."""
     # the hf extra (transformers and its `tokenizers`): needed only when an LM is built
     from tokenizers import AddedToken, Tokenizer, models, normalizers, pre_tokenizers
     from transformers import PreTrainedTokenizerFast
 
     specials = list(dict.fromkeys([*SPECIALS, *IMAGE_TOKENS, *extra_specials]))
-    plain = list(dict.fromkeys([*WORDS, *string.ascii_lowercase, *string.digits, *string.punctuation]))
+    builtin = list(dict.fromkeys([*WORDS, *string.ascii_lowercase, *string.digits, *string.punctuation]))
+    added = [w for w in dict.fromkeys(w.lower() for w in extra_words) if w not in builtin and w not in specials]
+    plain = builtin + added
     vocab = {tok: i for i, tok in enumerate(specials + plain)}
     if len(vocab) > vocab_size:
-        raise ConfigError(f"text.vocab_size={vocab_size} is smaller than the offline tokenizer's {len(vocab)} tokens; "
-                          f"use a vocabulary of at least {len(vocab)}")
+        words = f" ({len(added)} of them words of the data set)" if added else ""
+        raise ConfigError(f"text.vocab_size={vocab_size} is smaller than the offline tokenizer's {len(vocab)} tokens"
+                          f"{words}; use a vocabulary of at least {len(vocab)}")
     tok = Tokenizer(models.WordLevel(vocab=vocab, unk_token="<unk>"))
     tok.normalizer = normalizers.Lowercase()
     tok.pre_tokenizer = pre_tokenizers.Whitespace()
