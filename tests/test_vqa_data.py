@@ -26,7 +26,8 @@ from vtlab.config.schema import DataConfig, DataKind
 from vtlab.data.bitmap_font import CHARSET, char_mask, read_mask, text_mask
 from vtlab.data.conversations import Conversations
 from vtlab.data.easyvqa import EasyVQA
-from vtlab.data.vqa import VQASample, check_answer_lengths, vqa_dataset, words
+from vtlab.data.vqa import VQASample, check_answer_lengths, words
+from vtlab.data.vqa_sets import vqa_dataset
 from vtlab.data.vqa_synthetic import COLORS, QTYPES, SHAPES, VOCABULARY, SyntheticVQA, VQASpec, shape_mask
 from vtlab.errors import ConfigError, DataError
 from vtlab.text.tokenizer import offline_tokenizer

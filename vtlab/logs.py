@@ -18,6 +18,7 @@ matter elsewhere are kept:
 from __future__ import annotations
 
 import logging
+import os
 import warnings
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -77,3 +78,9 @@ def quiet_run() -> Iterator[None]:
             for handler in handlers:
                 logger.addHandler(handler)
             logger.propagate = propagate
+
+
+def process_rank() -> int:
+    """This process's rank in a DDP job (0 alone): the launchers set RANK (torchrun) or LOCAL_RANK (Lightning's
+    subprocess launcher). Only rank 0 writes results, logs and checkpoints."""
+    return int(os.environ.get("RANK", os.environ.get("LOCAL_RANK", "0")))

@@ -21,6 +21,9 @@ from typing import Any
 from hydra.core.config_store import ConfigStore
 from omegaconf import II, MISSING, OmegaConf
 
+from vtlab.data.conversations import check_root, jsonl_path
+from vtlab.data.easyvqa import QTYPES as EASY_VQA_QTYPES
+from vtlab.data.easyvqa import easy_vqa_module
 from vtlab.data.synthetic import TASKS as SYNTHETIC_TASKS
 from vtlab.data.vqa_synthetic import spec_from_config
 from vtlab.errors import ConfigError, InvalidCellError
@@ -515,16 +518,12 @@ class DataConfig:
         if kind == "vqa":
             self._check_vqa(root, size, geometry=reads)
         elif kind == "easy_vqa":
-            from vtlab.data.easyvqa import QTYPES, easy_vqa_module
-
             easy_vqa_module()
-            unknown = [q for q in self.qtypes or () if q not in QTYPES]
+            unknown = [q for q in self.qtypes or () if q not in EASY_VQA_QTYPES]
             if unknown:
                 raise ConfigError(f"data.qtypes contains {unknown[0]!r}, not a question type of data.kind=easy_vqa; "
-                                  f"valid: {', '.join(QTYPES)}")
+                                  f"valid: {', '.join(EASY_VQA_QTYPES)}")
         else:  # conversations: the folder and the files the task reads (the rows are checked when loaded)
-            from vtlab.data.conversations import check_root, jsonl_path
-
             check_root(self.root)
             splits = ("val",) if str(task) == "eval" else ("train", "val")
             for split in splits if reads else ():

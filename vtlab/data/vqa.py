@@ -1,7 +1,7 @@
 """Visual question answering data with text answers: one sample type, one entry point for every source.
 
 `VQASample(image, question, answer, qtype)` is what the VLM tasks (`task=align|finetune|eval`, vtlab.tasks)
-consume; `vqa_dataset(data, split)` builds the `data.kind`'s set:
+consume; `vtlab.data.vqa_sets.vqa_dataset(data, split)` builds the `data.kind`'s set:
 - `vqa`: the embedded synthetic generator (vtlab.data.vqa_synthetic: count, ocr, spatial, compare);
 - `easy_vqa`: the easy-vqa pip package's images and questions (vtlab.data.easyvqa);
 - `conversations`: a folder of images + LLaVA-style JSONL (vtlab.data.conversations).
@@ -26,7 +26,8 @@ from typing import Any
 from PIL import Image
 from torch.utils.data import Dataset
 
-from vtlab.errors import ConfigError, DataError
+from vtlab.errors import DataError
+from vtlab.logs import process_rank
 
 SPLITS = {"train": 0, "val": 1, "test": 2}
 _WORD = re.compile(r"\w+|[^\w\s]+")  # tokenizers' Whitespace pre-tokenizer: \w+|[^\w\s]+
@@ -168,8 +169,6 @@ def skip_summary(reasons: dict[str, list[str]], label: str = "line") -> str:
 
 def warn(message: str) -> None:
     """`vtlab: warning: <message>` on stderr, once per job (rank 0 of a DDP job only)."""
-    from vtlab.results.record import process_rank
-
     if process_rank() == 0:
         print(f"vtlab: warning: {message}", file=sys.stderr)
 
@@ -209,29 +208,3 @@ def check_answer_lengths(dataset: VQADataset, count_tokens: Callable[[str], int]
     reason = f"longer than the LM's context of {context} tokens"
     warn(f"{name}: skipped {len(too_long)} of {len(dataset)} samples ({skip_summary({reason: too_long}, label='')})")
     return VQASubset(dataset, keep, {reason: len(too_long)})
-
-
-def vqa_dataset(data: Any, split: str, image_size: int | None = None) -> VQADataset:
-    """The `split` ("train" | "val" | "test") of the VQA set `data` (a DataConfig) describes.
-
-    `image_size`: the render size of the synthetic set when `data.image_size` is null (pass the tower's input
-    size; without either, 128 px). Problems are ConfigError (a setting, a missing file) or DataError (no usable
-    row); skipped rows are reported on stderr once, here."""
-    if split not in SPLITS:
-        raise ValueError(f"split={split!r}; valid: {', '.join(SPLITS)}")
-    kind = str(getattr(data.kind, "value", data.kind))
-    if kind == "vqa":
-        from vtlab.data.vqa_synthetic import SyntheticVQA, spec_from_config
-
-        length = data.train_size if split == "train" else data.val_size
-        return SyntheticVQA(spec_from_config(data, image_size), length, split, int(data.seed))
-    if kind == "easy_vqa":
-        from vtlab.data.easyvqa import EasyVQA
-
-        return EasyVQA.from_config(data, split)
-    if kind == "conversations":
-        from vtlab.data.conversations import Conversations
-
-        return Conversations.from_config(data, split)
-    raise ConfigError(f"data.kind={kind} has no text answers; the VQA tasks need data.kind=vqa, easy_vqa or "
-                      f"conversations (data=vqa, data=easy_vqa, data=conversations)")

@@ -11,7 +11,6 @@ sweep's cells together.
 
 from __future__ import annotations
 
-import os
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -22,6 +21,7 @@ from omegaconf import DictConfig, OmegaConf
 from vtlab.atomic import write_json_atomic
 from vtlab.config.schema import VTLabConfig, image_size_of
 from vtlab.errors import ConfigError, WriteError
+from vtlab.logs import process_rank  # noqa: F401  (re-exported: the tasks read the rank here)
 from vtlab.models.connectors import CONNECTORS
 from vtlab.results.rundir import held_by_other
 
@@ -30,12 +30,6 @@ RESULTS = "results.json"
 TEXT_KEYS = ("model", "run_name", "task", "dtype", "device_name", "torch_version", "attention_backend",
              "latency_mode", "throughput_mode", "tiling", "image")
 SIZED_TASKS = ("profile", "bench")  # tasks whose runs are named with their input image size
-
-
-def process_rank() -> int:
-    """This process's rank in a DDP job (0 alone): the launchers set RANK (torchrun) or LOCAL_RANK (Lightning's
-    subprocess launcher). Only rank 0 writes results, logs and checkpoints."""
-    return int(os.environ.get("RANK", os.environ.get("LOCAL_RANK", "0")))
 
 
 def run_name(model: str, factor: Any, task: Any = None, image_size: Any = None, connector: Any = None,
