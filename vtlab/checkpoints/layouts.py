@@ -19,7 +19,7 @@ import torch
 
 from vtlab.errors import CheckpointError
 from vtlab.families import FAMILIES, Layout, get_family
-from vtlab.families.base import apply_rules
+from vtlab.models.keymap import apply_rules
 
 HF_PATCH = "embeddings.patch_embedding.weight"
 TIMM_PATCH = "patch_embed.proj.weight"

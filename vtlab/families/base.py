@@ -5,7 +5,8 @@ A family (torchtitan's `ModelSpec` + `StateDictAdapter`, timm's per-family file,
   (`preprocess_frame`, `single_frame`), and its default tiling scheme (`tiling`, vtlab.families.tiler);
 - its tower: which native tower it builds and the position-embedding rule for other frame sizes;
 - its checkpoints: the Hugging Face layouts it recognises (`detect`), the key maps of its tower and connector
-  both ways, what its config.json says (`read_hf_config`) and what it writes on export (`hf_config`);
+  both ways (rule lists applied by `apply_rules`, whose home is vtlab.models.keymap), what its config.json says
+  (`read_hf_config`) and what it writes on export (`hf_config`);
 - its defaults for `+model=hf`, and the settings a checkpoint carries that a preset may leave open.
 
 `register_family(FamilyClass())` adds one; `get_family(name)` returns it (a `ConfigError` lists the valid
@@ -25,9 +26,9 @@ from PIL import Image
 
 from vtlab.errors import ConfigError
 from vtlab.families.pixels import ImageLike, normalise, resize, to_uint8_hwc
+from vtlab.models.keymap import Rules, apply_rules  # noqa: F401  (apply_rules: the families' rule helper)
 from vtlab.models.towers.siglip import build_tower as build_siglip_tower
 
-Rules = list[tuple[str, str]]
 Mapped = tuple[dict[str, torch.Tensor], dict[str, str], list[str], list[str], int]  # tensors, origin, unexpected, incomplete, ignored
 
 # ModelConfig fields that only some families read, with their defaults: a family that does not list one in
@@ -134,14 +135,6 @@ class ImagePlan:
         extra = "global" if self.tiling == "split" else "base"
         return (f"{h}x{w} -> {self.rows}x{self.cols} tiles + {extra} = {self.frames} frames, "
                 f"{self.tokens} tokens ({self.tiling})")
-
-
-def apply_rules(rules: Rules, rel: str) -> str | None:
-    """The first rule whose pattern matches `rel` whole, applied; None if none does."""
-    for pattern, repl in rules:
-        if re.fullmatch(pattern, rel):
-            return re.sub(f"^{pattern}$", repl, rel)
-    return None
 
 
 class Family:

@@ -6,6 +6,8 @@ Mirrors transformers' `SiglipImageProcessorPil` (RGB, resize to exactly size x s
 `SiglipVisionModel` (hub / transformers v4: `vision_model.*`; v5 `save_pretrained`: no prefix) and of a whole
 `SiglipModel` (`vision_model.*`; its text tower is ignored). HF q/k/v projections are fused into vtlab's
 `attn.qkv` (rows q, k, v). A SigLIP tower reads other frame sizes with a bicubic-interpolated position table.
+The tower's names are the tower module's (vtlab.models.towers.siglip `HF_RULES` / `HF_INVERSE`); `TOWER_RULES`
+puts them under `tower.`, applied by `apply_rules` (vtlab.models.keymap).
 """
 
 from __future__ import annotations
@@ -21,33 +23,11 @@ from vtlab.errors import CheckpointError
 from vtlab.families.base import Family, Layout, apply_rules, register_family
 from vtlab.families.lm_config import text_fields_of
 from vtlab.families.pixels import ImageLike, normalise, resize, to_uint8_hwc
+from vtlab.models.towers import siglip as siglip_tower
 
-TOWER_RULES: list[tuple[str, str]] = [
-    (r"embeddings\.patch_embedding\.(weight|bias)", r"tower.patch_embed.\1"),
-    (r"embeddings\.position_embedding\.weight", r"tower.pos_embed"),
-    (r"encoder\.layers\.(\d+)\.layer_norm([12])\.(weight|bias)", r"tower.blocks.\1.norm\2.\3"),
-    (r"encoder\.layers\.(\d+)\.self_attn\.out_proj\.(weight|bias)", r"tower.blocks.\1.attn.proj.\2"),
-    (r"encoder\.layers\.(\d+)\.mlp\.(fc[12])\.(weight|bias)", r"tower.blocks.\1.mlp.\2.\3"),
-    (r"post_layernorm\.(weight|bias)", r"tower.post_norm.\1"),
-    (r"head\.probe", r"tower.head.probe"),
-    (r"head\.attention\.in_proj_(weight|bias)", r"tower.head.in_proj.\1"),
-    (r"head\.attention\.out_proj\.(weight|bias)", r"tower.head.out_proj.\1"),
-    (r"head\.layernorm\.(weight|bias)", r"tower.head.norm.\1"),
-    (r"head\.mlp\.(fc[12])\.(weight|bias)", r"tower.head.mlp.\1.\2"),
-]
-TOWER_INVERSE: list[tuple[str, str]] = [
-    (r"patch_embed\.(weight|bias)", r"embeddings.patch_embedding.\1"),
-    (r"pos_embed", r"embeddings.position_embedding.weight"),
-    (r"blocks\.(\d+)\.norm([12])\.(weight|bias)", r"encoder.layers.\1.layer_norm\2.\3"),
-    (r"blocks\.(\d+)\.attn\.proj\.(weight|bias)", r"encoder.layers.\1.self_attn.out_proj.\2"),
-    (r"blocks\.(\d+)\.mlp\.(fc[12])\.(weight|bias)", r"encoder.layers.\1.mlp.\2.\3"),
-    (r"post_norm\.(weight|bias)", r"post_layernorm.\1"),
-    (r"head\.probe", r"head.probe"),
-    (r"head\.in_proj\.(weight|bias)", r"head.attention.in_proj_\1"),
-    (r"head\.out_proj\.(weight|bias)", r"head.attention.out_proj.\1"),
-    (r"head\.norm\.(weight|bias)", r"head.layernorm.\1"),
-    (r"head\.mlp\.(fc[12])\.(weight|bias)", r"head.mlp.\1.\2"),
-]
+# the SigLIP tower's HF names (vtlab.models.towers.siglip), here relative to the stack (`tower.*`)
+TOWER_RULES: list[tuple[str, str]] = [(pattern, "tower." + repl) for pattern, repl in siglip_tower.HF_RULES]
+TOWER_INVERSE: list[tuple[str, str]] = siglip_tower.HF_INVERSE
 QKV = re.compile(r"encoder\.layers\.(\d+)\.self_attn\.([qkv])_proj\.(weight|bias)")
 TOWER_ROOTS = ("embeddings.", "encoder.", "post_layernorm.", "head.")  # what a SigLIP tower's keys start with
 

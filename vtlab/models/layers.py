@@ -3,9 +3,11 @@
 Numerics mirror transformers' `SiglipEncoderLayer` (pre-LN, LayerNorm eps from the config, tanh GELU,
 scale head_dim^-0.5, no mask, no dropout at inference) with q/k/v fused into one GEMM, and attention
 through `F.scaled_dot_product_attention` so that PyTorch picks cuDNN/flash kernels on a GPU.
-`AttentionPool` is the one learned-probe pooling module (timm's `AttentionPoolLatent` idea): SigLIP's MAP
-head (`SiglipMultiheadAttentionPoolingHead`, fused `in_proj` like `nn.MultiheadAttention`) and the
-classifier head of `task=train` (vtlab.models.heads) are both built on it.
+`attend` is the attention of the connectors (projected queries over a fused k/v, grouped-query capable: the
+perceiver resampler's and the Q-Former's self- and cross-attention). `AttentionPool` is the one learned-probe
+pooling module (timm's `AttentionPoolLatent` idea): SigLIP's MAP head (`SiglipMultiheadAttentionPoolingHead`,
+fused `in_proj` like `nn.MultiheadAttention`) and the classifier head of `task=train` (vtlab.models.heads) are
+both built on it.
 """
 
 from __future__ import annotations
@@ -23,6 +25,32 @@ from vtlab.models.fastpaths import autocast_operands, linear_gelu
 def activation(name: str) -> nn.Module:
     """`gelu_tanh` = HF gelu_pytorch_tanh (towers); `gelu` = exact erf GELU (projectors, timm default)."""
     return nn.GELU(approximate="tanh" if name == "gelu_tanh" else "none")
+
+
+def attend(
+    q: torch.Tensor,
+    kv: torch.Tensor,
+    num_heads: int,
+    num_kv_heads: int | None = None,
+    mask: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """Multi-head attention of projected queries over projected keys/values, heads merged back.
+
+    `q` (B, T, H*hd); `kv` (B, S, 2*G*hd) with rows [k; v] (a fused k/v Linear, or the k/v columns of a
+    fused qkv), G = `num_kv_heads` (None: H) kv heads shared by H / G query heads each (grouped-query:
+    head h reads kv head h // (H / G)). SDPA with scale hd^-0.5 and the optional boolean `mask`
+    (broadcast to (B, H, T, S), True = attended). Returns (B, T, H*hd), before the output projection.
+    The connectors' attention (the perceiver's latent attention, the Q-Former's self- and cross-attention)."""
+    b, t, _ = q.shape
+    s = kv.shape[1]
+    h = num_heads
+    g = h if num_kv_heads is None else num_kv_heads
+    hd = q.shape[-1] // h
+    q = q.view(b, t, h, hd).transpose(1, 2)
+    kv = kv.view(b, s, 2, g, 1, hd).expand(b, s, 2, g, h // g, hd).reshape(b, s, 2, h, hd)
+    k, v = kv.permute(2, 0, 3, 1, 4).unbind(0)
+    out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
+    return out.transpose(1, 2).reshape(b, t, h * hd)
 
 
 class Attention(nn.Module):

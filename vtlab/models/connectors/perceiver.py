@@ -12,16 +12,17 @@ no biases) followed by `Idefics2PerceiverResampler`. Each perceiver layer (`Idef
 with grouped-query attention (num_kv_heads <= num_heads, head h reads kv head h // (H / KV)), scale
 head_dim^-0.5 and RMSNorm computed in fp32 (`Idefics2RMSNorm`). The perceiver works at the text width
 (`out_dim`); the learned latents (`tokens` of them) are the output tokens. An optional (B, N) bool mask
-marks valid patches (Idefics2's patch attention mask); latents are always attended.
+marks valid patches (Idefics2's patch attention mask); latents are always attended. The attention itself is
+vtlab.models.layers `attend` (shared with the Q-Former); the Idefics2 key maps run through vtlab.models.keymap.
 """
 
 from __future__ import annotations
 
-import re
-
 import torch
-import torch.nn.functional as F
 from torch import nn
+
+from vtlab.models.keymap import Fuse, Rules, Split, rename_state, unrename_state
+from vtlab.models.layers import attend
 
 
 class RMSNorm(nn.Module):
@@ -67,15 +68,8 @@ class PerceiverAttention(nn.Module):
         self.proj = nn.Linear(num_heads * head_dim, dim, bias=False)
 
     def forward(self, latents: torch.Tensor, context: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
-        b, t, _ = latents.shape
-        h, g, hd = self.num_heads, self.num_kv_heads, self.head_dim
         seq = torch.cat([context, latents], dim=1)
-        s = seq.shape[1]
-        q = self.q(latents).view(b, t, h, hd).transpose(1, 2)
-        kv = self.kv(seq).view(b, s, 2, g, 1, hd).expand(b, s, 2, g, h // g, hd).reshape(b, s, 2, h, hd)
-        k, v = kv.permute(2, 0, 3, 1, 4).unbind(0)
-        out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
-        return self.proj(out.transpose(1, 2).reshape(b, t, h * hd))
+        return self.proj(attend(self.q(latents), self.kv(seq), self.num_heads, self.num_kv_heads, mask))
 
 
 class PerceiverLayer(nn.Module):
@@ -160,70 +154,45 @@ class PerceiverResampler(nn.Module):
 
 
 # ---------------------------------------------------------------------- Idefics2 key mapping
-_RENAMES = [
+_RESAMPLER = r"perceiver_resampler\.layers\.(\d+)\."
+_RENAMES: Rules = [  # Idefics2 connector name (after the prefix) -> native
     (r"modality_projection\.(gate|up|down)_proj\.weight", r"proj.\1.weight"),
     (r"perceiver_resampler\.latents", "latents"),
     (r"perceiver_resampler\.norm\.weight", "norm.weight"),
-    (r"perceiver_resampler\.layers\.(\d+)\.input_latents_norm\.weight", r"layers.\1.norm_latents.weight"),
-    (r"perceiver_resampler\.layers\.(\d+)\.input_context_norm\.weight", r"layers.\1.norm_context.weight"),
-    (r"perceiver_resampler\.layers\.(\d+)\.post_attention_layernorm\.weight", r"layers.\1.norm_mlp.weight"),
-    (r"perceiver_resampler\.layers\.(\d+)\.self_attn\.q_proj\.weight", r"layers.\1.attn.q.weight"),
-    (r"perceiver_resampler\.layers\.(\d+)\.self_attn\.o_proj\.weight", r"layers.\1.attn.proj.weight"),
-    (r"perceiver_resampler\.layers\.(\d+)\.mlp\.(gate|up|down)_proj\.weight", r"layers.\1.mlp.\2.weight"),
+    (_RESAMPLER + r"input_latents_norm\.weight", r"layers.\1.norm_latents.weight"),
+    (_RESAMPLER + r"input_context_norm\.weight", r"layers.\1.norm_context.weight"),
+    (_RESAMPLER + r"post_attention_layernorm\.weight", r"layers.\1.norm_mlp.weight"),
+    (_RESAMPLER + r"self_attn\.q_proj\.weight", r"layers.\1.attn.q.weight"),
+    (_RESAMPLER + r"self_attn\.o_proj\.weight", r"layers.\1.attn.proj.weight"),
+    (_RESAMPLER + r"mlp\.(gate|up|down)_proj\.weight", r"layers.\1.mlp.\2.weight"),
 ]
-_KV = re.compile(r"perceiver_resampler\.layers\.(\d+)\.self_attn\.([kv])_proj\.weight")
+_INVERSE: Rules = [
+    (r"proj\.(gate|up|down)\.weight", r"modality_projection.\1_proj.weight"),
+    (r"latents", "perceiver_resampler.latents"),
+    (r"norm\.weight", "perceiver_resampler.norm.weight"),
+    (r"layers\.(\d+)\.norm_latents\.weight", r"perceiver_resampler.layers.\1.input_latents_norm.weight"),
+    (r"layers\.(\d+)\.norm_context\.weight", r"perceiver_resampler.layers.\1.input_context_norm.weight"),
+    (r"layers\.(\d+)\.norm_mlp\.weight", r"perceiver_resampler.layers.\1.post_attention_layernorm.weight"),
+    (r"layers\.(\d+)\.attn\.q\.weight", r"perceiver_resampler.layers.\1.self_attn.q_proj.weight"),
+    (r"layers\.(\d+)\.attn\.proj\.weight", r"perceiver_resampler.layers.\1.self_attn.o_proj.weight"),
+    (r"layers\.(\d+)\.mlp\.(gate|up|down)\.weight", r"perceiver_resampler.layers.\1.mlp.\2_proj.weight"),
+]
+_KV = Fuse(_RESAMPLER + r"self_attn\.([kv])_proj\.weight", r"layers.\1.attn.kv.weight", r"\2", ("k", "v"))
+_KV_SPLIT = Split(
+    r"layers\.(\d+)\.attn\.kv\.weight", tuple(rf"perceiver_resampler.layers.\1.self_attn.{p}_proj.weight" for p in "kv")
+)
 
 
 def idefics2_to_native(state: dict[str, torch.Tensor], prefix: str = "model.connector.") -> dict[str, torch.Tensor]:
     """The `prefix`-ed connector keys of an Idefics2 state dict -> `PerceiverResampler` keys.
 
     Keys outside `prefix` are ignored; an unknown key under it raises (no silent partial copy)."""
-    out: dict[str, torch.Tensor] = {}
-    kv: dict[str, dict[str, torch.Tensor]] = {}
-    for key, value in state.items():
-        if not key.startswith(prefix):
-            continue
-        name = key[len(prefix) :]
-        m = _KV.fullmatch(name)
-        if m:
-            kv.setdefault(m.group(1), {})[m.group(2)] = value
-            continue
-        for pattern, repl in _RENAMES:
-            if re.fullmatch(pattern, name):
-                out[re.sub(pattern, repl, name)] = value
-                break
-        else:
-            raise KeyError(f"no PerceiverResampler name for Idefics2 key {key!r}")
-    for layer, parts in kv.items():
-        out[f"layers.{layer}.attn.kv.weight"] = torch.cat([parts["k"], parts["v"]], dim=0)
-    return out
+    picked = {key[len(prefix) :]: value for key, value in state.items() if key.startswith(prefix)}
+    unknown = "no PerceiverResampler name for Idefics2 key"
+    return rename_state(picked, _RENAMES, [_KV], unknown=unknown, where=prefix)
 
 
 def native_to_idefics2(state: dict[str, torch.Tensor], prefix: str = "model.connector.") -> dict[str, torch.Tensor]:
     """Inverse of `idefics2_to_native` (splits the fused kv back into k_proj / v_proj)."""
-    out: dict[str, torch.Tensor] = {}
-    inverse = [
-        (r"proj\.(gate|up|down)\.weight", r"modality_projection.\1_proj.weight"),
-        (r"latents", "perceiver_resampler.latents"),
-        (r"norm\.weight", "perceiver_resampler.norm.weight"),
-        (r"layers\.(\d+)\.norm_latents\.weight", r"perceiver_resampler.layers.\1.input_latents_norm.weight"),
-        (r"layers\.(\d+)\.norm_context\.weight", r"perceiver_resampler.layers.\1.input_context_norm.weight"),
-        (r"layers\.(\d+)\.norm_mlp\.weight", r"perceiver_resampler.layers.\1.post_attention_layernorm.weight"),
-        (r"layers\.(\d+)\.attn\.q\.weight", r"perceiver_resampler.layers.\1.self_attn.q_proj.weight"),
-        (r"layers\.(\d+)\.attn\.proj\.weight", r"perceiver_resampler.layers.\1.self_attn.o_proj.weight"),
-        (r"layers\.(\d+)\.mlp\.(gate|up|down)\.weight", r"perceiver_resampler.layers.\1.mlp.\2_proj.weight"),
-    ]
-    for name, value in state.items():
-        m = re.fullmatch(r"layers\.(\d+)\.attn\.kv\.weight", name)
-        if m:
-            k, v = value.chunk(2, dim=0)
-            base = f"{prefix}perceiver_resampler.layers.{m.group(1)}.self_attn."
-            out[base + "k_proj.weight"], out[base + "v_proj.weight"] = k, v
-            continue
-        for pattern, repl in inverse:
-            if re.fullmatch(pattern, name):
-                out[prefix + re.sub(pattern, repl, name)] = value
-                break
-        else:
-            raise KeyError(f"no Idefics2 name for PerceiverResampler key {name!r}")
-    return out
+    unknown = "no Idefics2 name for PerceiverResampler key"
+    return unrename_state(state, _INVERSE, [_KV_SPLIT], unknown=unknown, prefix=prefix)

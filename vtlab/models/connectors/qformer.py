@@ -13,7 +13,9 @@ Language Models" (ICML 2023). Upstream: transformers `models/blip_2/modeling_bli
 
 Attention scale head_dim^-0.5, biases everywhere, LayerNorm eps 1e-12, exact (erf) GELU. The text branch
 of the Q-Former (`intermediate` / `output` for text tokens, used for ITM/ITC training) is not part of this
-connector. Self-attention q, k, v and cross-attention k, v are fused into one GEMM each (rows q, k, v).
+connector. Self-attention q, k, v and cross-attention k, v are fused into one GEMM each (rows q, k, v); both
+attentions are vtlab.models.layers `attend` (shared with the perceiver); the BLIP-2 key maps run through
+vtlab.models.keymap.
 """
 
 from __future__ import annotations
@@ -21,13 +23,10 @@ from __future__ import annotations
 import re
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
-
-def _heads(x: torch.Tensor, n: int) -> torch.Tensor:
-    b, s, d = x.shape
-    return x.view(b, s, n, d // n).transpose(1, 2)
+from vtlab.models.keymap import Fuse, Rules, Split, rename_state, unrename_state
+from vtlab.models.layers import attend
 
 
 class QFormerLayer(nn.Module):
@@ -49,14 +48,11 @@ class QFormerLayer(nn.Module):
         self.norm3 = nn.LayerNorm(dim, eps=eps)
 
     def forward(self, h: torch.Tensor, ctx: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
-        b, t, d = h.shape
-        q, k, v = (_heads(p, self.num_heads) for p in self.qkv(h).chunk(3, dim=-1))
-        a = F.scaled_dot_product_attention(q, k, v).transpose(1, 2).reshape(b, t, d)
-        h = self.norm1(h + self.proj(a))
+        d = h.shape[-1]
+        qkv = self.qkv(h)
+        h = self.norm1(h + self.proj(attend(qkv[..., :d], qkv[..., d:], self.num_heads)))
         if self.has_cross:
-            q = _heads(self.cross_q(h), self.num_heads)
-            k, v = (_heads(p, self.num_heads) for p in self.cross_kv(ctx).chunk(2, dim=-1))
-            a = F.scaled_dot_product_attention(q, k, v, attn_mask=mask).transpose(1, 2).reshape(b, t, d)
+            a = attend(self.cross_q(h), self.cross_kv(ctx), self.num_heads, mask=mask)
             h = self.norm2(h + self.cross_proj(a))
         return self.norm3(h + self.fc2(self.act(self.fc1(h))))
 
@@ -128,7 +124,8 @@ class QFormer(nn.Module):
 
 # ---------------------------------------------------------------------- BLIP-2 key mapping
 _LAYER = r"qformer\.encoder\.layer\.(\d+)\."
-_RENAMES = [
+_QKV = ("query", "key", "value")
+_RENAMES: Rules = [
     (r"query_tokens", "query_tokens"),
     (r"qformer\.layernorm\.(weight|bias)", r"norm.\1"),
     (r"language_projection\.(weight|bias)", r"out_proj.\1"),
@@ -141,72 +138,53 @@ _RENAMES = [
     (_LAYER + r"output_query\.dense\.(weight|bias)", r"layers.\1.fc2.\2"),
     (_LAYER + r"output_query\.LayerNorm\.(weight|bias)", r"layers.\1.norm3.\2"),
 ]
-_FUSED = re.compile(_LAYER + r"(attention|crossattention)\.attention\.(query|key|value)\.(weight|bias)")
+_FUSED = [
+    Fuse(_LAYER + r"attention\.attention\.(query|key|value)\.(weight|bias)", r"layers.\1.qkv.\3", r"\2", _QKV),
+    Fuse(_LAYER + r"crossattention\.attention\.(key|value)\.(weight|bias)", r"layers.\1.cross_kv.\3", r"\2", _QKV[1:]),
+]
 # Text-token branch of the Q-Former (`use_qformer_text_input`): not used on the image path.
 TEXT_BRANCH = re.compile(_LAYER + r"(intermediate|output)\.(dense|LayerNorm)\.(weight|bias)|qformer\.embeddings\..*")
+
+
+_INVERSE: Rules = [
+    (r"query_tokens", "query_tokens"),
+    (r"norm\.(weight|bias)", r"qformer.layernorm.\1"),
+    (r"out_proj\.(weight|bias)", r"language_projection.\1"),
+    (r"layers\.(\d+)\.proj\.(weight|bias)", r"qformer.encoder.layer.\1.attention.output.dense.\2"),
+    (r"layers\.(\d+)\.norm1\.(weight|bias)", r"qformer.encoder.layer.\1.attention.output.LayerNorm.\2"),
+    (r"layers\.(\d+)\.cross_q\.(weight|bias)", r"qformer.encoder.layer.\1.crossattention.attention.query.\2"),
+    (r"layers\.(\d+)\.cross_proj\.(weight|bias)", r"qformer.encoder.layer.\1.crossattention.output.dense.\2"),
+    (r"layers\.(\d+)\.norm2\.(weight|bias)", r"qformer.encoder.layer.\1.crossattention.output.LayerNorm.\2"),
+    (r"layers\.(\d+)\.fc1\.(weight|bias)", r"qformer.encoder.layer.\1.intermediate_query.dense.\2"),
+    (r"layers\.(\d+)\.fc2\.(weight|bias)", r"qformer.encoder.layer.\1.output_query.dense.\2"),
+    (r"layers\.(\d+)\.norm3\.(weight|bias)", r"qformer.encoder.layer.\1.output_query.LayerNorm.\2"),
+]
+_SPLIT = [
+    Split(
+        r"layers\.(\d+)\.qkv\.(weight|bias)",
+        tuple(rf"qformer.encoder.layer.\1.attention.attention.{p}.\2" for p in _QKV),
+    ),
+    Split(
+        r"layers\.(\d+)\.cross_kv\.(weight|bias)",
+        tuple(rf"qformer.encoder.layer.\1.crossattention.attention.{p}.\2" for p in _QKV[1:]),
+    ),
+]
 
 
 def blip2_to_native(state: dict[str, torch.Tensor], prefix: str = "") -> dict[str, torch.Tensor]:
     """`query_tokens`, `qformer.*`, `language_projection.*` of a `Blip2ForConditionalGeneration` state dict
     (under `prefix`) -> `QFormer` keys. Other top-level modules (vision_model, language_model) are ignored, the
     text branch (`TEXT_BRANCH`) is skipped; any other unknown key under qformer raises."""
-    out: dict[str, torch.Tensor] = {}
-    fused: dict[tuple[str, str, str], dict[str, torch.Tensor]] = {}
-    for key, value in state.items():
-        if not key.startswith(prefix):
-            continue
-        name = key[len(prefix) :]
-        if not name.startswith(("qformer.", "query_tokens", "language_projection.")) or TEXT_BRANCH.fullmatch(name):
-            continue
-        m = _FUSED.fullmatch(name)
-        if m and not (m.group(2) == "crossattention" and m.group(3) == "query"):
-            fused.setdefault((m.group(1), m.group(2), m.group(4)), {})[m.group(3)] = value
-            continue
-        for pattern, repl in _RENAMES:
-            if re.fullmatch(pattern, name):
-                out[re.sub(pattern, repl, name)] = value
-                break
-        else:
-            raise KeyError(f"no QFormer name for BLIP-2 key {key!r}")
-    for (layer, kind, param), parts in fused.items():
-        if kind == "attention":
-            out[f"layers.{layer}.qkv.{param}"] = torch.cat([parts["query"], parts["key"], parts["value"]])
-        else:
-            out[f"layers.{layer}.cross_kv.{param}"] = torch.cat([parts["key"], parts["value"]])
-    return out
+    picked = {
+        key[len(prefix) :]: value
+        for key, value in state.items()
+        if key.startswith(prefix)
+        and key[len(prefix) :].startswith(("qformer.", "query_tokens", "language_projection."))
+        and not TEXT_BRANCH.fullmatch(key[len(prefix) :])
+    }
+    return rename_state(picked, _RENAMES, _FUSED, unknown="no QFormer name for BLIP-2 key", where=prefix)
 
 
 def native_to_blip2(state: dict[str, torch.Tensor], prefix: str = "") -> dict[str, torch.Tensor]:
     """Inverse of `blip2_to_native` (splits the fused projections back into query / key / value)."""
-    inverse = [
-        (r"query_tokens", "query_tokens"),
-        (r"norm\.(weight|bias)", r"qformer.layernorm.\1"),
-        (r"out_proj\.(weight|bias)", r"language_projection.\1"),
-        (r"layers\.(\d+)\.proj\.(weight|bias)", r"qformer.encoder.layer.\1.attention.output.dense.\2"),
-        (r"layers\.(\d+)\.norm1\.(weight|bias)", r"qformer.encoder.layer.\1.attention.output.LayerNorm.\2"),
-        (r"layers\.(\d+)\.cross_q\.(weight|bias)", r"qformer.encoder.layer.\1.crossattention.attention.query.\2"),
-        (r"layers\.(\d+)\.cross_proj\.(weight|bias)", r"qformer.encoder.layer.\1.crossattention.output.dense.\2"),
-        (r"layers\.(\d+)\.norm2\.(weight|bias)", r"qformer.encoder.layer.\1.crossattention.output.LayerNorm.\2"),
-        (r"layers\.(\d+)\.fc1\.(weight|bias)", r"qformer.encoder.layer.\1.intermediate_query.dense.\2"),
-        (r"layers\.(\d+)\.fc2\.(weight|bias)", r"qformer.encoder.layer.\1.output_query.dense.\2"),
-        (r"layers\.(\d+)\.norm3\.(weight|bias)", r"qformer.encoder.layer.\1.output_query.LayerNorm.\2"),
-    ]
-    out: dict[str, torch.Tensor] = {}
-    for name, value in state.items():
-        m = re.fullmatch(r"layers\.(\d+)\.(qkv|cross_kv)\.(weight|bias)", name)
-        if m:
-            layer, kind, param = m.groups()
-            if kind == "qkv":
-                base, parts = f"qformer.encoder.layer.{layer}.attention.attention.", ("query", "key", "value")
-            else:
-                base, parts = f"qformer.encoder.layer.{layer}.crossattention.attention.", ("key", "value")
-            for part, chunk in zip(parts, value.chunk(len(parts)), strict=True):
-                out[f"{prefix}{base}{part}.{param}"] = chunk
-            continue
-        for pattern, repl in inverse:
-            if re.fullmatch(pattern, name):
-                out[prefix + re.sub(pattern, repl, name)] = value
-                break
-        else:
-            raise KeyError(f"no BLIP-2 name for QFormer key {name!r}")
-    return out
+    return unrename_state(state, _INVERSE, _SPLIT, unknown="no BLIP-2 name for QFormer key", prefix=prefix)

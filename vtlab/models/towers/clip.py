@@ -12,9 +12,11 @@ LLaVA feature selection (`LlavaModel.get_image_features`): `feature_layers` are 
 `"full"` keeps it. Without taps the output is `last_hidden_state` (no post-LN). No block past the deepest
 tap is run. The forward has no host syncs or value-dependent branches (compiles with fullgraph=True).
 
-Also: HF <-> native state-dict mapping (CLIPVisionModel / CLIPModel `vision_model.` / Llava
-`vision_tower.[vision_model.]` and v5 `model.vision_tower.` layouts), timm `vit_*_clip_*` -> native, the
-config.json reader, and `clip_preprocess`, equal to `CLIPImageProcessorPil`.
+The structure (grid, taps, inactive modules) and the block stack are `TowerBase`'s (vtlab.models.towers.common);
+this module holds the CLIP embeddings, init, FLOPs and pooling. Also: HF <-> native state-dict mapping
+(CLIPVisionModel / CLIPModel `vision_model.` / Llava `vision_tower.[vision_model.]` and v5 `model.vision_tower.`
+layouts: CLIP's embedding / norm names plus common's encoder names, run by vtlab.models.keymap), timm
+`vit_*_clip_*` -> native, the config.json reader, and `clip_preprocess`, equal to `CLIPImageProcessorPil`.
 """
 
 from __future__ import annotations
@@ -25,25 +27,29 @@ from typing import Any
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from PIL import Image
 from torch import nn
 
+from vtlab.models.keymap import Rules, rename_state, strip_prefix, unrename_state
 from vtlab.models.towers.common import (
     CLIP_MEAN,
     CLIP_STD,
+    ENCODER_INVERSE,
+    ENCODER_QKV,
+    ENCODER_QKV_SPLIT,
+    ENCODER_RULES,
     Block,
+    TowerBase,
     block_flops,
     resize_crop_normalize,
+    resize_table,
     resolve_layers,
-    split_qkv,
-    strip_prefix,
 )
 
 STRATEGIES = ("default", "full")
 
 
-class ClipTower(nn.Module):
+class ClipTower(TowerBase):
     def __init__(
         self,
         *,
@@ -59,16 +65,9 @@ class ClipTower(nn.Module):
         feature_layers: Sequence[int] | None = None,
         select_strategy: str = "default",
     ) -> None:
-        super().__init__()
         if select_strategy not in STRATEGIES:
             raise ValueError(f"select_strategy={select_strategy!r}; valid: {', '.join(STRATEGIES)}")
-        self.image_size = image_size
-        self.patch_size = patch_size
-        self.hidden_size = hidden_size
-        self.intermediate_size = intermediate_size
-        self.num_layers = num_layers
-        self.num_channels = num_channels
-        self.native_grid = image_size // patch_size
+        super().__init__(image_size, patch_size, hidden_size, intermediate_size, num_layers, num_channels)
         self.select_strategy = select_strategy
         self.patch_embed = nn.Conv2d(num_channels, hidden_size, patch_size, stride=patch_size, bias=False)
         self.cls_token = nn.Parameter(torch.zeros(1, 1, hidden_size))
@@ -81,25 +80,14 @@ class ClipTower(nn.Module):
         self.feature_layers = resolve_layers(feature_layers, num_layers)
         self.reset_parameters()
 
-    # ------------------------------------------------------------------ structure
-    @property
-    def depth_used(self) -> int:
-        return self.num_layers if self.feature_layers is None else max(self.feature_layers)
-
-    @property
-    def feature_dim(self) -> int:
-        return self.hidden_size * (1 if self.feature_layers is None else len(self.feature_layers))
-
+    # ------------------------------------------------------------------ structure (the rest: TowerBase)
     @property
     def prefix_tokens(self) -> int:
         return 1 if self.select_strategy == "full" else 0
 
-    def grid_for(self, height: int, width: int) -> tuple[int, int]:
-        return height // self.patch_size, width // self.patch_size
-
-    def inactive_modules(self) -> list[nn.Module]:
-        """Blocks past the deepest tap and `post_norm` (HF applies it to the pooled CLS only)."""
-        return [*self.blocks[self.depth_used :], self.post_norm]
+    def idle_modules(self) -> list[nn.Module | None]:
+        """`post_norm`: HF applies it to the pooled CLS only (`pool`)."""
+        return [self.post_norm]
 
     def no_weight_decay(self) -> set[str]:
         """Parameter names (relative to the tower) AdamW must not decay, besides biases and norms."""
@@ -108,8 +96,7 @@ class ClipTower(nn.Module):
     def flops_closed_form(self, grid_h: int, grid_w: int) -> int:
         """Per image: patch conv 2 N C p^2 d + depth_used blocks on 1 + N tokens (matmuls only)."""
         n = grid_h * grid_w
-        d, f = self.hidden_size, self.intermediate_size
-        return 2 * n * self.num_channels * self.patch_size**2 * d + self.depth_used * block_flops(n + 1, d, f)
+        return self.patch_flops(n) + self.depth_used * block_flops(n + 1, self.hidden_size, self.intermediate_size)
 
     def reset_parameters(self) -> None:
         """HF CLIP init (initializer_range 0.02, factor 1): N(0, d^-0.5) class token, N(0, 0.02) patch/pos,
@@ -136,9 +123,7 @@ class ClipTower(nn.Module):
         n = self.native_grid
         if (grid_h, grid_w) == (n, n):
             return self.pos_embed
-        patch = self.pos_embed[1:].reshape(1, n, n, -1).permute(0, 3, 1, 2)
-        patch = F.interpolate(patch, size=(grid_h, grid_w), mode="bicubic", align_corners=False)
-        return torch.cat([self.pos_embed[:1], patch.permute(0, 2, 3, 1).reshape(grid_h * grid_w, -1)])
+        return torch.cat([self.pos_embed[:1], resize_table(self.pos_embed[1:], n, grid_h, grid_w)])
 
     def embed(self, pixel_values: torch.Tensor) -> torch.Tensor:
         """(B, C, H, W) -> (B, 1 + N, D) after `pre_layrnorm` (= HF hidden_states[0])."""
@@ -149,21 +134,11 @@ class ClipTower(nn.Module):
 
     def hidden_states(self, pixel_values: torch.Tensor, upto: int | None = None) -> list[torch.Tensor]:
         """HF `hidden_states`: [embeddings, after block 1, ..., after block `upto`] (class token included)."""
-        x = self.embed(pixel_values)
-        states = [x]
-        for blk in self.blocks[: self.num_layers if upto is None else upto]:
-            x = blk(x)
-            states.append(x)
-        return states
+        return self.block_states(self.embed(pixel_values), upto)
 
     def forward(self, pixel_values: torch.Tensor) -> torch.Tensor:
         """(B, [1 +] N, feature_dim): last_hidden_state or the concatenated taps, class token per strategy."""
-        states = self.hidden_states(pixel_values, upto=self.depth_used)
-        if self.feature_layers is None:
-            out = states[-1]
-        else:
-            feats = [states[i] for i in self.feature_layers]
-            out = feats[0] if len(feats) == 1 else torch.cat(feats, dim=-1)
+        out = self.run_stack(self.embed(pixel_values))
         return out if self.select_strategy == "full" else out[:, 1:]
 
     def pool(self, last_hidden_state: torch.Tensor) -> torch.Tensor:
@@ -172,16 +147,22 @@ class ClipTower(nn.Module):
 
 
 # ---------------------------------------------------------------------------------------------- mapping
-_HF_RENAMES = [  # HF CLIPVisionModel name (after the prefix / `vision_model.`) -> native
-    (r"^embeddings\.patch_embedding\.weight$", "patch_embed.weight"),
-    (r"^embeddings\.position_embedding\.weight$", "pos_embed"),
-    (r"^pre_layrnorm\.", "pre_norm."),
-    (r"^post_layernorm\.", "post_norm."),
-    (r"^encoder\.layers\.(\d+)\.layer_norm([12])\.", r"blocks.\1.norm\2."),
-    (r"^encoder\.layers\.(\d+)\.self_attn\.out_proj\.", r"blocks.\1.attn.proj."),
-    (r"^encoder\.layers\.(\d+)\.mlp\.(fc[12])\.", r"blocks.\1.mlp.\2."),
+_HF_RULES: Rules = [  # HF CLIPVisionModel name (after the prefix / `vision_model.`) -> native
+    (r"embeddings\.class_embedding", "cls_token"),
+    (r"embeddings\.patch_embedding\.weight", "patch_embed.weight"),
+    (r"embeddings\.position_embedding\.weight", "pos_embed"),
+    (r"pre_layrnorm\.(weight|bias)", r"pre_norm.\1"),
+    (r"post_layernorm\.(weight|bias)", r"post_norm.\1"),
+    *ENCODER_RULES,
 ]
-_HF_QKV = re.compile(r"^encoder\.layers\.(\d+)\.self_attn\.([qkv])_proj\.(weight|bias)$")
+_HF_INVERSE: Rules = [
+    (r"cls_token", "embeddings.class_embedding"),
+    (r"pos_embed", "embeddings.position_embedding.weight"),
+    (r"patch_embed\.weight", "embeddings.patch_embedding.weight"),
+    (r"pre_norm\.(weight|bias)", r"pre_layrnorm.\1"),
+    (r"post_norm\.(weight|bias)", r"post_layernorm.\1"),
+    *ENCODER_INVERSE,
+]
 
 
 def hf_to_native(state: dict[str, torch.Tensor], prefix: str = "") -> dict[str, torch.Tensor]:
@@ -194,56 +175,19 @@ def hf_to_native(state: dict[str, torch.Tensor], prefix: str = "") -> dict[str, 
     `vision_model.` wrapper right after the prefix is stripped. Every key under the prefix must map,
     otherwise KeyError names it.
     """
-    out: dict[str, torch.Tensor] = {}
-    qkv: dict[tuple[str, str], dict[str, torch.Tensor]] = {}
-    for key, value in strip_prefix(state, prefix, wrappers=("vision_model.",)).items():
-        if key == "embeddings.class_embedding":
-            out["cls_token"] = value.reshape(1, 1, -1)
-            continue
-        m = _HF_QKV.match(key)
-        if m:
-            qkv.setdefault((m.group(1), m.group(3)), {})[m.group(2)] = value
-            continue
-        for pattern, repl in _HF_RENAMES:
-            new, hits = re.subn(pattern, repl, key)
-            if hits:
-                out[new] = value
-                break
-        else:
-            raise KeyError(f"no native CLIP name for HF key {prefix + key!r}")
-    for (layer, kind), parts in qkv.items():
-        if set(parts) != {"q", "k", "v"}:
-            raise KeyError(f"layer {layer} {kind}: only {sorted(parts)} of q/k/v projections present")
-        out[f"blocks.{layer}.attn.qkv.{kind}"] = torch.cat([parts["q"], parts["k"], parts["v"]], dim=0)
+    picked = strip_prefix(state, prefix, wrappers=("vision_model.",))
+    out = rename_state(picked, _HF_RULES, [ENCODER_QKV], unknown="no native CLIP name for HF key", where=prefix)
+    if "cls_token" in out:
+        out["cls_token"] = out["cls_token"].reshape(1, 1, -1)
     return out
 
 
 def native_to_hf(state: dict[str, torch.Tensor], prefix: str = "") -> dict[str, torch.Tensor]:
     """Native -> HF CLIPVisionModel names (what `CLIPVisionModel.load_state_dict` takes), under `prefix`."""
-    out: dict[str, torch.Tensor] = {}
-    for key, value in state.items():
-        m = re.match(r"^blocks\.(\d+)\.(.+)$", key)
-        if key == "cls_token":
-            out["embeddings.class_embedding"] = value.reshape(-1)
-        elif key == "pos_embed":
-            out["embeddings.position_embedding.weight"] = value
-        elif key == "patch_embed.weight":
-            out["embeddings.patch_embedding.weight"] = value
-        elif key.startswith("pre_norm."):
-            out["pre_layrnorm." + key[len("pre_norm.") :]] = value
-        elif key.startswith("post_norm."):
-            out["post_layernorm." + key[len("post_norm.") :]] = value
-        elif m:
-            base, rest = f"encoder.layers.{m.group(1)}.", m.group(2)
-            if rest.startswith("attn.qkv."):
-                kind = rest.rsplit(".", 1)[1]
-                split_qkv(state, key, out, [f"{base}self_attn.{p}_proj.{kind}" for p in "qkv"])
-            else:
-                rest = re.sub(r"^norm([12])\.", r"layer_norm\1.", rest)
-                out[base + rest.replace("attn.proj.", "self_attn.out_proj.")] = value
-        else:
-            raise KeyError(f"no HF CLIP name for native key {key!r}")
-    return {prefix + k: v for k, v in out.items()}
+    if "cls_token" in state:
+        state = {**state, "cls_token": state["cls_token"].reshape(-1)}
+    unknown = "no HF CLIP name for native key"
+    return unrename_state(state, _HF_INVERSE, [ENCODER_QKV_SPLIT], unknown=unknown, prefix=prefix)
 
 
 def timm_to_native(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:

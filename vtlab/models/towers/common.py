@@ -1,12 +1,21 @@
-"""Shared pieces of the CLIP, DINOv2 and SigLIP2 native towers (clip.py, dinov2.py, siglip2.py).
+"""What the native towers share (clip.py, dinov2.py, siglip.py, siglip2.py): their base class, layers, HF names and
+image helpers. Each tower module keeps only what is its own (embeddings, position rule, init, key maps' extras).
 
-Numerics follow the transformers encoder layers these towers mirror (`CLIPEncoderLayer`, `Dinov2Layer`,
-`Siglip2EncoderLayer`): pre-LN blocks, q/k/v fused into one Linear (rows q, k, v), attention through
-`F.scaled_dot_product_attention` with scale head_dim^-0.5 and an optional boolean key mask, optional
-LayerScale, a plain or SwiGLU MLP. Also the closed-form FLOPs of one block and the PIL-side image helpers
-(RGB conversion, shortest-edge resize, center crop, rescale/normalise) that reproduce transformers'
-`PilBackend` image processors, which resize uint8 images with Pillow and then rescale in float64 and
-normalise in float32.
+- `TowerBase`: the structure every tower has (sizes, `native_grid`, `grid_for`, `depth_used`, `feature_dim`,
+  `prefix_tokens`, `inactive_modules`, the patch-embedding FLOPs) and the block stack with feature taps
+  (`block_states`: HF-style hidden_states; `run_stack`: the output norm without taps, the concatenated taps
+  with them, no block past the deepest tap); `init_siglip_weights` (the SigLIP / SigLIP2 init) and
+  `resize_table` (a position table interpolated to another grid).
+- Layers of the CLIP, DINOv2 and SigLIP2 towers, with the numerics of the transformers encoder layers they
+  mirror (`CLIPEncoderLayer`, `Dinov2Layer`, `Siglip2EncoderLayer`): pre-LN blocks, q/k/v fused into one
+  Linear (rows q, k, v), attention through `F.scaled_dot_product_attention` with scale head_dim^-0.5 and an
+  optional boolean key mask, optional LayerScale, a plain or SwiGLU MLP; the closed-form FLOPs of one block.
+  (The SigLIP `VisionTower` runs vtlab.models.layers' blocks, which carry the fast paths.)
+- HF names of the CLIP-style encoder (`encoder.layers.N.*` <-> `blocks.N.*`, q/k/v fused and split), the
+  rules the towers' key maps share (applied by vtlab.models.keymap).
+- The PIL-side image helpers (RGB conversion, shortest-edge resize, center crop, rescale/normalise) that
+  reproduce transformers' `PilBackend` image processors, which resize uint8 images with Pillow and then
+  rescale in float64 and normalise in float32.
 """
 
 from __future__ import annotations
@@ -18,6 +27,8 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 from torch import nn
+
+from vtlab.models.keymap import Fuse, Rules, Split, split_qkv, strip_prefix  # noqa: F401  (the last two re-exported)
 
 # ----------------------------------------------------------------------------------------------- layers
 
@@ -146,28 +157,180 @@ def resolve_layers(layers: Sequence[int] | None, num_layers: int) -> list[int] |
     return out
 
 
-def split_qkv(state: dict[str, torch.Tensor], key: str, out: dict[str, torch.Tensor], names: Sequence[str]) -> None:
-    """native `...qkv.{weight,bias}` (rows q, k, v) -> three HF tensors under `names` (q, k, v order)."""
-    for name, part in zip(names, state[key].chunk(3, dim=0), strict=True):
-        out[name] = part
+# ----------------------------------------------------------------------------------------------- towers
 
 
-def strip_prefix(state: dict[str, torch.Tensor], prefix: str, wrappers: Sequence[str] = ()) -> dict[str, torch.Tensor]:
-    """Keys under `prefix` with it removed (others are left to their owners), then an optional wrapper
-    (e.g. `vision_model.`) removed too; a key like `position_ids` (non-persistent in v5) is dropped."""
-    picked: dict[str, torch.Tensor] = {}
-    for key, value in state.items():
-        if not key.startswith(prefix):
-            continue
-        key = key[len(prefix) :]
-        for wrapper in wrappers:
-            if key.startswith(wrapper):
-                key = key[len(wrapper) :]
-                break
-        if key.endswith("position_ids"):
-            continue
-        picked[key] = value
-    return picked
+def resize_table(
+    table: torch.Tensor, native: int, grid_h: int, grid_w: int, mode: str = "bicubic", antialias: bool = False
+) -> torch.Tensor:
+    """A row-major (native^2, D) position table seen as a native x native image, `F.interpolate`d
+    (align_corners=False) to (grid_h, grid_w): (grid_h * grid_w, D), row-major."""
+    image = table.reshape(1, native, native, -1).permute(0, 3, 1, 2)
+    image = F.interpolate(image, size=(grid_h, grid_w), mode=mode, align_corners=False, antialias=antialias)
+    return image.permute(0, 2, 3, 1).reshape(grid_h * grid_w, -1)
+
+
+class TowerBase(nn.Module):
+    """What every native ViT tower shares (ClipTower, Dinov2Tower, Siglip2Tower, and `VisionTower` of
+    vtlab.models.towers.siglip): the structure that the stack, the trainer and the cost rows read (sizes,
+    patch grid, output width and prefix tokens, the modules `forward` never runs) and the block stack with
+    feature taps.
+
+    A subclass calls `__init__` with its sizes (in the signature's order), then builds `blocks` (an nn.ModuleList of blocks taking
+    `(x)` or `(x, mask)`) and sets `feature_layers` (hidden_states indices resolved to 0..L, or None). It
+    says which norm its forward applies to the last state when there are no taps (`output_norm`) and which
+    modules its forward never runs whatever the taps (`idle_modules`); `run_block` may wrap a block
+    (activation checkpointing)."""
+
+    blocks: nn.ModuleList
+    feature_layers: list[int] | None
+
+    def __init__(
+        self,
+        image_size: int,
+        patch_size: int,
+        hidden_size: int,
+        intermediate_size: int,
+        num_layers: int,
+        num_channels: int,
+    ) -> None:
+        super().__init__()
+        self.image_size = image_size
+        self.patch_size = patch_size
+        self.hidden_size = hidden_size
+        self.intermediate_size = intermediate_size
+        self.num_layers = num_layers
+        self.num_channels = num_channels
+        self.native_grid = image_size // patch_size
+
+    # ------------------------------------------------------------------ structure
+    @property
+    def depth_used(self) -> int:
+        """Blocks actually run by `forward` (stops after the deepest feature tap)."""
+        return self.num_layers if self.feature_layers is None else max(self.feature_layers)
+
+    @property
+    def feature_dim(self) -> int:
+        """Channels of the output: the width, times the number of taps."""
+        return self.hidden_size * (1 if self.feature_layers is None else len(self.feature_layers))
+
+    @property
+    def prefix_tokens(self) -> int:
+        """Tokens in front of the patch tokens in the output (a kept class token, registers): none here."""
+        return 0
+
+    def grid_for(self, height: int, width: int) -> tuple[int, int]:
+        """The patch grid of a (height, width) input (valid padding: a remainder is dropped)."""
+        return height // self.patch_size, width // self.patch_size
+
+    def output_norm(self) -> nn.Module | None:
+        """The norm `forward` applies to the last hidden state when there are no taps (None: none)."""
+        return None
+
+    def idle_modules(self) -> list[nn.Module | None]:
+        """Modules `forward` never runs whatever the taps (None entries: absent), e.g. a pooling head."""
+        return []
+
+    def inactive_modules(self) -> list[nn.Module]:
+        """Modules `forward` never touches: blocks past the deepest tap, the output norm with taps, idle modules."""
+        unused: list[nn.Module] = list(self.blocks[self.depth_used :])
+        norm = self.output_norm()
+        if self.feature_layers is not None and norm is not None:
+            unused.append(norm)
+        unused.extend(m for m in self.idle_modules() if m is not None)
+        return unused
+
+    def patch_flops(self, n: int) -> int:
+        """Matmul FLOPs (2 per multiply-add) of the patch embedding on n patches: 2 N C p^2 d."""
+        return 2 * n * self.num_channels * self.patch_size**2 * self.hidden_size
+
+    # ------------------------------------------------------------------ forward
+    def run_block(self, blk: nn.Module, x: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
+        """One block; `mask` (a key mask) is passed only when there is one."""
+        return blk(x) if mask is None else blk(x, mask)
+
+    def block_states(
+        self, x: torch.Tensor, upto: int | None = None, mask: torch.Tensor | None = None
+    ) -> list[torch.Tensor]:
+        """HF-style `hidden_states` from the embedding `x`: [x, after block 1, ..., after block `upto`]."""
+        states = [x]
+        for blk in self.blocks[: self.num_layers if upto is None else upto]:
+            x = self.run_block(blk, x, mask)
+            states.append(x)
+        return states
+
+    def run_stack(self, x: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
+        """The embedding `x` -> the tower output before any prefix selection. Without taps: every block, then
+        `output_norm` (only the running state is kept); with taps: the tapped hidden states concatenated on
+        channels, no block past the deepest tap run."""
+        if self.feature_layers is None:
+            for blk in self.blocks:
+                x = self.run_block(blk, x, mask)
+            norm = self.output_norm()
+            return x if norm is None else norm(x)
+        states = self.block_states(x, self.depth_used, mask)
+        feats = [states[i] for i in self.feature_layers]
+        return feats[0] if len(feats) == 1 else torch.cat(feats, dim=-1)
+
+
+class SiglipTowerBase(TowerBase):
+    """A SigLIP-style tower (VisionTower, Siglip2Tower): `post_norm` applied without taps, an optional MAP
+    `head` (None without) that `forward` never runs (`pool` does), the SigLIP init."""
+
+    post_norm: nn.Module
+    head: nn.Module | None
+
+    def output_norm(self) -> nn.Module | None:
+        return self.post_norm
+
+    def idle_modules(self) -> list[nn.Module | None]:
+        """The MAP head (not run for VLM features)."""
+        return [self.head]
+
+    def no_weight_decay(self) -> set[str]:
+        """Parameter names (relative to the tower) that AdamW must not decay, besides biases and norms."""
+        return {"pos_embed", "head.probe"}
+
+
+def init_siglip_weights(tower: TowerBase, fan_in: int) -> None:
+    """HF SigLIP / SigLIP2 init: lecun-normal patch embedding (truncated at 2 std; `fan_in` = C p^2), zero
+    patch bias, N(0, 1/sqrt(d)) positions, xavier attention / MLP weights with zero (attention) and
+    N(0, 1e-6) (MLP) biases, and, with a MAP head, xavier probe and in_proj."""
+    std = (1.0 / fan_in) ** 0.5 / 0.87962566103423978
+    nn.init.trunc_normal_(tower.patch_embed.weight, std=std, a=-2 * std, b=2 * std)
+    nn.init.zeros_(tower.patch_embed.bias)
+    nn.init.normal_(tower.pos_embed, std=tower.hidden_size**-0.5)
+    for blk in tower.blocks:
+        for lin in (blk.attn.qkv, blk.attn.proj, blk.mlp.fc1, blk.mlp.fc2):
+            nn.init.xavier_uniform_(lin.weight)
+            nn.init.zeros_(lin.bias)
+        nn.init.normal_(blk.mlp.fc1.bias, std=1e-6)
+        nn.init.normal_(blk.mlp.fc2.bias, std=1e-6)
+    if tower.head is not None:
+        nn.init.xavier_uniform_(tower.head.probe)
+        nn.init.xavier_uniform_(tower.head.in_proj.weight)
+        nn.init.zeros_(tower.head.in_proj.bias)
+
+
+# ----------------------------------------------------------------------------------------------- HF names
+# transformers' CLIP-style encoder (`encoder.layers.N.*` of CLIP, SigLIP, SigLIP2 and Idefics3 towers) <-> the
+# native `blocks.N.*` (vtlab.models.keymap); each tower adds the names of its embeddings, norms and head
+ENCODER_RULES: Rules = [
+    (r"encoder\.layers\.(\d+)\.layer_norm([12])\.(weight|bias)", r"blocks.\1.norm\2.\3"),
+    (r"encoder\.layers\.(\d+)\.self_attn\.out_proj\.(weight|bias)", r"blocks.\1.attn.proj.\2"),
+    (r"encoder\.layers\.(\d+)\.mlp\.(fc[12])\.(weight|bias)", r"blocks.\1.mlp.\2.\3"),
+]
+ENCODER_INVERSE: Rules = [
+    (r"blocks\.(\d+)\.norm([12])\.(weight|bias)", r"encoder.layers.\1.layer_norm\2.\3"),
+    (r"blocks\.(\d+)\.attn\.proj\.(weight|bias)", r"encoder.layers.\1.self_attn.out_proj.\2"),
+    (r"blocks\.(\d+)\.mlp\.(fc[12])\.(weight|bias)", r"encoder.layers.\1.mlp.\2.\3"),
+]
+ENCODER_QKV = Fuse(
+    r"encoder\.layers\.(\d+)\.self_attn\.([qkv])_proj\.(weight|bias)", r"blocks.\1.attn.qkv.\3", r"\2", ("q", "k", "v")
+)
+ENCODER_QKV_SPLIT = Split(
+    r"blocks\.(\d+)\.attn\.qkv\.(weight|bias)", tuple(rf"encoder.layers.\1.self_attn.{p}_proj.\2" for p in "qkv")
+)
 
 
 # ----------------------------------------------------------------------------------------------- images

@@ -15,8 +15,10 @@ Output for the connector: the normed patch tokens (CLS and registers dropped) un
 `feature_layers` the taps are pre-final-norm hidden states, concatenated on channels, no block past the
 deepest tap is run. The forward compiles with fullgraph=True.
 
-Also: HF <-> native state-dict mapping (v5 runtime names and the legacy names `save_pretrained` writes),
-the config.json reader, and `dinov2_preprocess`, equal to `BitImageProcessorPil` with DINOv2's settings.
+The structure (grid, taps, inactive modules) and the block stack are `TowerBase`'s (vtlab.models.towers.common).
+Also: HF <-> native state-dict mapping (v5 runtime names and the legacy names `save_pretrained` writes; the HF ->
+native rules run by vtlab.models.keymap), the config.json reader, and `dinov2_preprocess`, equal to
+`BitImageProcessorPil` with DINOv2's settings.
 """
 
 from __future__ import annotations
@@ -27,19 +29,19 @@ from typing import Any
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from PIL import Image
 from torch import nn
 
+from vtlab.models.keymap import Fuse, Rules, rename_state, split_qkv, strip_prefix
 from vtlab.models.towers.common import (
     IMAGENET_MEAN,
     IMAGENET_STD,
     Block,
+    TowerBase,
     block_flops,
     resize_crop_normalize,
+    resize_table,
     resolve_layers,
-    split_qkv,
-    strip_prefix,
 )
 
 
@@ -57,7 +59,7 @@ class MaskToken(nn.Module):
         self.weight = nn.Parameter(torch.zeros(1, dim))
 
 
-class Dinov2Tower(nn.Module):
+class Dinov2Tower(TowerBase):
     def __init__(
         self,
         *,
@@ -80,18 +82,13 @@ class Dinov2Tower(nn.Module):
         keep_prefix: bool = False,
     ) -> None:
         """`antialias` None: True with registers (Dinov2WithRegistersModel), False without (Dinov2Model)."""
-        super().__init__()
-        self.image_size = image_size
-        self.patch_size = patch_size
-        self.hidden_size = hidden_size
-        self.num_layers = num_layers
-        self.num_channels = num_channels
-        self.mlp_hidden = mlp_hidden_size(hidden_size, mlp_ratio, use_swiglu_ffn)
+        mlp_hidden = mlp_hidden_size(hidden_size, mlp_ratio, use_swiglu_ffn)
+        super().__init__(image_size, patch_size, hidden_size, mlp_hidden, num_layers, num_channels)
+        self.mlp_hidden = mlp_hidden
         self.swiglu = use_swiglu_ffn
         self.num_register_tokens = num_register_tokens
         self.antialias = num_register_tokens > 0 if antialias is None else antialias
         self.keep_prefix = keep_prefix
-        self.native_grid = image_size // patch_size
         self.patch_embed = nn.Conv2d(num_channels, hidden_size, patch_size, stride=patch_size)
         self.cls_token = nn.Parameter(torch.zeros(1, 1, hidden_size))
         self.reg_token = nn.Parameter(torch.zeros(1, num_register_tokens, hidden_size)) if num_register_tokens else None
@@ -115,15 +112,7 @@ class Dinov2Tower(nn.Module):
         self.feature_layers = resolve_layers(feature_layers, num_layers)
         self.reset_parameters()
 
-    # ------------------------------------------------------------------ structure
-    @property
-    def depth_used(self) -> int:
-        return self.num_layers if self.feature_layers is None else max(self.feature_layers)
-
-    @property
-    def feature_dim(self) -> int:
-        return self.hidden_size * (1 if self.feature_layers is None else len(self.feature_layers))
-
+    # ------------------------------------------------------------------ structure (the rest: TowerBase)
     @property
     def num_prefix(self) -> int:
         """CLS + registers leading every sequence inside the tower."""
@@ -133,17 +122,12 @@ class Dinov2Tower(nn.Module):
     def prefix_tokens(self) -> int:
         return self.num_prefix if self.keep_prefix else 0
 
-    def grid_for(self, height: int, width: int) -> tuple[int, int]:
-        return height // self.patch_size, width // self.patch_size
+    def output_norm(self) -> nn.Module | None:
+        return self.norm
 
-    def inactive_modules(self) -> list[nn.Module]:
-        """Blocks past the deepest tap, the final norm with taps, the mask token."""
-        unused: list[nn.Module] = list(self.blocks[self.depth_used :])
-        if self.feature_layers is not None:
-            unused.append(self.norm)
-        if self.mask_token is not None:
-            unused.append(self.mask_token)
-        return unused
+    def idle_modules(self) -> list[nn.Module | None]:
+        """The mask token (masked pretraining only)."""
+        return [self.mask_token]
 
     def no_weight_decay(self) -> set[str]:
         """Parameter names (relative to the tower) AdamW must not decay, besides biases and norms."""
@@ -152,9 +136,8 @@ class Dinov2Tower(nn.Module):
     def flops_closed_form(self, grid_h: int, grid_w: int) -> int:
         """Per image: patch conv 2 N C p^2 d + depth_used blocks on 1 + R + N tokens (matmuls only)."""
         n = grid_h * grid_w
-        d = self.hidden_size
-        per_block = block_flops(n + self.num_prefix, d, self.mlp_hidden, self.swiglu)
-        return 2 * n * self.num_channels * self.patch_size**2 * d + self.depth_used * per_block
+        per_block = block_flops(n + self.num_prefix, self.hidden_size, self.mlp_hidden, self.swiglu)
+        return self.patch_flops(n) + self.depth_used * per_block
 
     def reset_parameters(self) -> None:
         """HF DINOv2 init: truncated N(0, 0.02) for positions, CLS, conv and Linear weights, zero biases,
@@ -186,12 +169,8 @@ class Dinov2Tower(nn.Module):
         n = self.native_grid
         if (grid_h, grid_w) == (n, n):
             return self.pos_embed
-        patch = self.pos_embed[1:].reshape(1, n, n, -1).permute(0, 3, 1, 2).float()
-        patch = F.interpolate(
-            patch, size=(grid_h, grid_w), mode="bicubic", align_corners=False, antialias=self.antialias
-        )
-        patch = patch.to(self.pos_embed.dtype).permute(0, 2, 3, 1).reshape(grid_h * grid_w, -1)
-        return torch.cat([self.pos_embed[:1], patch])
+        patch = resize_table(self.pos_embed[1:].float(), n, grid_h, grid_w, antialias=self.antialias)
+        return torch.cat([self.pos_embed[:1], patch.to(self.pos_embed.dtype)])
 
     def embed(self, pixel_values: torch.Tensor) -> torch.Tensor:
         """(B, C, H, W) -> (B, 1 + R + N, D) = HF hidden_states[0]: [CLS, registers, patches]."""
@@ -206,12 +185,7 @@ class Dinov2Tower(nn.Module):
 
     def hidden_states(self, pixel_values: torch.Tensor, upto: int | None = None) -> list[torch.Tensor]:
         """HF `hidden_states`: [embeddings, after block 1, ..., after block `upto`], all before `layernorm`."""
-        x = self.embed(pixel_values)
-        states = [x]
-        for blk in self.blocks[: self.num_layers if upto is None else upto]:
-            x = blk(x)
-            states.append(x)
-        return states
+        return self.block_states(self.embed(pixel_values), upto)
 
     def last_hidden_state(self, pixel_values: torch.Tensor) -> torch.Tensor:
         """HF `last_hidden_state`: every token (CLS, registers, patches) after the final layernorm."""
@@ -219,40 +193,36 @@ class Dinov2Tower(nn.Module):
 
     def forward(self, pixel_values: torch.Tensor) -> torch.Tensor:
         """(B, [1 + R +] N, feature_dim): normed last state or concatenated taps, prefix per keep_prefix."""
-        if self.feature_layers is None:
-            out = self.last_hidden_state(pixel_values)
-        else:
-            states = self.hidden_states(pixel_values, upto=self.depth_used)
-            feats = [states[i] for i in self.feature_layers]
-            out = feats[0] if len(feats) == 1 else torch.cat(feats, dim=-1)
+        out = self.run_stack(self.embed(pixel_values))
         return out if self.keep_prefix else out[:, self.num_prefix :]
 
 
 # ---------------------------------------------------------------------------------------------- mapping
-_FIXED = {  # HF name -> native name
-    "embeddings.cls_token": "cls_token",
-    "embeddings.register_tokens": "reg_token",
-    "embeddings.mask_token": "mask_token.weight",
-    "embeddings.patch_embeddings.projection.weight": "patch_embed.weight",
-    "embeddings.patch_embeddings.projection.bias": "patch_embed.bias",
-    "layernorm.weight": "norm.weight",
-    "layernorm.bias": "norm.bias",
-}
-_LAYER_RENAMES = {  # per-layer HF suffix -> native suffix (runtime v5 names and the saved / hub names)
-    "norm1": "norm1",
-    "norm2": "norm2",
-    "layer_scale1.lambda1": "ls1.gamma",
-    "layer_scale2.lambda1": "ls2.gamma",
-    "attention.o_proj": "attn.proj",
-    "attention.output.dense": "attn.proj",
-    "mlp.fc1": "mlp.fc1",
-    "mlp.fc2": "mlp.fc2",
-    "mlp.weights_in": "mlp.fc1",  # saved SwiGLU: [gate; up]
-    "mlp.weights_out": "mlp.fc2",
-    "mlp.down_proj": "mlp.fc2",
-}
-_QKV = {f"attention.{p}_proj": p for p in "qkv"} | {f"attention.attention.{n}": n[0] for n in ("query", "key", "value")}
-_LAYER = re.compile(r"^encoder\.layer\.(\d+)\.(.+)\.(weight|bias|lambda1)$")
+_LAYER = r"encoder\.layer\.(\d+)\."
+_HF_RULES: Rules = [  # HF name -> native name (runtime v5 names and the saved / hub names)
+    (r"embeddings\.cls_token", "cls_token"),
+    (r"embeddings\.register_tokens", "reg_token"),
+    (r"embeddings\.mask_token", "mask_token.weight"),
+    (r"embeddings\.position_embeddings", "pos_embed"),
+    (r"embeddings\.patch_embeddings\.projection\.(weight|bias)", r"patch_embed.\1"),
+    (r"layernorm\.(weight|bias)", r"norm.\1"),
+    (_LAYER + r"(norm[12])\.(weight|bias)", r"blocks.\1.\2.\3"),
+    (_LAYER + r"layer_scale([12])\.lambda1", r"blocks.\1.ls\2.gamma"),
+    (_LAYER + r"attention\.(?:o_proj|output\.dense)\.(weight|bias)", r"blocks.\1.attn.proj.\2"),
+    (_LAYER + r"mlp\.(fc[12])\.(weight|bias)", r"blocks.\1.mlp.\2.\3"),
+    (_LAYER + r"mlp\.weights_in\.(weight|bias)", r"blocks.\1.mlp.fc1.\2"),  # saved SwiGLU: [gate; up]
+    (_LAYER + r"mlp\.(?:weights_out|down_proj)\.(weight|bias)", r"blocks.\1.mlp.fc2.\2"),
+]
+_HF_FUSED = [
+    Fuse(_LAYER + r"attention\.([qkv])_proj\.(weight|bias)", r"blocks.\1.attn.qkv.\3", r"\2", ("q", "k", "v")),
+    Fuse(  # the saved names: query / key / value -> part q / k / v (unmatched groups expand to "")
+        _LAYER + r"attention\.attention\.(?:(q)uery|(k)ey|(v)alue)\.(weight|bias)",
+        r"blocks.\1.attn.qkv.\5",
+        r"\2\3\4",
+        ("q", "k", "v"),
+    ),
+    Fuse(_LAYER + r"mlp\.(gate|up)_proj\.(weight|bias)", r"blocks.\1.mlp.fc1.\3", r"\2", ("gate", "up")),
+]
 
 
 def hf_to_native(state: dict[str, torch.Tensor], prefix: str = "") -> dict[str, torch.Tensor]:
@@ -264,46 +234,31 @@ def hf_to_native(state: dict[str, torch.Tensor], prefix: str = "") -> dict[str, 
     `prefix` selects the tower inside a larger dict (e.g. "dinov2." in Dinov2ForImageClassification);
     every key under it must map, otherwise KeyError names it.
     """
-    out: dict[str, torch.Tensor] = {}
-    groups: dict[tuple[str, str], dict[str, torch.Tensor]] = {}
-    for key, value in strip_prefix(state, prefix).items():
-        if key in _FIXED:
-            out[_FIXED[key]] = value
-            continue
-        if key == "embeddings.position_embeddings":
-            out["pos_embed"] = value.reshape(-1, value.shape[-1])
-            continue
-        m = _LAYER.match(key)
-        if m is None:
-            raise KeyError(f"no native DINOv2 name for HF key {prefix + key!r}")
-        layer, name, kind = m.groups()
-        if kind == "lambda1":
-            name, kind = name + ".lambda1", ""
-        base = f"blocks.{layer}."
-        if name in _QKV:
-            groups.setdefault((f"{base}attn.qkv.{kind}", "qkv"), {})[_QKV[name]] = value
-        elif name in ("mlp.gate_proj", "mlp.up_proj"):
-            groups.setdefault((f"{base}mlp.fc1.{kind}", "gu"), {})[name[4:-5]] = value
-        elif name in _LAYER_RENAMES:
-            out[base + _LAYER_RENAMES[name] + (f".{kind}" if kind else "")] = value
-        else:
-            raise KeyError(f"no native DINOv2 name for HF key {prefix + key!r}")
-    for (target, what), parts in groups.items():
-        order = ["q", "k", "v"] if what == "qkv" else ["gate", "up"]
-        if set(parts) != set(order):
-            raise KeyError(f"{target}: only {sorted(parts)} of {order} present")
-        out[target] = torch.cat([parts[p] for p in order], dim=0)
+    unknown = "no native DINOv2 name for HF key"
+    out = rename_state(strip_prefix(state, prefix), _HF_RULES, _HF_FUSED, unknown=unknown, where=prefix)
+    if "pos_embed" in out:
+        out["pos_embed"] = out["pos_embed"].reshape(-1, out["pos_embed"].shape[-1])
     return out
+
+
+_FIXED_INVERSE = {  # native name -> HF name (the per-layer names: native_to_hf)
+    "cls_token": "embeddings.cls_token",
+    "reg_token": "embeddings.register_tokens",
+    "mask_token.weight": "embeddings.mask_token",
+    "patch_embed.weight": "embeddings.patch_embeddings.projection.weight",
+    "patch_embed.bias": "embeddings.patch_embeddings.projection.bias",
+    "norm.weight": "layernorm.weight",
+    "norm.bias": "layernorm.bias",
+}
 
 
 def native_to_hf(state: dict[str, torch.Tensor], legacy: bool = False) -> dict[str, torch.Tensor]:
     """Native -> HF names: the v5 runtime names (`Dinov2Model.load_state_dict`), or with `legacy` the names
     `save_pretrained` writes (`attention.attention.query`, ..., SwiGLU `weights_in/weights_out`)."""
-    inverse = {v: k for k, v in _FIXED.items()}
     out: dict[str, torch.Tensor] = {}
     for key, value in state.items():
-        if key in inverse:
-            out[inverse[key]] = value
+        if key in _FIXED_INVERSE:
+            out[_FIXED_INVERSE[key]] = value
             continue
         if key == "pos_embed":
             out["embeddings.position_embeddings"] = value.unsqueeze(0)

@@ -9,7 +9,11 @@ native grid (`Idefics3VisionEmbeddings`: no interpolation). Feature taps return 
 channel-concatenation of pre-LN `hidden_states[i]` (LlavaNext `vision_feature_layer`); no block past the
 deepest tap is run. The forward has no host syncs and no data-dependent branches, so it compiles with
 `fullgraph=True`. Fast paths (vtlab.models.fastpaths): the patch embedding as one GEMM, per-block activation
-checkpointing.
+checkpointing (`run_block`). The structure (grid, taps, inactive modules), the block stack and the init are shared
+with the other towers (vtlab.models.towers.common: `TowerBase`, `init_siglip_weights`).
+
+Also the HF `SiglipVisionModel` tower names both ways (`HF_RULES` / `HF_INVERSE`, relative to the tower), which
+the SigLIP2 tower and the SigLIP-tower families (vtlab.families.siglip: `TOWER_RULES`) use.
 """
 
 from __future__ import annotations
@@ -18,14 +22,48 @@ from collections.abc import Sequence
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 
 from vtlab.models.fastpaths import PatchEmbed
+from vtlab.models.keymap import Rules
 from vtlab.models.layers import Block, MAPHead
+from vtlab.models.towers.common import (
+    ENCODER_INVERSE,
+    ENCODER_RULES,
+    SiglipTowerBase,
+    block_flops,
+    init_siglip_weights,
+    resize_table,
+)
 
 POSITION_RULES = ("bicubic", "bucket")
+
+# HF SiglipVisionModel names (relative to the tower: no `vision_model.`) <-> native, both ways; the same names
+# in SigLIP2, Idefics3 and LlavaNext towers. vtlab.families.siglip applies them under `tower.`, the SigLIP2
+# tower's key maps (vtlab.models.towers.siglip2) directly. q/k/v: common.ENCODER_QKV / ENCODER_QKV_SPLIT.
+HF_RULES: Rules = [
+    (r"embeddings\.patch_embedding\.(weight|bias)", r"patch_embed.\1"),
+    (r"embeddings\.position_embedding\.weight", r"pos_embed"),
+    *ENCODER_RULES,
+    (r"post_layernorm\.(weight|bias)", r"post_norm.\1"),
+    (r"head\.probe", r"head.probe"),
+    (r"head\.attention\.in_proj_(weight|bias)", r"head.in_proj.\1"),
+    (r"head\.attention\.out_proj\.(weight|bias)", r"head.out_proj.\1"),
+    (r"head\.layernorm\.(weight|bias)", r"head.norm.\1"),
+    (r"head\.mlp\.(fc[12])\.(weight|bias)", r"head.mlp.\1.\2"),
+]
+HF_INVERSE: Rules = [
+    (r"patch_embed\.(weight|bias)", r"embeddings.patch_embedding.\1"),
+    (r"pos_embed", r"embeddings.position_embedding.weight"),
+    *ENCODER_INVERSE,
+    (r"post_norm\.(weight|bias)", r"post_layernorm.\1"),
+    (r"head\.probe", r"head.probe"),
+    (r"head\.in_proj\.(weight|bias)", r"head.attention.in_proj_\1"),
+    (r"head\.out_proj\.(weight|bias)", r"head.attention.out_proj.\1"),
+    (r"head\.norm\.(weight|bias)", r"head.layernorm.\1"),
+    (r"head\.mlp\.(fc[12])\.(weight|bias)", r"head.mlp.\1.\2"),
+]
 
 
 def resolve_feature_layers(layers: Sequence[int] | None, num_layers: int) -> list[int] | None:
@@ -47,7 +85,7 @@ def bucket_position_ids(grid_h: int, grid_w: int, native: int, device: torch.dev
     return (coords[0][:, None] * native + coords[1][None, :]).reshape(-1)
 
 
-class VisionTower(nn.Module):
+class VisionTower(SiglipTowerBase):
     def __init__(
         self,
         *,
@@ -64,15 +102,10 @@ class VisionTower(nn.Module):
         feature_layers: Sequence[int] | None = None,
         position_rule: str = "bicubic",
     ) -> None:
-        super().__init__()
         if position_rule not in POSITION_RULES:
             raise ValueError(f"position_rule={position_rule!r} is unknown; valid: {', '.join(POSITION_RULES)}")
+        super().__init__(image_size, patch_size, hidden_size, intermediate_size, num_layers, num_channels)
         self.position_rule = position_rule
-        self.image_size = image_size
-        self.patch_size = patch_size
-        self.hidden_size = hidden_size
-        self.num_layers = num_layers
-        self.native_grid = image_size // patch_size
         self.patch_embed = PatchEmbed(num_channels, hidden_size, patch_size)  # an nn.Conv2d; as_gemm: one GEMM
         self.activation_checkpointing = False  # vtlab.models.fastpaths.configure_fast_paths
         self.pos_embed = nn.Parameter(torch.zeros(self.native_grid**2, hidden_size))
@@ -84,59 +117,16 @@ class VisionTower(nn.Module):
         self.feature_layers = resolve_feature_layers(None if feature_layers is None else list(feature_layers), num_layers)
         self.reset_parameters()
 
-    # ------------------------------------------------------------------ structure
-    @property
-    def depth_used(self) -> int:
-        """Blocks actually run by `forward` (stops after the deepest feature tap)."""
-        return self.num_layers if self.feature_layers is None else max(self.feature_layers)
-
-    @property
-    def feature_dim(self) -> int:
-        return self.hidden_size * (1 if self.feature_layers is None else len(self.feature_layers))
-
-    def grid_for(self, height: int, width: int) -> tuple[int, int]:
-        return height // self.patch_size, width // self.patch_size
-
-    def inactive_modules(self) -> list[nn.Module]:
-        """Modules `forward` never touches (blocks past the deepest tap, post_norm with taps, the head)."""
-        unused: list[nn.Module] = list(self.blocks[self.depth_used :])
-        if self.feature_layers is not None:
-            unused.append(self.post_norm)
-        if self.head is not None:
-            unused.append(self.head)
-        return unused
-
-    def no_weight_decay(self) -> set[str]:
-        """Parameter names (relative to the tower) that AdamW must not decay, besides biases and norms."""
-        return {"pos_embed", "head.probe"}
-
+    # ------------------------------------------------------------------ structure (the rest: SiglipTowerBase)
     def flops_closed_form(self, grid_h: int, grid_w: int) -> int:
         """Forward FLOPs per image (2 per multiply-add, matmuls only): the patch embedding, and per block run
         8Nd^2 (qkv + proj) + 4Ndf (MLP) + 4N^2 d (scores and values); the MAP head is not run for VLM features."""
-        n, d = grid_h * grid_w, self.hidden_size
-        f = self.blocks[0].mlp.fc1.out_features if len(self.blocks) else 0
-        channels = self.patch_embed.in_channels
-        per_block = 8 * n * d * d + 4 * n * d * f + 4 * n * n * d
-        return self.depth_used * per_block + 2 * n * channels * self.patch_size**2 * d
+        n = grid_h * grid_w
+        return self.depth_used * block_flops(n, self.hidden_size, self.intermediate_size) + self.patch_flops(n)
 
     def reset_parameters(self) -> None:
         """HF SigLIP init: lecun-normal conv, N(0, 1/sqrt(D)) positions, xavier attention/MLP weights."""
-        d = self.hidden_size
-        fan_in = self.patch_embed.in_channels * self.patch_size**2
-        std = (1.0 / fan_in) ** 0.5 / 0.87962566103423978  # lecun normal, truncated at 2 std
-        nn.init.trunc_normal_(self.patch_embed.weight, std=std, a=-2 * std, b=2 * std)
-        nn.init.zeros_(self.patch_embed.bias)
-        nn.init.normal_(self.pos_embed, std=d**-0.5)
-        for blk in self.blocks:
-            for lin in (blk.attn.qkv, blk.attn.proj, blk.mlp.fc1, blk.mlp.fc2):
-                nn.init.xavier_uniform_(lin.weight)
-                nn.init.zeros_(lin.bias)
-            nn.init.normal_(blk.mlp.fc1.bias, std=1e-6)
-            nn.init.normal_(blk.mlp.fc2.bias, std=1e-6)
-        if self.head is not None:
-            nn.init.xavier_uniform_(self.head.probe)
-            nn.init.xavier_uniform_(self.head.in_proj.weight)
-            nn.init.zeros_(self.head.in_proj.bias)
+        init_siglip_weights(self, self.patch_embed.in_channels * self.patch_size**2)
 
     # ------------------------------------------------------------------ forward
     def position_embedding(self, grid_h: int, grid_w: int) -> torch.Tensor:
@@ -146,39 +136,26 @@ class VisionTower(nn.Module):
             return self.pos_embed
         if self.position_rule == "bucket":
             return self.pos_embed[bucket_position_ids(grid_h, grid_w, n, self.pos_embed.device)]
-        table = self.pos_embed.reshape(1, n, n, -1).permute(0, 3, 1, 2)
-        table = F.interpolate(table, size=(grid_h, grid_w), mode="bicubic", align_corners=False)
-        return table.permute(0, 2, 3, 1).reshape(grid_h * grid_w, -1)
+        return resize_table(self.pos_embed, n, grid_h, grid_w)
 
     def embed(self, pixel_values: torch.Tensor) -> torch.Tensor:
         """Patch embedding + positions: (B, C, H, W) -> (B, N, D), tokens in row-major (h, w) order."""
         x, (gh, gw) = self.patch_embed.tokens(pixel_values.to(self.patch_embed.weight.dtype))
         return x + self.position_embedding(gh, gw)
 
-    def _block(self, blk: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    def run_block(self, blk: nn.Module, x: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
+        """One block, recomputed in the backward when `activation_checkpointing` is on (training, grad)."""
         if self.activation_checkpointing and self.training and torch.is_grad_enabled():
             return checkpoint(blk, x, use_reentrant=False)
         return blk(x)
 
     def hidden_states(self, pixel_values: torch.Tensor, upto: int | None = None) -> list[torch.Tensor]:
         """HF-style `hidden_states`: [embeddings, after block 1, ..., after block `upto`], all pre-post-LN."""
-        x = self.embed(pixel_values)
-        states = [x]
-        for blk in self.blocks[: self.num_layers if upto is None else upto]:
-            x = self._block(blk, x)
-            states.append(x)
-        return states
+        return self.block_states(self.embed(pixel_values), upto)
 
     def forward(self, pixel_values: torch.Tensor) -> torch.Tensor:
         """The tower output after the taps: (B, N, D) post-LN, or (B, N, D * len(feature_layers))."""
-        if self.feature_layers is None:
-            x = self.embed(pixel_values)
-            for blk in self.blocks:
-                x = self._block(blk, x)
-            return self.post_norm(x)
-        states = self.hidden_states(pixel_values, upto=self.depth_used)
-        feats = [states[i] for i in self.feature_layers]
-        return feats[0] if len(feats) == 1 else torch.cat(feats, dim=-1)
+        return self.run_stack(self.embed(pixel_values))
 
     def pool(self, last_hidden_state: torch.Tensor) -> torch.Tensor:
         """MAP-head pooled output (HF `pooler_output`) from the post-LN last hidden state."""

@@ -14,13 +14,15 @@ mask. A 4-D (B, C, H, W) input is patchified in the graph, unpadded (no mask), a
 `F.interpolate` directly. Feature taps work as in vtlab's SigLIP tower (concatenated pre-LN
 hidden_states); no block past the deepest tap is run. The forward compiles with fullgraph=True.
 
-Also: HF <-> native state-dict mapping, the config.json reader, and `naflex_patchify` / `naflex_batch`.
+The structure (grid, taps, inactive modules), the block stack and the init are shared (vtlab.models.towers.common:
+`TowerBase`, `init_siglip_weights`). Also: HF <-> native state-dict mapping (SigLIP's names,
+vtlab.models.towers.siglip `HF_RULES`, run by vtlab.models.keymap), the config.json reader, and
+`naflex_patchify` / `naflex_batch`.
 """
 
 from __future__ import annotations
 
 import math
-import re
 from collections.abc import Sequence
 from typing import Any
 
@@ -30,17 +32,22 @@ import torch.nn.functional as F
 from PIL import Image
 from torch import nn
 
+from vtlab.models.keymap import rename_state, strip_prefix, unrename_state
 from vtlab.models.towers.common import (
+    ENCODER_QKV,
+    ENCODER_QKV_SPLIT,
     Block,
     Mlp,
+    SiglipTowerBase,
     block_flops,
+    init_siglip_weights,
     pil_resize,
     rescale_normalize,
+    resize_table,
     resolve_layers,
-    split_qkv,
-    strip_prefix,
     to_rgb_uint8,
 )
+from vtlab.models.towers.siglip import HF_INVERSE, HF_RULES
 
 
 class MaskedMAPHead(nn.Module):
@@ -79,7 +86,7 @@ def axis_weights(coord: torch.Tensor, out_size: torch.Tensor, grid: int) -> torc
     return w / w.sum(-1, keepdim=True)
 
 
-class Siglip2Tower(nn.Module):
+class Siglip2Tower(SiglipTowerBase):
     def __init__(
         self,
         *,
@@ -95,17 +102,10 @@ class Siglip2Tower(nn.Module):
         use_head: bool = False,
         feature_layers: Sequence[int] | None = None,
     ) -> None:
-        super().__init__()
         grid = math.isqrt(num_patches)
         if grid * grid != num_patches:
             raise ValueError(f"num_patches={num_patches} is not a square (the position table is G x G)")
-        self.patch_size = patch_size
-        self.hidden_size = hidden_size
-        self.intermediate_size = intermediate_size
-        self.num_layers = num_layers
-        self.num_channels = num_channels
-        self.native_grid = grid
-        self.image_size = grid * patch_size
+        super().__init__(grid * patch_size, patch_size, hidden_size, intermediate_size, num_layers, num_channels)
         self.patch_embed = nn.Linear(num_channels * patch_size * patch_size, hidden_size)
         self.pos_embed = nn.Parameter(torch.zeros(num_patches, hidden_size))
         self.blocks = nn.ModuleList(
@@ -118,34 +118,7 @@ class Siglip2Tower(nn.Module):
         self.feature_layers = resolve_layers(feature_layers, num_layers)
         self.reset_parameters()
 
-    # ------------------------------------------------------------------ structure
-    @property
-    def depth_used(self) -> int:
-        return self.num_layers if self.feature_layers is None else max(self.feature_layers)
-
-    @property
-    def feature_dim(self) -> int:
-        return self.hidden_size * (1 if self.feature_layers is None else len(self.feature_layers))
-
-    @property
-    def prefix_tokens(self) -> int:
-        return 0
-
-    def grid_for(self, height: int, width: int) -> tuple[int, int]:
-        return height // self.patch_size, width // self.patch_size
-
-    def inactive_modules(self) -> list[nn.Module]:
-        unused: list[nn.Module] = list(self.blocks[self.depth_used :])
-        if self.feature_layers is not None:
-            unused.append(self.post_norm)
-        if self.head is not None:
-            unused.append(self.head)
-        return unused
-
-    def no_weight_decay(self) -> set[str]:
-        """Parameter names (relative to the tower) AdamW must not decay, besides biases and norms."""
-        return {"pos_embed", "head.probe"}
-
+    # ------------------------------------------------------------------ structure (the rest: SiglipTowerBase)
     def flops_closed_form(self, grid_h: int, grid_w: int, max_patches: int | None = None) -> int:
         """Per image, matmuls only. Packed NaFlex input (`max_patches` = padded length L): patch Linear
         2 L (C p^2) d, the position resize as one (L x G^2) @ (G^2 x d) matmul 2 L G^2 d, and depth_used
@@ -154,26 +127,11 @@ class Siglip2Tower(nn.Module):
         n = grid_h * grid_w if max_patches is None else max_patches
         d = self.hidden_size
         resize = 0 if max_patches is None else 2 * n * self.native_grid**2 * d
-        patch = 2 * n * self.num_channels * self.patch_size**2 * d
-        return patch + resize + self.depth_used * block_flops(n, d, self.intermediate_size)
+        return self.patch_flops(n) + resize + self.depth_used * block_flops(n, d, self.intermediate_size)
 
     def reset_parameters(self) -> None:
         """HF SigLIP2 init: lecun-normal patch Linear, N(0, 1/sqrt(d)) positions, xavier attention/MLP."""
-        d = self.hidden_size
-        std = (1.0 / self.patch_embed.in_features) ** 0.5 / 0.87962566103423978
-        nn.init.trunc_normal_(self.patch_embed.weight, std=std, a=-2 * std, b=2 * std)
-        nn.init.zeros_(self.patch_embed.bias)
-        nn.init.normal_(self.pos_embed, std=d**-0.5)
-        for blk in self.blocks:
-            for lin in (blk.attn.qkv, blk.attn.proj, blk.mlp.fc1, blk.mlp.fc2):
-                nn.init.xavier_uniform_(lin.weight)
-                nn.init.zeros_(lin.bias)
-            nn.init.normal_(blk.mlp.fc1.bias, std=1e-6)
-            nn.init.normal_(blk.mlp.fc2.bias, std=1e-6)
-        if self.head is not None:
-            nn.init.xavier_uniform_(self.head.probe)
-            nn.init.xavier_uniform_(self.head.in_proj.weight)
-            nn.init.zeros_(self.head.in_proj.bias)
+        init_siglip_weights(self, self.patch_embed.in_features)
 
     # ------------------------------------------------------------------ forward
     def resized_positions(self, spatial_shapes: torch.Tensor, length: int) -> torch.Tensor:
@@ -207,10 +165,10 @@ class Siglip2Tower(nn.Module):
             gh, gw = self.grid_for(pixel_values.shape[-2], pixel_values.shape[-1])
             x = self.patch_embed(self.patchify(pixel_values.to(self.patch_embed.weight.dtype)))
             g = self.native_grid
-            table = self.pos_embed.float().reshape(1, g, g, -1).permute(0, 3, 1, 2)
+            table = self.pos_embed.float()
             if (gh, gw) != (g, g):
-                table = F.interpolate(table, size=(gh, gw), mode="bilinear", align_corners=False, antialias=True)
-            return x + table.permute(0, 2, 3, 1).reshape(1, gh * gw, -1).to(x.dtype)
+                table = resize_table(table, g, gh, gw, mode="bilinear", antialias=True)
+            return x + table.reshape(1, gh * gw, -1).to(x.dtype)
         if spatial_shapes is None:
             raise ValueError("patchified pixel_values (B, L, C*p*p) need spatial_shapes (B, 2)")
         x = self.patch_embed(pixel_values.to(self.patch_embed.weight.dtype))
@@ -229,13 +187,7 @@ class Siglip2Tower(nn.Module):
         spatial_shapes: torch.Tensor | None = None,
     ) -> list[torch.Tensor]:
         """HF-style [embeddings, after block 1, ..., after block `upto`], all before post_layernorm."""
-        mask = self.key_mask(pixel_attention_mask)
-        x = self.embed(pixel_values, spatial_shapes)
-        states = [x]
-        for blk in self.blocks[: self.num_layers if upto is None else upto]:
-            x = blk(x, mask)
-            states.append(x)
-        return states
+        return self.block_states(self.embed(pixel_values, spatial_shapes), upto, self.key_mask(pixel_attention_mask))
 
     def forward(
         self,
@@ -244,11 +196,7 @@ class Siglip2Tower(nn.Module):
         spatial_shapes: torch.Tensor | None = None,
     ) -> torch.Tensor:
         """(B, L, feature_dim): post-LN last_hidden_state (padding rows included) or concatenated taps."""
-        states = self.hidden_states(pixel_values, self.depth_used, pixel_attention_mask, spatial_shapes)
-        if self.feature_layers is None:
-            return self.post_norm(states[-1])
-        feats = [states[i] for i in self.feature_layers]
-        return feats[0] if len(feats) == 1 else torch.cat(feats, dim=-1)
+        return self.run_stack(self.embed(pixel_values, spatial_shapes), self.key_mask(pixel_attention_mask))
 
     def pool(self, last_hidden_state: torch.Tensor, pixel_attention_mask: torch.Tensor | None = None) -> torch.Tensor:
         """HF `pooler_output` from the post-LN last hidden state (padded keys masked)."""
@@ -258,80 +206,23 @@ class Siglip2Tower(nn.Module):
 
 
 # ---------------------------------------------------------------------------------------------- mapping
-_RENAMES = [  # HF Siglip2VisionModel name -> native
-    (r"^embeddings\.patch_embedding\.", "patch_embed."),
-    (r"^embeddings\.position_embedding\.weight$", "pos_embed"),
-    (r"^encoder\.layers\.(\d+)\.layer_norm([12])\.", r"blocks.\1.norm\2."),
-    (r"^encoder\.layers\.(\d+)\.self_attn\.out_proj\.", r"blocks.\1.attn.proj."),
-    (r"^encoder\.layers\.(\d+)\.mlp\.(fc[12])\.", r"blocks.\1.mlp.\2."),
-    (r"^post_layernorm\.", "post_norm."),
-    (r"^head\.probe$", "head.probe"),
-    (r"^head\.attention\.in_proj_(weight|bias)$", r"head.in_proj.\1"),
-    (r"^head\.attention\.out_proj\.", "head.out_proj."),
-    (r"^head\.layernorm\.", "head.norm."),
-    (r"^head\.mlp\.", "head.mlp."),
-]
-_QKV = re.compile(r"^encoder\.layers\.(\d+)\.self_attn\.([qkv])_proj\.(weight|bias)$")
-_INVERSE = [
-    (r"^patch_embed\.", "embeddings.patch_embedding."),
-    (r"^pos_embed$", "embeddings.position_embedding.weight"),
-    (r"^blocks\.(\d+)\.norm([12])\.", r"encoder.layers.\1.layer_norm\2."),
-    (r"^blocks\.(\d+)\.attn\.proj\.", r"encoder.layers.\1.self_attn.out_proj."),
-    (r"^blocks\.(\d+)\.mlp\.", r"encoder.layers.\1.mlp."),
-    (r"^post_norm\.", "post_layernorm."),
-    (r"^head\.probe$", "head.probe"),
-    (r"^head\.in_proj\.(weight|bias)$", r"head.attention.in_proj_\1"),
-    (r"^head\.out_proj\.", "head.attention.out_proj."),
-    (r"^head\.norm\.", "head.layernorm."),
-    (r"^head\.mlp\.", "head.mlp."),
-]
-
-
 def hf_to_native(state: dict[str, torch.Tensor], prefix: str = "", keep_head: bool = True) -> dict[str, torch.Tensor]:
     """HF Siglip2VisionModel weights (runtime = saved names in 5.24) -> native; q/k/v fused into qkv.
+    The names are SigLIP's (`HF_RULES` of vtlab.models.towers.siglip).
 
     `prefix` selects the tower in a larger dict ("vision_model." in Siglip2Model); a `vision_model.`
     wrapper after it is stripped. `keep_head=False` drops `head.*` (for a tower built with use_head=False).
     Every other key under the prefix must map, otherwise KeyError names it."""
-    out: dict[str, torch.Tensor] = {}
-    qkv: dict[tuple[str, str], dict[str, torch.Tensor]] = {}
-    for key, value in strip_prefix(state, prefix, wrappers=("vision_model.",)).items():
-        if key.startswith("head.") and not keep_head:
-            continue
-        m = _QKV.match(key)
-        if m:
-            qkv.setdefault((m.group(1), m.group(3)), {})[m.group(2)] = value
-            continue
-        for pattern, repl in _RENAMES:
-            new, hits = re.subn(pattern, repl, key)
-            if hits:
-                out[new] = value
-                break
-        else:
-            raise KeyError(f"no native SigLIP2 name for HF key {prefix + key!r}")
-    for (layer, kind), parts in qkv.items():
-        if set(parts) != {"q", "k", "v"}:
-            raise KeyError(f"layer {layer} {kind}: only {sorted(parts)} of q/k/v projections present")
-        out[f"blocks.{layer}.attn.qkv.{kind}"] = torch.cat([parts["q"], parts["k"], parts["v"]], dim=0)
-    return out
+    picked = strip_prefix(state, prefix, wrappers=("vision_model.",))
+    if not keep_head:
+        picked = {k: v for k, v in picked.items() if not k.startswith("head.")}
+    return rename_state(picked, HF_RULES, [ENCODER_QKV], unknown="no native SigLIP2 name for HF key", where=prefix)
 
 
 def native_to_hf(state: dict[str, torch.Tensor], prefix: str = "") -> dict[str, torch.Tensor]:
     """Native -> HF Siglip2VisionModel names, under `prefix`."""
-    out: dict[str, torch.Tensor] = {}
-    for key, value in state.items():
-        m = re.match(r"^blocks\.(\d+)\.attn\.qkv\.(weight|bias)$", key)
-        if m:
-            split_qkv(state, key, out, [f"encoder.layers.{m.group(1)}.self_attn.{p}_proj.{m.group(2)}" for p in "qkv"])
-            continue
-        for pattern, repl in _INVERSE:
-            new, hits = re.subn(pattern, repl, key)
-            if hits:
-                out[new] = value
-                break
-        else:
-            raise KeyError(f"no HF SigLIP2 name for native key {key!r}")
-    return {prefix + k: v for k, v in out.items()}
+    unknown = "no HF SigLIP2 name for native key"
+    return unrename_state(state, HF_INVERSE, [ENCODER_QKV_SPLIT], unknown=unknown, prefix=prefix)
 
 
 def tower_kwargs_from_hf_config(conf: dict[str, Any], use_head: bool | None = None) -> dict[str, Any]:
