@@ -493,6 +493,9 @@ class AlignTaskConfig(TaskConfig):
         if kind is not None and kind not in ANSWER_KINDS:
             raise ConfigError(f"task={self.name} trains on text answers, but data.kind={kind} has class labels only; "
                               f"valid: {', '.join(str(k) for k in ANSWER_KINDS)} (e.g. data=vqa)")
+        if self.blind and self.trainable() == [str(TrainPart.connector)]:
+            raise ConfigError(f"task={self.name} task.blind=true would train nothing: without the image the connector "
+                              f"is never used; run the blind control with task=finetune task.train=[connector,lm]")
         if self.blind and root is not None and root.model.tower_kind == TowerKind.pixels:
             raise ConfigError("task.blind=true (no image) and model.tower_kind=pixels (no tower) are two controls; "
                               "run one at a time")

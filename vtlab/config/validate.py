@@ -47,9 +47,10 @@ def memory_estimate(cfg: VTLabConfig) -> dict[str, int]:
     return {"parameters": 4 * params * state, "pixels": 4 * batch * c * side * side, "hidden": 4 * batch * tokens * h}
 
 
-def device_memory(device: torch.device) -> int:
+def device_memory(device: torch.device) -> int | None:
+    """Bytes the device holds; None for a CUDA device this machine lacks (Lightning names the accelerator then)."""
     if device.type == "cuda":
-        return torch.cuda.get_device_properties(device).total_memory
+        return torch.cuda.get_device_properties(device).total_memory if torch.cuda.is_available() else None
     return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
 
 
@@ -57,7 +58,7 @@ def check_memory(cfg: VTLabConfig) -> None:
     device = task_device(cfg)
     parts = memory_estimate(cfg)
     need, have = sum(parts.values()), device_memory(device)
-    if need > have:
+    if have is not None and need > have:
         gib = 2**30
         detail = ", ".join(f"{k} {v / gib:.1f}" for k, v in parts.items())
         raise ConfigError(
