@@ -49,7 +49,7 @@ CELLS = [
     *[(f"{k}-t{t}", [f"connector={k}", f"connector.tokens={t}"], t, []) for k in ("perceiver", "c_abstractor")
       for t in (16, 4)],
     ("blind", ["connector=pixel_unshuffle", "connector.factor=1"], 0, ["task.blind=true"]),
-    ("pixels", ["connector=pixel_unshuffle", "connector.factor=1"], 64, ["model.tower_kind=pixels"]),
+    ("pixels", ["connector=pixel_unshuffle", "connector.factor=1"], 64, ["model.tower_kind=pixels", "task.train=[connector,lm]"]),
 ]
 BENCH = ["task=bench", "text.lm=true", "task.modes=[eager]", "task.latency_iters=30", "task.repeats=3", "task.iters=5",
          "logger=none", "model.tiling=none", *TEXT]
