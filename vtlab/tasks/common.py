@@ -7,17 +7,20 @@ prints the one-line summary and the path, and logs the result to the tracker.
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 from typing import Any
 
 import torch
 
-from vtlab.data import VtlabDataModule
+from vtlab.data import VtlabDataModule, vqa
+from vtlab.data.vqa_batch import answer_stats
 from vtlab.families import FrameTransform
 from vtlab.families.tiler import ImagePlan
 from vtlab.measure.stages import image_fields
 from vtlab.models.stack import VisionStack
 from vtlab.results.record import RunContext
+from vtlab.text.tokenizer import offline_tokenizer
 
 
 def build_datamodule(ctx: RunContext, stack: VisionStack, batch_size: int, eval_batch_size: int | None = None,
@@ -78,9 +81,7 @@ def publish(ctx: RunContext, tracker: Any, result: dict[str, Any], summary: str)
 # ---------------------------------------------------------------------------------------------- VLM tasks
 def vqa_splits(cfg: Any, train: bool = True) -> tuple[Any, Any]:
     """(train split or None, val split) of the VQA set `data` describes (vtlab.data.vqa.vqa_dataset)."""
-    from vtlab.data.vqa import vqa_dataset
-
-    return (vqa_dataset(cfg.data, "train") if train else None), vqa_dataset(cfg.data, "val")
+    return (vqa.vqa_dataset(cfg.data, "train") if train else None), vqa.vqa_dataset(cfg.data, "val")
 
 
 def vocabulary_of(*splits: Any) -> list[str]:
@@ -91,8 +92,6 @@ def vocabulary_of(*splits: Any) -> list[str]:
 def check_vocabulary(cfg: Any, words: list[str]) -> None:
     """An offline tokenizer (no text.weights / model.weights tokenizer) must fit the set's words in text.vocab_size."""
     if not cfg.text.weights and not cfg.model.weights:
-        from vtlab.text.tokenizer import offline_tokenizer
-
         offline_tokenizer(cfg.text.vocab_size, extra_words=words)  # ConfigError naming text.vocab_size
 
 
@@ -105,8 +104,6 @@ def control_of(cfg: Any, blind: bool) -> str:
 
 def vlm_facts(cfg: Any, vlm: Any, val_rows: Any, blind: bool) -> dict[str, Any]:
     """The header of an align / finetune / VLM eval record: the stack's budget, the LM, the data and its levels."""
-    from vtlab.data.vqa_batch import answer_stats
-
     stats = answer_stats(val_rows.answers)
     rows = sum(s["rows"] for s in stats.values()) or 1
     sample = val_rows.dataset[val_rows.indices[0]] if val_rows.indices else None
@@ -138,8 +135,6 @@ def skipped_rows(**rows: Any) -> dict[str, dict[str, int]]:
 
 def report_skipped(skipped: dict[str, dict[str, int]], context: int) -> None:
     """One stderr line per split that lost rows (never silently)."""
-    import sys
-
     for split, n in skipped.items():
         if n["skipped"] or n["too_long"]:
             print(f"vtlab: {split} split: {n['skipped']} row(s) skipped by the data set, {n['too_long']} longer than "

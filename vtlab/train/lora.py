@@ -19,7 +19,9 @@ from typing import Any
 import torch
 from torch import nn
 
+from vtlab.api import build_stack
 from vtlab.errors import ConfigError
+from vtlab.text.lm import build_lm
 
 SIDES = ("lm", "tower")
 
@@ -51,9 +53,6 @@ def check_targets(side: str, lora: Any, module: nn.Module) -> None:
 
 def meta_sides(cfg: Any) -> dict[str, nn.Module]:
     """The LM and the tower of `cfg`, built on the meta device (structure only), for `check_targets`."""
-    from vtlab.api import build_stack
-    from vtlab.text.lm import build_lm
-
     with torch.device("meta"):
         return {"lm": build_lm(cfg.text), "tower": build_stack(cfg, load_weights=False).tower}
 

@@ -25,6 +25,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from vtlab.data.vqa_batch import IGNORE
+from vtlab.models.fastpaths import configure_fast_paths
 from vtlab.train.module import OptimizedModule, OptimSettings
 
 PARTS = ("connector", "lm", "tower")
@@ -112,8 +113,6 @@ class VLMModule(OptimizedModule):
 
     def gradient_checkpointing(self) -> None:
         """Recompute the LM's layers (transformers, non-reentrant) and, when it trains, the tower's blocks."""
-        from vtlab.models.fastpaths import configure_fast_paths
-
         self.vlm.lm.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
         if "tower" in self.train_parts:
             configure_fast_paths(self.vlm.stack.tower, activation_checkpointing=True)
