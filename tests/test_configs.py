@@ -133,9 +133,20 @@ def option_sets() -> list[list[str]]:
     groups = [g for g in GROUPS if g != "connector"]
     width = max(len(options(g)) for g in groups)
     sets = []
+    answers = [o for o in options("data") if o not in ("synthetic", "folder")]  # data with text answers
+    needs = {"align": answers, "finetune": answers, "train": ["folder", "synthetic"]}  # task -> data it takes
     for i in range(width):
         picks = [(g, options(g)[i % len(options(g))]) for g in groups]
+        task = dict(picks)["task"]
+        if task in needs and dict(picks)["data"] not in needs[task]:
+            picks = [(g, needs[task][i % len(needs[task])] if g == "data" else o) for g, o in picks]
         sets.append([f"{g}={o}" for g, o in picks] + [x for p in picks for x in OVERRIDES_NEEDED.get(p, [])])
+    used = {o for s in sets for o in s}
+    for option in options("data"):  # a data option only the tasks above refused: once with task=profile
+        if f"data={option}" not in used:
+            base = [o.replace("task=" + o.split("=")[1], "task=profile") if o.startswith("task=") else o
+                    for o in sets[0] if not o.startswith("data")]
+            sets.append([*base, f"data={option}", *OVERRIDES_NEEDED.get(("data", option), [])])
     return sets
 
 

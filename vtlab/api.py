@@ -17,12 +17,13 @@ from omegaconf import DictConfig
 from vtlab.checkpoints import load_weights as load_checkpoint
 from vtlab.checkpoints.sources import resolve
 from vtlab.config.compose import compose_config, make_config, to_config
-from vtlab.config.schema import VTLabConfig
+from vtlab.config.schema import TowerKind, VTLabConfig
 from vtlab.errors import ConfigError
 from vtlab.families import Tiler, get_family
 from vtlab.models.connectors import CONNECTORS
 from vtlab.models.reduction.stage import Reduction
 from vtlab.models.stack import VisionStack
+from vtlab.models.towers.pixels import build_pixel_tower
 from vtlab.models.vlm import VisionLanguageModel
 from vtlab.text.lm import build_lm, lm_folder, load_lm, load_lm_from_vlm, tokenizer_in
 from vtlab.text.tokenizer import offline_tokenizer
@@ -40,7 +41,7 @@ def build_stack(cfg: DictConfig | VTLabConfig, load_weights: bool = True) -> Vis
     """Build the stack described by a composed config (random weights unless `model.weights` is set)."""
     c = to_config(cfg)
     family = get_family(c.model.family)
-    tower = family.build_tower(c.model)
+    tower = build_pixel_tower(c.model) if c.model.tower_kind == TowerKind.pixels else family.build_tower(c.model)
     connector = CONNECTORS[str(c.connector.kind)](c.connector, tower.feature_dim, c.text_hidden)
     tiler = Tiler.for_config(c)
     r, prune = c.model.token_merging.r, c.connector.prune
@@ -51,23 +52,25 @@ def build_stack(cfg: DictConfig | VTLabConfig, load_weights: bool = True) -> Vis
     if load_weights and c.model.weights:
         report = load_checkpoint(stack, c.model.weights, c)
         stack.weights = f"{report['source']} (layout {report['layout']})"
-    if load_weights:
+    if load_weights and c.model.tower_kind != TowerKind.pixels:
         family.load_parts(stack, c.model, load_checkpoint)  # sub-tower checkpoints (fused towers)
     return stack
 
 
 
-def tokenizer_for(c: VTLabConfig, loaded: Any = None) -> Any:
-    """The LM's tokenizer: the one beside `text.weights` / a whole `model.weights` VLM folder, else the offline one."""
+def tokenizer_for(c: VTLabConfig, loaded: Any = None, extra_words: Sequence[str] = ()) -> Any:
+    """The LM's tokenizer: the one beside `text.weights` / a whole `model.weights` VLM folder, else the offline one
+    (with `extra_words`, a data set's vocabulary, as tokens of their own)."""
     if loaded is not None:
         return loaded
     found = tokenizer_in(resolve(c.model.weights).files[0].parent) if c.model.weights else None
-    return found if found is not None else offline_tokenizer(c.text.vocab_size)
+    return found if found is not None else offline_tokenizer(c.text.vocab_size, extra_words=extra_words)
 
 
-def build_vlm_from_config(cfg: DictConfig | VTLabConfig) -> VisionLanguageModel:
+def build_vlm_from_config(cfg: DictConfig | VTLabConfig, extra_words: Sequence[str] = ()) -> VisionLanguageModel:
     """Vision stack + causal LM (+ tokenizer) of a config: the LM from `text.weights`, from a whole VLM
-    checkpoint in `model.weights`, or random from the text preset (fp32, eval mode)."""
+    checkpoint in `model.weights`, or random from the text preset (fp32, eval mode). `extra_words`: words the
+    offline tokenizer must hold (a data set's vocabulary)."""
     c = to_config(cfg)
     if c.text.weights:
         lm_folder(c.text.weights)  # a missing or foreign LM checkpoint is refused before anything is built
@@ -86,7 +89,7 @@ def build_vlm_from_config(cfg: DictConfig | VTLabConfig) -> VisionLanguageModel:
         lm = build_lm(c.text)
         if c.model.weights:
             load_lm_from_vlm(lm, c.model.weights, family)
-    return VisionLanguageModel(stack, lm.eval(), tokenizer_for(c, tokenizer), family, c.text).eval()
+    return VisionLanguageModel(stack, lm.eval(), tokenizer_for(c, tokenizer, extra_words), family, c.text).eval()
 
 
 def build_vlm(model: str, overrides: Sequence[str] = ()) -> VisionLanguageModel:

@@ -79,6 +79,12 @@ class TaskName(Choice):
     bench = "bench"
     train = "train"
     eval = "eval"
+    align = "align"  # LLaVA stage 1: the connector trained on text answers (vtlab.tasks.align)
+    finetune = "finetune"  # LLaVA stage 2: connector / LM / tower, LoRA (vtlab.tasks.finetune)
+
+
+FIT_TASKS = (TaskName.train, TaskName.align, TaskName.finetune)  # tasks that train (a Lightning fit)
+VLM_TASKS = (TaskName.align, TaskName.finetune)  # tasks that train the whole VLM on text answers
 
 
 class LoggerKind(Choice):
@@ -105,6 +111,20 @@ class DataKind(Choice):
     vqa = "vqa"  # text answers (vtlab.data.vqa): the embedded synthetic VQA generator
     easy_vqa = "easy_vqa"  # text answers: the easy-vqa pip package's images and questions
     conversations = "conversations"  # text answers: a folder of images + LLaVA-style conversation JSONL
+
+
+ANSWER_KINDS = (DataKind.vqa, DataKind.easy_vqa, DataKind.conversations)  # data with text answers (VLM tasks)
+
+
+class TowerKind(Choice):
+    family = "family"  # the family's own vision tower
+    pixels = "pixels"  # the pixel probe (control): raw patches straight into the connector, no tower
+
+
+class TrainPart(Choice):
+    connector = "connector"
+    lm = "lm"
+    tower = "tower"
 
 
 def _positive(obj: Any, prefix: str, keys: tuple[str, ...], least: int = 1) -> None:
@@ -160,6 +180,8 @@ class ModelConfig:
     num_registers: int = 0  # dinov2: register tokens (Dinov2WithRegistersModel; 0 = Dinov2Model)
     max_num_patches: int | None = None  # siglip2 NaFlex: the patch budget per image
     token_merging: TokenMergingConfig = field(default_factory=TokenMergingConfig)
+    # family: the family's tower | pixels: the pixel-probe control (raw patches -> connector, vtlab.models.towers.pixels)
+    tower_kind: TowerKind = TowerKind.family
     # fused: {name: {family, image_size, patch_size, ..., weights}} sub-towers on one image (vtlab.families.fused)
     towers: dict[str, Any] | None = None
 
@@ -204,6 +226,11 @@ class ModelConfig:
                     f"model.{key}={size} is smaller than one patch (model.patch_size={self.patch_size}); "
                     f"use a size >= {self.patch_size}"
                 )
+        if self.tower_kind == TowerKind.pixels:
+            for key, bad in (("weights", self.weights), ("towers", self.towers), ("token_merging.r", self.token_merging.r)):
+                if bad:
+                    raise ConfigError(f"model.tower_kind=pixels (the pixel probe: no tower) cannot take model.{key}={bad}; "
+                                      f"drop it, or use model.tower_kind=family")
         if self.feature_layers is not None:
             lo, hi = -(self.num_layers + 1), self.num_layers
             if len(self.feature_layers) == 0:
@@ -322,7 +349,7 @@ class TaskConfig:
         if self.patch_gemm not in (True, False, "auto"):
             raise ConfigError(f"task.patch_gemm={self.patch_gemm!r} is not valid; valid: auto (the GEMM on CUDA, the "
                               f"conv elsewhere), true, false")
-        if self.quick and self.name in (TaskName.train, TaskName.eval):
+        if self.quick and self.name in (*FIT_TASKS, TaskName.eval):
             raise ConfigError(f"task.quick=true is for task=profile and task=bench; for a quick {self.name} use "
                               f"+experiment=quick_train (python -m vtlab --help lists the experiments)")
         for key, least in (("batch_size", 1), ("eval_batch_size", 1), ("repeats", 1), ("warmup", 0)):
@@ -388,15 +415,134 @@ class TrainTaskConfig(TaskConfig):
                               f"of the lr)")
         if self.keep_every_n_epochs < 0:
             raise ConfigError(f"task.keep_every_n_epochs={self.keep_every_n_epochs} must be >= 0 (0: best + last only)")
+        kind = root.data.kind if root is not None else None
+        if kind in ANSWER_KINDS:
+            raise ConfigError(f"task=train trains a classification head on class labels, but data.kind={kind} has text "
+                              f"answers; use task=align or task=finetune for it (or data=synthetic / data=folder)")
 
 
 @dataclass
 class EvalTaskConfig(TaskConfig):
     name: TaskName = TaskName.eval
     batch_size: int = 64
-    ckpt_path: str | None = None  # a task=train checkpoint (best-*.ckpt or last.ckpt); required
+    # a task=train checkpoint (val loss / accuracy) or a task=align|finetune one (generation-based eval); required
+    ckpt_path: str | None = None
     compile: bool = False
     warmup_batches: int = 2  # excluded from the throughput figure
+    # VLM checkpoints (vtlab.tasks.vlm_eval):
+    max_new_tokens: int = 16  # greedy decoding stops at eos or after this many tokens
+    adapters: str | None = None  # a <run dir>/adapters folder: its LoRA weights replace the checkpoint's
+    blind: bool | None = None  # null: as the checkpoint was trained (a blind model is evaluated blind)
+
+    def check(self, root: Any) -> None:
+        super().check(root)
+        if self.max_new_tokens < 1:
+            raise ConfigError(f"task.max_new_tokens={self.max_new_tokens} must be >= 1")
+
+
+LORA_TARGETS = {"lm": ("q_proj", "k_proj", "v_proj", "o_proj"), "tower": ("qkv", "proj")}  # attention projections
+
+
+@dataclass
+class LoraConfig:
+    """peft LoRA on one side (`task.lora_lm` / `task.lora_tower`): r=0 is off; target_modules null = the side's
+    attention projections (LORA_TARGETS: Llama q/k/v/o_proj, vtlab towers' qkv/proj)."""
+
+    r: int = 0
+    alpha: float = 16.0
+    dropout: float = 0.0
+    target_modules: list[str] | None = None
+
+    def targets(self, side: str) -> list[str]:
+        return list(self.target_modules) if self.target_modules else list(LORA_TARGETS[side])
+
+    def check(self, key: str) -> None:
+        if self.r < 0:
+            raise ConfigError(f"{key}.r={self.r} must be >= 0 (0: no LoRA)")
+        if not 0 <= self.dropout < 1:
+            raise ConfigError(f"{key}.dropout={self.dropout} must be in [0, 1)")
+        _finite_positive(self.alpha, f"{key}.alpha")
+        if self.target_modules is not None and not self.target_modules:
+            raise ConfigError(f"{key}.target_modules=[] is empty; give module names or null for the defaults")
+
+
+@dataclass
+class AlignTaskConfig(TaskConfig):
+    """task=align (LLaVA stage 1): tower and LM frozen, the connector trained on the answer tokens."""
+
+    name: TaskName = TaskName.align
+    batch_size: int = 16
+    eval_batch_size: int | None = None  # None: batch_size
+    lr: float = 1e-3  # the connector
+    weight_decay: float = 0.0
+    warmup_steps: int = 20
+    min_lr_ratio: float = 0.0
+    compile: bool = False  # torch.compile the vision side (tower + connector) in place
+    ckpt_path: str | None = None  # resume from this checkpoint ("last" = the run dir's last.ckpt)
+    keep_every_n_epochs: int = 0
+    gradient_checkpointing: bool = False  # recompute LM layers and tower blocks in the backward
+    attention_backend: AttentionBackend = AttentionBackend("no_cudnn")
+    blind: bool = False  # the blind control: the LM sees the question without image tokens
+    compile_optimizer: bool = False
+
+    def trainable(self) -> list[str]:
+        return [str(TrainPart.connector)]
+
+    def check(self, root: Any) -> None:
+        super().check(root)
+        for key in ("lr", "weight_decay", "warmup_steps", *(k for k in ("lm_lr", "tower_lr") if hasattr(self, k))):
+            if getattr(self, key) < 0:
+                raise ConfigError(f"task.{key}={getattr(self, key)} must be >= 0")
+        if not 0 <= self.min_lr_ratio <= 1:
+            raise ConfigError(f"task.min_lr_ratio={self.min_lr_ratio} must be in [0, 1]")
+        if self.keep_every_n_epochs < 0:
+            raise ConfigError(f"task.keep_every_n_epochs={self.keep_every_n_epochs} must be >= 0")
+        kind = root.data.kind if root is not None else None
+        if kind is not None and kind not in ANSWER_KINDS:
+            raise ConfigError(f"task={self.name} trains on text answers, but data.kind={kind} has class labels only; "
+                              f"valid: {', '.join(str(k) for k in ANSWER_KINDS)} (e.g. data=vqa)")
+        if self.blind and self.trainable() == [str(TrainPart.connector)]:
+            raise ConfigError(f"task={self.name} task.blind=true would train nothing: without the image the connector "
+                              f"is never used; run the blind control with task=finetune task.train=[connector,lm]")
+        if self.blind and root is not None and root.model.tower_kind == TowerKind.pixels:
+            raise ConfigError("task.blind=true (no image) and model.tower_kind=pixels (no tower) are two controls; "
+                              "run one at a time")
+
+
+@dataclass
+class FinetuneTaskConfig(AlignTaskConfig):
+    """task=finetune (LLaVA stage 2): `train` chooses the parts, LoRA per side, one learning rate per part."""
+
+    name: TaskName = TaskName.finetune
+    lr: float = 2e-4  # the connector
+    train: list[str] = field(default_factory=lambda: ["connector", "lm"])  # connector | lm | tower
+    lm_lr: float = 2e-4
+    tower_lr: float = 2e-5
+    lora_lm: LoraConfig = field(default_factory=LoraConfig)
+    lora_tower: LoraConfig = field(default_factory=LoraConfig)
+    adapters: str | None = None  # start from the LoRA weights of a <run dir>/adapters folder
+
+    def trainable(self) -> list[str]:
+        return [p for p in TrainPart.__members__ if p in self.train]
+
+    def check(self, root: Any) -> None:
+        super().check(root)
+        valid = ", ".join(TrainPart.__members__)
+        if not self.train:
+            raise ConfigError(f"task.train=[] trains nothing; valid parts: {valid} (e.g. task.train=[connector,lm])")
+        for part in self.train:
+            if part not in TrainPart.__members__:
+                raise ConfigError(f"task.train contains {part!r}, not a part of the VLM; valid: {valid}")
+        for side in ("lm", "tower"):
+            lora = getattr(self, f"lora_{side}")
+            lora.check(f"task.lora_{side}")
+            if lora.r and side not in self.train:
+                raise ConfigError(f"task.lora_{side}.r={lora.r} but task.train={list(self.train)} leaves the {side} "
+                                  f"frozen; add {side} to task.train (LoRA then trains only the adapters)")
+        if root is not None and root.model.tower_kind == TowerKind.pixels and ("tower" in self.train or
+                                                                                self.lora_tower.r):
+            raise ConfigError("model.tower_kind=pixels has no tower to train; drop tower from task.train and "
+                              "task.lora_tower.r")
 
 
 
@@ -495,7 +641,7 @@ class DataConfig:
             raise ConfigError(f"data.glyph_size={self.glyph_size} must be >= 1 (or null for the default)")
         size = image_size_of(self.image_size)
         task = getattr(getattr(root, "task", None), "name", None)
-        if size is not None and task in (TaskName.train, TaskName.eval) and not isinstance(self.image_size, int):
+        if size is not None and task in (*FIT_TASKS, TaskName.eval) and not isinstance(self.image_size, int):
             raise ConfigError(f"data.image_size={list(size)}: {task} renders square synthetic images; give one "
                               f"int (e.g. data.image_size={max(size)}) or null for the tower input size. [H, W] sizes "
                               f"are for task=profile and task=bench")
@@ -562,6 +708,8 @@ class VTLabConfig:
         self.connector.check(self)
         if self.text_hidden <= 0:
             raise ConfigError(f"text_hidden={self.text_hidden} must be a positive integer (e.g. 576, 960, 2048, 4096)")
+        if self.task.name in VLM_TASKS:
+            self.text.lm = True  # align / finetune always build the LM (text.lm is profile / bench's switch)
         self.text.check(self)
         self.task.check(self)
         self.trainer.check(self)
@@ -581,6 +729,7 @@ def register_configs() -> None:
     for name, node in (
         ("connector", ConnectorConfig), ("text", TextConfig), ("profile_task", TaskConfig),
         ("bench_task", BenchTaskConfig), ("train_task", TrainTaskConfig), ("eval_task", EvalTaskConfig),
+        ("align_task", AlignTaskConfig), ("finetune_task", FinetuneTaskConfig),
         ("logger", LoggerConfig), ("trainer", TrainerConfig), ("data", DataConfig),
     ):
         cs.store(group="schema", name=name, node=node)

@@ -17,7 +17,7 @@ from typing import Any
 
 import torch
 
-from vtlab.config.schema import TaskName, VTLabConfig, patch_grid, resolve_budget
+from vtlab.config.schema import FIT_TASKS, TaskName, VTLabConfig, patch_grid, resolve_budget
 from vtlab.errors import ConfigError
 from vtlab.families import get_family
 from vtlab.families.tiler import check_tiling
@@ -27,7 +27,7 @@ from vtlab.models.sdpa import check_backend
 
 def task_device(cfg: VTLabConfig) -> torch.device:
     """The device a task will run on: `task.device` for profile / bench, the trainer's accelerator otherwise."""
-    if cfg.task.name in (TaskName.train, TaskName.eval):
+    if cfg.task.name in (*FIT_TASKS, TaskName.eval):
         return torch.device("cuda" if on_gpu(cfg.trainer.accelerator) else "cpu")
     return resolve_device(cfg.task.device)
 
@@ -39,16 +39,18 @@ def memory_estimate(cfg: VTLabConfig) -> dict[str, int]:
     tokens = (side // m.patch_size) ** 2
     h, i, c = m.hidden_size, m.intermediate_size, m.num_channels
     params = c * m.patch_size**2 * h + (m.image_size // m.patch_size) ** 2 * h + m.num_layers * (4 * h * h + 2 * h * i + 9 * h)
-    training = cfg.task.name == TaskName.train
-    state = 4 if training and str(getattr(cfg.task, "freeze", "tower")) == "none" else 1  # + grads + 2 AdamW moments
+    training = cfg.task.name in FIT_TASKS
+    full = str(getattr(cfg.task, "freeze", "tower")) == "none" or "tower" in getattr(cfg.task, "train", ())
+    state = 4 if training and full else 1  # + grads + 2 AdamW moments
     batch = max(cfg.task.batch_size, getattr(cfg.task, "throughput_batch_size", None) or 0,
                 getattr(cfg.task, "eval_batch_size", None) or 0)
     return {"parameters": 4 * params * state, "pixels": 4 * batch * c * side * side, "hidden": 4 * batch * tokens * h}
 
 
-def device_memory(device: torch.device) -> int:
+def device_memory(device: torch.device) -> int | None:
+    """Bytes the device holds; None for a CUDA device this machine lacks (Lightning names the accelerator then)."""
     if device.type == "cuda":
-        return torch.cuda.get_device_properties(device).total_memory
+        return torch.cuda.get_device_properties(device).total_memory if torch.cuda.is_available() else None
     return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
 
 
@@ -56,7 +58,7 @@ def check_memory(cfg: VTLabConfig) -> None:
     device = task_device(cfg)
     parts = memory_estimate(cfg)
     need, have = sum(parts.values()), device_memory(device)
-    if need > have:
+    if have is not None and need > have:
         gib = 2**30
         detail = ", ".join(f"{k} {v / gib:.1f}" for k, v in parts.items())
         raise ConfigError(

@@ -21,6 +21,18 @@ from vtlab.data.transforms import siglip_transform
 from vtlab.errors import ConfigError
 
 
+def make_loader(dataset: Dataset, batch_size: int, train: bool, workers: int, seed: int,
+                collate_fn: Callable[[list[Any]], Any] | None = None) -> DataLoader:
+    """The loader of every vtlab data module: train shuffles with the resumable (seed, epoch) sampler and drops
+    the ragged last batch; val keeps every sample in order."""
+    common: dict[str, Any] = dict(batch_size=batch_size, drop_last=train, num_workers=workers,
+                                  persistent_workers=workers > 0, pin_memory=torch.cuda.is_available(),
+                                  collate_fn=collate_fn)
+    if train:  # resumable mid-epoch (vtlab.data.sampler, vtlab.train.callbacks.SamplerResume)
+        return DataLoader(dataset, sampler=EpochShuffleSampler(len(dataset), seed), **common)
+    return DataLoader(dataset, **common)
+
+
 class VtlabDataModule(pl.LightningDataModule):
     def __init__(self, data_cfg: Any, input_size: int, batch_size: int, eval_batch_size: int | None = None,
                  transform: Callable[[Any], torch.Tensor] | None = None, train: bool = True) -> None:
@@ -65,7 +77,8 @@ class VtlabDataModule(pl.LightningDataModule):
                 self.train_set = train
             self.val_set, self.classes = val, val.classes
         else:
-            raise ConfigError(f"data.kind={kind!r} is unknown; valid: synthetic, folder")
+            raise ConfigError(f"data.kind={kind!r} has text answers, not class labels; task=train / task=eval of a "
+                              f"classifier take data=synthetic or data=folder (task=align / finetune take {kind})")
         if self.need_train and len(self.train_set) < self.batch_size:
             raise ConfigError(
                 f"the train split has {len(self.train_set)} images, fewer than task.batch_size={self.batch_size} "
@@ -73,12 +86,7 @@ class VtlabDataModule(pl.LightningDataModule):
             )
 
     def _loader(self, dataset: Dataset, batch_size: int, train: bool) -> DataLoader:
-        workers = self.cfg.num_workers
-        common: dict[str, Any] = dict(batch_size=batch_size, drop_last=train, num_workers=workers,
-                                      persistent_workers=workers > 0, pin_memory=torch.cuda.is_available())
-        if train:  # resumable mid-epoch (vtlab.data.sampler, vtlab.train.callbacks.SamplerResume)
-            return DataLoader(dataset, sampler=EpochShuffleSampler(len(dataset), self.cfg.seed), **common)
-        return DataLoader(dataset, **common)
+        return make_loader(dataset, batch_size, train, self.cfg.num_workers, self.cfg.seed)
 
     def train_dataloader(self) -> DataLoader:
         self.setup()

@@ -9,7 +9,8 @@ LM (transformers' own causal LM, vtlab.text.lm) runs on the merged embeddings. I
 `VisionStack`, the module it wraps; the family rules stay in vtlab.families and the LM in vtlab.text.
 
 `generate` is greedy decoding with the LM's KV cache (one prefill of the merged prompt, then one token per
-step), the same tokens as `generate(do_sample=False)` of the transformers VLM. `compile_vision()` compiles the
+step), the same tokens as `generate(do_sample=False)` of the transformers VLM; `decode_batch` does the same for
+a left-padded batch of prompts (task=eval of a VLM checkpoint). `compile_vision()` compiles the
 tower and the connector in place (the LM side keeps its dynamic KV cache eager).
 """
 
@@ -149,6 +150,37 @@ class VisionLanguageModel(nn.Module):
             out = self.lm(input_ids=nxt[:, None], use_cache=True, **{self.cache_arg: past})
             logits, past = out.logits[:, -1], self.cache_of(out)
         return tokens
+
+    @torch.no_grad()
+    def decode_batch(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, visual: torch.Tensor | None,
+                     max_new_tokens: int, stop_at_eos: bool = True) -> list[list[int]]:
+        """Greedy decoding of a LEFT-padded batch of prompts (attention_mask 0 on the padding) with the KV cache:
+        each row's new ids, up to and including its first eos. Positions count real tokens only (as in
+        transformers' `generate` with left padding), so a row decodes the tokens `decode` gives it alone."""
+        device = self.lm.device
+        ids, mask = input_ids.to(device), attention_mask.to(device)
+        pos = (mask.cumsum(-1) - 1).clamp(min=0)
+        out = self.lm(inputs_embeds=self.embed(ids, visual), attention_mask=mask, position_ids=pos, use_cache=True,
+                      logits_to_keep=1)
+        logits, past = out.logits[:, -1], self.cache_of(out)
+        eos = self.tokenizer.eos_token_id if stop_at_eos else None
+        rows: list[list[int]] = [[] for _ in range(ids.shape[0])]
+        done = [False] * ids.shape[0]
+        nxt_pos = pos[:, -1:]
+        for step in range(max_new_tokens):
+            nxt = logits.argmax(-1)
+            for i, token in enumerate(nxt.tolist()):
+                if not done[i]:
+                    rows[i].append(token)
+                    done[i] = token == eos
+            if all(done) or step == max_new_tokens - 1:
+                break
+            mask = torch.cat([mask, mask.new_ones(mask.shape[0], 1)], dim=1)
+            nxt_pos = nxt_pos + 1
+            out = self.lm(input_ids=nxt[:, None], attention_mask=mask, position_ids=nxt_pos, use_cache=True,
+                          **{self.cache_arg: past})
+            logits, past = out.logits[:, -1], self.cache_of(out)
+        return rows
 
     def compile_vision(self, **kwargs: Any) -> VisionLanguageModel:
         """torch.compile the tower and the connector in place (the packing and the LM stay eager)."""

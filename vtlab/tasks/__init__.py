@@ -15,7 +15,7 @@ from vtlab.logs import quiet_run
 from vtlab.results.record import RunContext, process_rank
 from vtlab.results.rundir import check_foreign, check_out_dir, claimed
 from vtlab.results.tracking import open_tracker
-from vtlab.tasks import bench, evaluate, profile, train
+from vtlab.tasks import bench, evaluate, finetune, profile, train
 
 
 @dataclass(frozen=True)
@@ -28,7 +28,9 @@ TASKS: dict[str, Task] = {
     "profile": Task(profile.check, profile.run),
     "bench": Task(bench.check, bench.run),
     "train": Task(train.check, train.run),
-    "eval": Task(evaluate.check, evaluate.run),
+    "eval": Task(evaluate.check, evaluate.run),  # classifier or VLM checkpoints (vtlab.tasks.vlm_eval)
+    "align": Task(finetune.check, finetune.run),  # LLaVA stage 1 (finetune with train=[connector])
+    "finetune": Task(finetune.check, finetune.run),
 }
 
 

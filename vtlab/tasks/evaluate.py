@@ -1,4 +1,6 @@
-"""`task=eval`: load a `task=train` checkpoint and report val loss, accuracy and throughput (images/s).
+"""`task=eval`: load a `task=train` checkpoint and report val loss, accuracy and throughput (images/s); a
+`task=align|finetune` (VLM) checkpoint is recognised by its `vtlab_arch` and evaluated by generation instead
+(vtlab.tasks.vlm_eval: exact match per question type, answer perplexity, predictions.jsonl).
 
 The checkpoint must match the architecture the current config describes; if it does not, the run stops
 with the list of differing config fields. `results.json` in the run directory holds the numbers.
@@ -13,12 +15,14 @@ from typing import Any
 import lightning.pytorch as pl
 
 from vtlab.api import build_stack
+from vtlab.config.schema import ANSWER_KINDS
 from vtlab.errors import ArchitectureMismatchError, ConfigError
 from vtlab.models.fastpaths import configure_fast_paths
 from vtlab.results.record import RESULTS, RunContext
+from vtlab.tasks import vlm_eval
 from vtlab.tasks.common import build_datamodule, classifier_facts, metric, publish
 from vtlab.train.callbacks import ThroughputMeter
-from vtlab.train.checkpoint import architecture, check_architecture, load_checkpoint, resolve_ckpt_path
+from vtlab.train.checkpoint import architecture, check_architecture, checkpoint_kind, load_checkpoint, resolve_ckpt_path
 from vtlab.train.module import VisionClassifier
 from vtlab.train.trainer import build_trainer, resolve_precision
 
@@ -40,6 +44,19 @@ def check(ctx: RunContext) -> None:
             f"out_dir={ctx.out_dir} holds another task's results.json (e.g. the training run's), which task=eval "
             f"would overwrite; evaluate into another out_dir (task.ckpt_path=PATH takes the checkpoint from anywhere)"
         )
+    path = resolve_ckpt_path(ctx.cfg.task.ckpt_path, ctx.out_dir)
+    ckpt = load_checkpoint(path)
+    if checkpoint_kind(ckpt) == "vlm":
+        vlm_eval.check(ctx, ckpt, path)
+        return
+    if ctx.cfg.data.kind in ANSWER_KINDS:
+        raise ConfigError(f"task.ckpt_path={path} is a task=train (classifier) checkpoint, but data.kind="
+                          f"{ctx.cfg.data.kind} has text answers; evaluate it on its classes (data=synthetic / "
+                          f"data=folder), or give a task=align / task=finetune checkpoint")
+    for key in ("adapters", "blind"):
+        if getattr(ctx.cfg.task, key) is not None:
+            raise ConfigError(f"task.{key}={getattr(ctx.cfg.task, key)} is for VLM checkpoints (task=align / "
+                              f"finetune); {path} is a task=train (classifier) checkpoint")
 
 
 def evaluate(ctx: RunContext, tracker: Any) -> tuple[dict[str, Any], pl.Trainer]:
@@ -80,6 +97,11 @@ def evaluate(ctx: RunContext, tracker: Any) -> tuple[dict[str, Any], pl.Trainer]
 
 
 def run(ctx: RunContext, tracker: Any) -> dict[str, Any]:
+    path = resolve_ckpt_path(ctx.cfg.task.ckpt_path, ctx.out_dir)
+    ckpt = load_checkpoint(path)
+    if checkpoint_kind(ckpt) == "vlm":
+        return vlm_eval.run(ctx, tracker, ckpt, path)
+    del ckpt
     result, trainer = evaluate(ctx, tracker)
     if trainer.is_global_zero:
         ips = result["images_per_s"]

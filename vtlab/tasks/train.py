@@ -8,7 +8,6 @@ glyph-count set; `data=folder data.root=PATH` on image folders. Checkpoints go t
 
 from __future__ import annotations
 
-import time
 from typing import Any
 
 import lightning.pytorch as pl
@@ -21,11 +20,7 @@ from vtlab.tasks.common import build_datamodule, classifier_facts, metric, publi
 from vtlab.train.callbacks import LastValStep, SamplerResume, ThroughputMeter
 from vtlab.train.checkpoint import architecture, check_fresh_run, check_resume, load_checkpoint, resolve_ckpt_path
 from vtlab.train.module import OptimSettings, VisionClassifier
-from vtlab.train.trainer import build_trainer, checkpoint_callbacks, resolve_precision
-
-
-def _saved_step(callback: Any) -> int:
-    return int(getattr(callback, "_last_global_step_saved", -1))
+from vtlab.train.trainer import build_trainer, checkpoint_callbacks, fit_and_finish, resolve_precision
 
 
 def check(ctx: RunContext) -> None:
@@ -43,7 +38,7 @@ def train(ctx: RunContext, tracker: Any) -> tuple[dict[str, Any], pl.Trainer]:
     arch = architecture(cfg, dm.num_classes)
     ckpt_path = resolve_ckpt_path(t.ckpt_path, ctx.out_dir)
     if ckpt_path:
-        check_resume(load_checkpoint(ckpt_path), arch, str(t.freeze), ckpt_path)
+        check_resume(load_checkpoint(ckpt_path), arch, ckpt_path, freeze=str(t.freeze))
     optim = OptimSettings(lr=t.lr, tower_lr=t.tower_lr, weight_decay=t.weight_decay,
                           warmup_steps=t.warmup_steps, min_lr_ratio=t.min_lr_ratio)
     configure_fast_paths(stack, patch_gemm=t.patch_gemm, fused_gelu_train=t.fused_gelu_train,
@@ -57,13 +52,7 @@ def train(ctx: RunContext, tracker: Any) -> tuple[dict[str, Any], pl.Trainer]:
     trainer = build_trainer(ctx, tracker, [*ckpt_cbs, meter, last_val, SamplerResume()])
     last_path = ctx.out_dir / "checkpoints" / "last.ckpt"
     with pinned(t.attention_backend):  # process-wide SDPA flags: compiled graphs, validation and ranks see them too
-        start = time.perf_counter()
-        trainer.fit(lit, datamodule=dm, ckpt_path=ckpt_path)
-        fit_s = time.perf_counter() - start
-        if not trainer.fast_dev_run and trainer.global_step > 0 and _saved_step(ckpt_cbs[1]) != trainer.global_step:
-            trainer.save_checkpoint(last_path)  # stopped mid-epoch (max_steps / max_time): last.ckpt = final weights
-        if last_val.step != trainer.global_step and not trainer.fast_dev_run:
-            trainer.validate(lit, datamodule=dm, verbose=False)  # final metrics at the final weights
+        fit_s = fit_and_finish(trainer, lit, dm, ckpt_path, ckpt_cbs[1], last_val, last_path)
     m = trainer.callback_metrics
     best = ckpt_cbs[0]
     return {

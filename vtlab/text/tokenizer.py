@@ -27,24 +27,37 @@ CHAT_TEMPLATE = ("{% for m in messages %}<|im_start|>{{ m['role'] | capitalize }
                  "{% endfor %}{% if add_generation_prompt %}<|im_start|>Assistant:{% endif %}")
 
 
+def word_pieces(words: Sequence[str]) -> list[str]:
+    """`words` as the offline tokenizer splits them (lowercase, `Whitespace` pre-tokenizer: "it's" -> it ' s)."""
+    from tokenizers import pre_tokenizers
+
+    split = pre_tokenizers.Whitespace()
+    return [piece for word in words for piece, _ in split.pre_tokenize_str(str(word).lower())]
+
+
+def offline_vocabulary(extra_specials: Sequence[str] = (), extra_words: Sequence[str] = ()) -> dict[str, int]:
+    """token -> id of the offline tokenizer: specials first, then the fixed words, then `extra_words`' pieces."""
+    specials = list(dict.fromkeys([*SPECIALS, *IMAGE_TOKENS, *extra_specials]))
+    plain = list(dict.fromkeys([*WORDS, *string.ascii_lowercase, *string.digits, *string.punctuation,
+                                *word_pieces(extra_words)]))
+    return {tok: i for i, tok in enumerate(specials + [p for p in plain if p not in specials])}
+
+
 def offline_tokenizer(vocab_size: int, extra_specials: Sequence[str] = (), extra_words: Sequence[str] = ()) -> Any:
     """A `PreTrainedTokenizerFast` whose ids all lie below `vocab_size` (a ConfigError if they cannot).
 
-    `extra_words`: more plain words (a data set's `vocabulary()`, vtlab.data.vqa), lowercased, given ids after
-    the built-in ones in their order, so the built-in ids stay what they were."""
+    `extra_words`: a data set's vocabulary (`VQADataset.vocabulary()`), so that its questions and answers have
+    ids of their own instead of `<unk>`; the ids of the default tokens do not change."""
     # the hf extra (transformers and its `tokenizers`): needed only when an LM is built
     from tokenizers import AddedToken, Tokenizer, models, normalizers, pre_tokenizers
     from transformers import PreTrainedTokenizerFast
 
-    specials = list(dict.fromkeys([*SPECIALS, *IMAGE_TOKENS, *extra_specials]))
-    builtin = list(dict.fromkeys([*WORDS, *string.ascii_lowercase, *string.digits, *string.punctuation]))
-    added = [w for w in dict.fromkeys(w.lower() for w in extra_words) if w not in builtin and w not in specials]
-    plain = builtin + added
-    vocab = {tok: i for i, tok in enumerate(specials + plain)}
+    vocab = offline_vocabulary(extra_specials, extra_words)
+    specials = [t for t in vocab if t in (*SPECIALS, *IMAGE_TOKENS, *extra_specials)]
     if len(vocab) > vocab_size:
-        words = f" ({len(added)} of them words of the data set)" if added else ""
+        words = f" ({len(vocab) - len(offline_vocabulary(extra_specials))} of them the data set's words)" if extra_words else ""
         raise ConfigError(f"text.vocab_size={vocab_size} is smaller than the offline tokenizer's {len(vocab)} tokens"
-                          f"{words}; use a vocabulary of at least {len(vocab)}")
+                          f"{words}; use text.vocab_size={len(vocab)} or more")
     tok = Tokenizer(models.WordLevel(vocab=vocab, unk_token="<unk>"))
     tok.normalizer = normalizers.Lowercase()
     tok.pre_tokenizer = pre_tokenizers.Whitespace()

@@ -49,6 +49,11 @@ class ParamSummary(ModelSummary):
 
 
 
+def batch_images(batch: Any) -> int:
+    """Images in a batch: (pixels, labels) of the classifier, or a VQA batch dict (vtlab.data.vqa_batch)."""
+    return len(batch["qtypes"]) if isinstance(batch, dict) else int(batch[1].shape[0])
+
+
 def _sync(module: pl.LightningModule) -> None:
     if module.device.type == "cuda":
         torch.cuda.synchronize(module.device)
@@ -82,7 +87,7 @@ class ThroughputMeter(pl.Callback):
         _sync(module)
         if index >= self.skip:
             meter.seconds += time.perf_counter() - meter.start
-            meter.images += int(batch[1].shape[0])
+            meter.images += batch_images(batch)
 
     def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:  # type: ignore[override]
         self._start(self.train, pl_module)

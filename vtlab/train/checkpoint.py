@@ -41,6 +41,25 @@ def architecture(cfg: Any, num_classes: int) -> dict[str, Any]:
     }
 
 
+TEXT_RUN_FIELDS = ("weights", "lm", "prompt")  # text.* fields that do not shape the LM
+
+
+def vlm_architecture(cfg: Any, lora: dict[str, Any]) -> dict[str, Any]:
+    """The fields a task=align|finetune checkpoint must match: the vision side, the LM and the LoRA adapters."""
+    arch = architecture(cfg, 0)
+    for key in ("head", "num_classes"):
+        arch.pop(key)
+    arch["kind"] = "vlm"
+    arch["text"] = {k: v for k, v in _plain(asdict(cfg.text)).items() if k not in TEXT_RUN_FIELDS}
+    arch["lora"] = lora
+    return arch
+
+
+def checkpoint_kind(ckpt: dict[str, Any]) -> str:
+    """`vlm` (task=align / finetune) or `classifier` (task=train) from a checkpoint's `vtlab_arch`."""
+    return str(ckpt["vtlab_arch"].get("kind", "classifier"))
+
+
 def _flatten(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
     out: dict[str, Any] = {}
     for k, v in d.items():
@@ -107,12 +126,15 @@ def check_fresh_run(out_dir: Path, ckpt_path: str | None, rank: int) -> None:
         )
 
 
-def check_resume(ckpt: dict[str, Any], arch: dict[str, Any], freeze: str, path: str) -> None:
-    """The checkpoint must have this run's architecture and freeze mode (the optimizer state depends on it)."""
+def check_resume(ckpt: dict[str, Any], arch: dict[str, Any], path: str, **settings: Any) -> None:
+    """The checkpoint must have this run's architecture and training settings (`freeze` of task=train, `train`
+    of task=align / finetune: the optimizer state depends on them)."""
     check_architecture(ckpt, arch, path)
-    saved = ckpt.get("vtlab_train", {}).get("freeze")
-    if saved is not None and saved != freeze:
-        raise ConfigError(
-            f"checkpoint {path} was trained with task.freeze={saved}, this run has task.freeze={freeze}; "
-            f"resume with task.freeze={saved} (the optimizer state depends on it)"
-        )
+    for key, value in settings.items():
+        saved = ckpt.get("vtlab_train", {}).get(key)
+        if saved is not None and saved != value:
+            show = lambda v: f"[{','.join(v)}]" if isinstance(v, list) else v  # noqa: E731
+            raise ConfigError(
+                f"checkpoint {path} was trained with task.{key}={show(saved)}, this run has task.{key}={show(value)}; "
+                f"resume with task.{key}={show(saved)} (the optimizer state depends on it)"
+            )

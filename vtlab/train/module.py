@@ -39,8 +39,9 @@ from vtlab.models.stack import VisionStack
 
 @dataclass
 class OptimSettings:
-    lr: float = 1e-3
+    lr: float = 1e-3  # connector (+ head)
     tower_lr: float = 1e-5
+    lm_lr: float = 1e-4  # the LM (vtlab.train.vlm_module)
     weight_decay: float = 0.05
     warmup_steps: int = 20
     min_lr_ratio: float = 0.0
@@ -87,7 +88,74 @@ def adamw(groups: list[dict[str, Any]], betas: tuple[float, float], compiled: bo
     return compile_optimizer_step(opt)
 
 
-class VisionClassifier(pl.LightningModule):
+class OptimizedModule(pl.LightningModule):
+    """What every vtlab training module shares: AdamW over `param_groups()` with the warm-up-cosine schedule,
+    gradient clipping that works with fused AdamW, and the non-finite-loss stop. Subclasses set `self.optim`
+    (OptimSettings) and `self.compile_optimizer`, and define `param_groups()` and `lr_hint()`."""
+
+    optim: OptimSettings
+    compile_optimizer: bool = False
+
+    def param_groups(self) -> list[dict[str, Any]]:
+        raise NotImplementedError
+
+    def lr_hint(self) -> str:
+        """The learning rates a non-finite loss message suggests lowering."""
+        return f"task.lr (now {self.optim.lr}) or task.tower_lr (now {self.optim.tower_lr})"
+
+    def check_finite(self, loss: torch.Tensor) -> torch.Tensor:
+        """NonFiniteLossError before the optimizer step (earlier checkpoints stay intact)."""
+        if not torch.isfinite(loss.detach()):
+            raise NonFiniteLossError(self._nan_message(float(loss.detach())))
+        return loss
+
+    def configure_optimizers(self) -> dict[str, Any]:
+        scaler = getattr(getattr(self._trainer, "precision_plugin", None), "scaler", None) is not None
+        if scaler and not self.compile_optimizer:  # fp16 with a grad scaler: the plain (unfused) AdamW
+            opt = torch.optim.AdamW(self.param_groups(), betas=self.optim.betas)
+        else:
+            opt = adamw(self.param_groups(), self.optim.betas, compiled=self.compile_optimizer)
+        total = int(self.trainer.estimated_stepping_batches) if self._trainer is not None else 1000
+        o = self.optim
+        sched = torch.optim.lr_scheduler.LambdaLR(
+            opt, lambda step: warmup_cosine(step, o.warmup_steps, total, o.min_lr_ratio)
+        )
+        return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step", "frequency": 1}}
+
+    def configure_gradient_clipping(
+        self, optimizer: torch.optim.Optimizer, gradient_clip_val: float | None = None,
+        gradient_clip_algorithm: str | None = None,
+    ) -> None:
+        """Clip directly with torch: Lightning's AMP plugin refuses any clipping for a fused optimizer, even
+        under bf16-mixed where no grad scaler exists and the gradients are already at true scale."""
+        if not gradient_clip_val:
+            return
+        scaler = getattr(self.trainer.precision_plugin, "scaler", None)
+        if scaler is not None:  # fp16 with a scaler: let Lightning unscale first (fused is not used there)
+            super().configure_gradient_clipping(optimizer, gradient_clip_val, gradient_clip_algorithm)
+            return
+        params = [p for group in optimizer.param_groups for p in group["params"] if p.grad is not None]
+        if gradient_clip_algorithm == "value":
+            torch.nn.utils.clip_grad_value_(params, gradient_clip_val)
+        else:
+            torch.nn.utils.clip_grad_norm_(params, gradient_clip_val)
+
+    def _nan_message(self, value: float) -> str:
+        where = f"step {self.global_step} (epoch {self.current_epoch})"
+        saved = "no checkpoint was written before it"
+        cb = getattr(self._trainer, "checkpoint_callback", None) if self._trainer is not None else None
+        if cb is not None and getattr(cb, "dirpath", None):
+            files = sorted(p.name for p in Path(cb.dirpath).glob("*.ckpt"))
+            if files:
+                saved = f"checkpoints written before it are intact in {cb.dirpath}: {', '.join(files)}"
+        return (
+            f"training loss is {value} at {where}; the run stopped before the optimizer step, {saved}. "
+            f"Lower {self.lr_hint()}, keep "
+            "trainer.gradient_clip_val set, or check the data for broken images"
+        )
+
+
+class VisionClassifier(OptimizedModule):
     def __init__(
         self,
         stack: VisionStack,
@@ -144,37 +212,6 @@ class VisionClassifier(pl.LightningModule):
                         "name": f"{part}{'' if decay else '_no_decay'}"})
         return out
 
-    def configure_optimizers(self) -> dict[str, Any]:
-        scaler = getattr(getattr(self._trainer, "precision_plugin", None), "scaler", None) is not None
-        if scaler and not self.compile_optimizer:  # fp16 with a grad scaler: the plain (unfused) AdamW
-            opt = torch.optim.AdamW(self.param_groups(), betas=self.optim.betas)
-        else:
-            opt = adamw(self.param_groups(), self.optim.betas, compiled=self.compile_optimizer)
-        total = int(self.trainer.estimated_stepping_batches) if self._trainer is not None else 1000
-        o = self.optim
-        sched = torch.optim.lr_scheduler.LambdaLR(
-            opt, lambda step: warmup_cosine(step, o.warmup_steps, total, o.min_lr_ratio)
-        )
-        return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step", "frequency": 1}}
-
-    def configure_gradient_clipping(
-        self, optimizer: torch.optim.Optimizer, gradient_clip_val: float | None = None,
-        gradient_clip_algorithm: str | None = None,
-    ) -> None:
-        """Clip directly with torch: Lightning's AMP plugin refuses any clipping for a fused optimizer, even
-        under bf16-mixed where no grad scaler exists and the gradients are already at true scale."""
-        if not gradient_clip_val:
-            return
-        scaler = getattr(self.trainer.precision_plugin, "scaler", None)
-        if scaler is not None:  # fp16 with a scaler: let Lightning unscale first (fused is not used there)
-            super().configure_gradient_clipping(optimizer, gradient_clip_val, gradient_clip_algorithm)
-            return
-        params = [p for group in optimizer.param_groups for p in group["params"] if p.grad is not None]
-        if gradient_clip_algorithm == "value":
-            torch.nn.utils.clip_grad_value_(params, gradient_clip_val)
-        else:
-            torch.nn.utils.clip_grad_norm_(params, gradient_clip_val)
-
     # ------------------------------------------------------------------ compile
     def compile_stack(self, **kwargs: Any) -> None:
         """Compile tower and connector in place, once (a second call is a no-op)."""
@@ -210,27 +247,10 @@ class VisionClassifier(pl.LightningModule):
         return loss
 
     def training_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> torch.Tensor:
-        loss = self._shared_step(batch, "train")
-        if not torch.isfinite(loss.detach()):
-            raise NonFiniteLossError(self._nan_message(float(loss.detach())))
-        return loss
+        return self.check_finite(self._shared_step(batch, "train"))
 
     def validation_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> torch.Tensor:
         return self._shared_step(batch, "val")
-
-    def _nan_message(self, value: float) -> str:
-        where = f"step {self.global_step} (epoch {self.current_epoch})"
-        saved = "no checkpoint was written before it"
-        cb = getattr(self._trainer, "checkpoint_callback", None) if self._trainer is not None else None
-        if cb is not None and getattr(cb, "dirpath", None):
-            files = sorted(p.name for p in Path(cb.dirpath).glob("*.ckpt"))
-            if files:
-                saved = f"checkpoints written before it are intact in {cb.dirpath}: {', '.join(files)}"
-        return (
-            f"training loss is {value} at {where}; the run stopped before the optimizer step, {saved}. "
-            f"Lower task.lr (now {self.optim.lr}) or task.tower_lr (now {self.optim.tower_lr}), keep "
-            "trainer.gradient_clip_val set, or check the data for broken images"
-        )
 
     # ------------------------------------------------------------------ checkpoints
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:

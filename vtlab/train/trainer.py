@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import os
 import sys
+import time
 from pathlib import Path
 from typing import Any
 
@@ -131,3 +132,19 @@ def build_trainer(ctx: RunContext, tracker: Any, callbacks: list[Callback]) -> p
         return pl.Trainer(**kwargs)
     except (ValueError, TypeError, MisconfigurationException) as exc:  # e.g. trainer.precision=foo
         raise ConfigError(f"trainer settings refused by Lightning: {' '.join(str(exc).split())}") from None
+
+
+def fit_and_finish(trainer: pl.Trainer, module: pl.LightningModule, datamodule: Any, ckpt_path: str | None,
+                   last_callback: ModelCheckpoint, last_val: Any, last_path: Path) -> float:
+    """`trainer.fit` (resuming from `ckpt_path`), then make the run's end whole: a run stopped mid-epoch
+    (max_steps / max_time) still leaves last.ckpt at its final weights, and the final metrics are those of a
+    validation at the final weights (`last_val`: vtlab.train.callbacks.LastValStep). Returns the fit seconds."""
+    start = time.perf_counter()
+    trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt_path)
+    fit_s = time.perf_counter() - start
+    saved = int(getattr(last_callback, "_last_global_step_saved", -1))
+    if not trainer.fast_dev_run and trainer.global_step > 0 and saved != trainer.global_step:
+        trainer.save_checkpoint(last_path)
+    if last_val.step != trainer.global_step and not trainer.fast_dev_run:
+        trainer.validate(module, datamodule=datamodule, verbose=False)
+    return fit_s

@@ -1,0 +1,246 @@
+"""What a visual-token budget buys a VLM, per question type (issue 15 item 3): accuracy vs tokens, steps to
+leave chance and time to first token, with the blind and pixel-probe controls.
+
+Stack (smolvlm-style, everything trained from scratch): the `smolvlm_debug` tower (SigLIP-style ViT, 8 px
+patches) at `--px` (64: an 8x8 patch grid, one frame: model.tiling=none), pixel unshuffle at factors 1 / 2 / 4 / 8
+(64 / 16 / 4 / 1 visual tokens), and the perceiver and c_abstractor connectors at matching budgets, into
+`text=tiny` widened (TEXT). Recipe (the one verified on CPU, tests/test_vlm_tasks.py RECIPE): task=finetune
+with train=[connector,lm,tower], AdamW lr 1e-3 on every part, warm-up then cosine, batch 32, `--steps` steps,
+validation every `--val-every` steps. Data: data=vqa, every question type of the generator.
+Controls: `blind` (task.blind=true: the LM sees the question only) and `pixels` (model.tower_kind=pixels: raw
+patches into the connector, no tower), at factor 1.
+
+Each cell is its own `python -m vtlab ... task=finetune` process writing `<OUT>/train/<cell>-s<seed>/`
+(`--jobs` at once on the GPU; no new cell starts after `--budget-s` seconds: those are listed as not run, never
+invented). Steps to leave chance come from each cell's csv/metrics.csv: the first validation step at which a
+type's exact match exceeds its majority-answer level (what the blind model can learn) by 0.05. TTFT comes from
+one `python -m vtlab -m ... task=bench text.lm=true` sweep over the same (connector, budget) cells.
+Writes results.json, results.md (one table) and accuracy_vs_tokens.png (one panel per question type) to --out.
+Standard library only (+ matplotlib for the plot); the subprocesses need vtlab's dependencies.
+
+GPU (one H200, ~8 min):  PYTHONPATH=. python experiments/vqa_study/run.py --out experiments/vqa_study/results_h200
+CPU smoke (< 3 min):     PYTHONPATH=. python experiments/vqa_study/run.py --cpu-smoke --out /tmp/vqa_study
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import os
+import statistics
+import subprocess
+import sys
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+MODEL = "smolvlm_debug"
+TEXT = ["text=tiny", "text.hidden_size=128", "text.num_heads=4", "text.num_kv_heads=4", "text.intermediate_size=256",
+        "text.num_layers=3"]
+COMMON = ["model.tiling=none", "data=vqa", "logger=csv", "trainer.enable_progress_bar=false", "data.num_workers=2",
+          *TEXT]
+TRAIN = ["task=finetune", "task.train=[connector,lm,tower]", "task.lr=1e-3", "task.lm_lr=1e-3", "task.tower_lr=1e-3",
+         "task.batch_size=32", "data.train_size=16384", "data.val_size=512", "trainer.max_epochs=1000"]
+# (cell name, connector overrides, tokens, control overrides)
+CELLS = [
+    *[(f"pixel_unshuffle-f{f}", ["connector=pixel_unshuffle", f"connector.factor={f}"], 64 // f**2, [])
+      for f in (1, 2, 4, 8)],
+    *[(f"{k}-t{t}", [f"connector={k}", f"connector.tokens={t}"], t, []) for k in ("perceiver", "c_abstractor")
+      for t in (16, 4)],
+    ("blind", ["connector=pixel_unshuffle", "connector.factor=1"], 0, ["task.blind=true"]),
+    ("pixels", ["connector=pixel_unshuffle", "connector.factor=1"], 64, ["model.tower_kind=pixels", "task.train=[connector,lm]"]),
+]
+BENCH = ["task=bench", "text.lm=true", "task.modes=[eager]", "task.latency_iters=30", "task.repeats=3", "task.iters=5",
+         "logger=none", "model.tiling=none", *TEXT]
+CPU_SMOKE_TRAIN = ["trainer.accelerator=cpu", "data.train_size=64", "data.val_size=32", "task.batch_size=16",
+                   "data.num_workers=0", "connector.depth=1", "connector.hidden_size=32", "connector.num_heads=2",
+                   "connector.num_kv_heads=1", "connector.head_dim=8"]
+CPU_SMOKE_BENCH = ["task.device=cpu", "task.latency_iters=2", "task.repeats=1", "task.iters=1",
+                   "task.throughput_batch_size=2", "task.warmup=0"]
+
+
+def vtlab(args: list[str], log: Path, threads: int | None = None) -> int:
+    log.parent.mkdir(parents=True, exist_ok=True)
+    env = os.environ | {"PYTHONUNBUFFERED": "1", "WANDB_MODE": "disabled"}
+    if threads:
+        env |= {"OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads)}
+    with open(log, "w") as fh:
+        return subprocess.run([sys.executable, "-m", "vtlab", *args], stdout=fh, stderr=subprocess.STDOUT,
+                              env=env).returncode
+
+
+def steps_to_leave_chance(metrics: Path, levels: dict[str, float], margin: float = 0.05) -> dict[str, int | None]:
+    """Per question type: the first validation step whose exact match exceeds the type's level + margin."""
+    out: dict[str, int | None] = dict.fromkeys(levels)
+    if not metrics.is_file():
+        return out
+    for row in csv.DictReader(metrics.open()):
+        for qtype, level in levels.items():
+            value = row.get(f"val_acc_{qtype}")
+            if out[qtype] is None and value not in (None, "") and float(value) > level + margin:
+                out[qtype] = int(row["step"])
+    return out
+
+
+def train_cell(a: argparse.Namespace, cell: tuple, seed: int, deadline: float) -> dict:
+    name, connector, tokens, control = cell
+    folder = a.out / "train" / f"{name}-s{seed}"
+    row = {"cell": name, "tokens": tokens, "seed": seed}
+    if (folder / "results.json").exists():
+        r = json.loads((folder / "results.json").read_text())
+    elif time.time() > deadline:
+        return row | {"status": "not run (time budget)"}
+    else:
+        args = [f"+model={MODEL}", f"model.input_size={a.px}", *COMMON, *TRAIN, *connector, *control,
+                f"trainer.max_steps={a.steps}", f"trainer.val_check_interval={a.val_every}",
+                f"task.warmup_steps={max(1, a.steps // 20)}", f"seed={seed}", f"data.seed={seed}",
+                f"out_dir={folder}", *a.set]
+        start = time.time()
+        rc = vtlab(args, folder / "train.log", a.threads)
+        if rc or not (folder / "results.json").exists():
+            tail = (folder / "train.log").read_text().splitlines()[-2:]
+            return row | {"status": f"failed (exit {rc})", "reason": " / ".join(tail)[-300:]}
+        r = json.loads((folder / "results.json").read_text()) | {"wall_s": round(time.time() - start, 1)}
+    leave = steps_to_leave_chance(folder / "csv" / "metrics.csv", r.get("majority_by_type", {}))
+    return row | {"status": r.get("status", "ok"), "control": r.get("control"), "val_acc": r.get("val_acc"),
+                  "by_type": r.get("val_acc_by_type", {}), "chance": r.get("chance_by_type", {}),
+                  "majority": r.get("majority_by_type", {}), "steps_to_leave_chance": leave,
+                  "global_step": r.get("global_step"), "wall_s": r.get("wall_s")}
+
+
+def bench(a: argparse.Namespace) -> dict[str, float]:
+    """TTFT (ms) per cell name from one task=bench sweep with the LM (the controls share factor 1's cost)."""
+    sweep = a.out / "bench"
+    specs = [c for c in CELLS if not c[3]]
+    out: dict[str, float] = {}
+    for kind in ("pixel_unshuffle", "perceiver", "c_abstractor"):
+        cells = [c for c in specs if c[1][0] == f"connector={kind}"]
+        key = "connector.factor" if kind == "pixel_unshuffle" else "connector.tokens"
+        values = ",".join(c[1][1].split("=")[1] for c in cells)
+        folder = sweep / kind
+        if not (folder / "summary.csv").exists():
+            vtlab(["-m", f"+model={MODEL}", f"model.input_size={a.px}", f"connector={kind}", f"{key}={values}", *BENCH,
+                   *a.bench_set, f"hydra.sweep.dir={folder}"], sweep / f"{kind}.log")
+        if (folder / "summary.csv").exists():
+            for r in csv.DictReader((folder / "summary.csv").open()):
+                if r.get("status") == "ok" and r.get("ttft_ms"):
+                    name = f"pixel_unshuffle-f{r['factor']}" if kind == "pixel_unshuffle" else f"{kind}-t{r['tokens']}"
+                    out[name] = float(r["ttft_ms"])
+    if "pixel_unshuffle-f1" in out:
+        out["pixels"] = out["pixel_unshuffle-f1"]  # same connector and LM; the probe's (absent) tower only saves time
+    return out
+
+
+def mean_std(values: list[float]) -> str:
+    if not values:
+        return "-"
+    return f"{statistics.mean(values):.3f}" + (f" ± {statistics.stdev(values):.3f}" if len(values) > 1 else "")
+
+
+def report(a: argparse.Namespace, rows: list[dict], ttft: dict[str, float], wall: float) -> None:
+    qtypes = sorted({q for r in rows for q in r.get("by_type", {})})
+    meta = {"model": MODEL, "px": a.px, "text": TEXT, "train": TRAIN, "steps": a.steps, "val_every": a.val_every,
+            "seeds": a.seeds, "wall_s": round(wall, 1), "cpu_smoke": a.cpu_smoke}
+    a.out.joinpath("results.json").write_text(json.dumps({"meta": meta, "cells": rows, "ttft_ms": ttft}, indent=2) + "\n")
+    head = ["cell", "tokens", "seeds run", *[f"{q} acc" for q in qtypes], *[f"{q} steps to leave chance" for q in qtypes],
+            "TTFT ms"]
+    lines = [f"# VQA study: accuracy vs visual tokens per question type ({MODEL} tower at {a.px} px, text {TEXT[1:]}, "
+             f"{a.steps} steps, seeds {a.seeds})", "",
+             f"Wall time {wall:.0f} s. Accuracy: greedy exact match on the val split at the end (mean ± std over the "
+             f"seeds that ran). Steps to leave chance: first validation step above the type's majority level + 0.05 "
+             f"(median over seeds; '-' = never). Levels per type (chance / majority): "
+             + ", ".join(f"{q} {mean_std([r['chance'][q] for r in rows if q in r.get('chance', {})])} / "
+                         f"{mean_std([r['majority'][q] for r in rows if q in r.get('majority', {})])}" for q in qtypes), "",
+             "| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for name, _, tokens, _ in CELLS:
+        done = [r for r in rows if r["cell"] == name and r.get("val_acc") is not None]
+        accs = [mean_std([r["by_type"][q] for r in done if q in r["by_type"]]) for q in qtypes]
+        leave = []
+        for q in qtypes:
+            steps = [r["steps_to_leave_chance"].get(q) for r in done]
+            hit = sorted(s for s in steps if s is not None)
+            leave.append(f"{statistics.median(hit):.0f} ({len(hit)}/{len(steps)})" if hit else "-")
+        t = ttft.get(name)
+        lines.append(f"| {name} | {tokens} | {len(done)} | " + " | ".join(accs + leave) +
+                     f" | {f'{t:.2f}' if t is not None else '-'} |")
+    missing = [r for r in rows if r.get("val_acc") is None]
+    if missing:
+        lines += ["", "Cells without a result:", ""] + [f"- {r['cell']} s{r['seed']}: {r['status']} {r.get('reason', '')}"
+                                                       for r in missing]
+    a.out.joinpath("results.md").write_text("\n".join(lines) + "\n")
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg", force=True)
+        import matplotlib.pyplot as plt
+    except ImportError:
+        return
+    if not qtypes:
+        return
+    fig, axes = plt.subplots(1, len(qtypes), figsize=(4.2 * len(qtypes), 3.8), squeeze=False)
+    for ax, q in zip(axes[0], qtypes, strict=True):
+        for kind, marker in (("pixel_unshuffle", "o"), ("perceiver", "s"), ("c_abstractor", "^")):
+            pts = []
+            for name, _, tokens, control in CELLS:
+                if name.startswith(kind) and not control:
+                    v = [r["by_type"][q] for r in rows if r["cell"] == name and q in r.get("by_type", {})]
+                    if v:
+                        pts.append((tokens, statistics.mean(v), statistics.stdev(v) if len(v) > 1 else 0.0))
+            if pts:
+                ax.errorbar([p[0] for p in pts], [p[1] for p in pts], yerr=[p[2] for p in pts], marker=marker,
+                            capsize=3, label=kind)
+        for name, style in (("blind", "k--"), ("pixels", "g:")):
+            v = [r["by_type"][q] for r in rows if r["cell"] == name and q in r.get("by_type", {})]
+            if v:
+                ax.axhline(statistics.mean(v), color=style[0], linestyle=style[1:], label=f"{name} control")
+        levels = [r["chance"][q] for r in rows if q in r.get("chance", {})]
+        if levels:
+            ax.axhline(statistics.mean(levels), color="grey", linewidth=0.8, label="chance")
+        ax.set_xscale("log", base=2)
+        ax.set_title(q)
+        ax.set_xlabel("visual tokens per image")
+        ax.grid(True, alpha=0.3)
+    axes[0][0].set_ylabel("exact match (mean ± std over seeds)")
+    axes[0][-1].legend(fontsize=7)
+    fig.suptitle(f"VQA study: {MODEL} {a.px} px, {a.steps} steps", fontsize=9)
+    fig.tight_layout()
+    fig.savefig(a.out / "accuracy_vs_tokens.png", dpi=120)
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--out", type=Path, default=Path(os.environ.get("OUT", "experiments/vqa_study/results")))
+    p.add_argument("--px", type=int, default=64)
+    p.add_argument("--seeds", default="0,1,2")
+    p.add_argument("--steps", type=int, default=1500)
+    p.add_argument("--val-every", type=int, default=100)
+    p.add_argument("--jobs", type=int, default=15, help="training processes at once on the GPU")
+    p.add_argument("--threads", type=int, default=None, help="OMP threads per training process")
+    p.add_argument("--budget-s", type=float, default=330.0, help="start no new training cell after this many s")
+    p.add_argument("--set", action="append", default=[], help="extra override for every training cell")
+    p.add_argument("--bench-set", action="append", default=[], help="extra override for the bench sweeps")
+    p.add_argument("--cpu-smoke", action="store_true", help="a few tiny CPU cells (< 3 min)")
+    a = p.parse_args()
+    if a.cpu_smoke:
+        a.steps, a.val_every, a.seeds, a.jobs, a.threads, a.budget_s = 4, 2, "0", 2, 1, 3600.0
+        a.set, a.bench_set = CPU_SMOKE_TRAIN + a.set, CPU_SMOKE_BENCH + a.bench_set
+        keep = {"pixel_unshuffle-f4", "perceiver-t4", "blind", "pixels"}
+        CELLS[:] = [c for c in CELLS if c[0] in keep]
+    seeds = [int(s) for s in a.seeds.split(",")]
+    a.out.mkdir(parents=True, exist_ok=True)
+    start = time.time()
+    deadline = start + a.budget_s
+    cells = [(c, s) for s in seeds for c in CELLS]  # seed 0 of every cell first
+    with ThreadPoolExecutor(a.jobs) as pool:
+        pending = [pool.submit(train_cell, a, c, s, deadline) for c, s in cells]
+        ttft = bench(a)  # beside the training cells (small next to them on the GPU)
+        rows = [f.result() for f in pending]
+    wall = time.time() - start
+    report(a, rows, ttft, wall)
+    ok = sum(r.get("val_acc") is not None for r in rows)
+    print(f"[done] {ok}/{len(rows)} training cells, {len(ttft)} TTFT cells, {wall:.0f} s: {a.out / 'results.md'}")
+
+
+if __name__ == "__main__":
+    main()
