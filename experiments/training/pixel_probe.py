@@ -20,8 +20,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from vtlab.models.connectors.pixel_unshuffle import pixel_unshuffle
 from vtlab.data.synthetic import GlyphCount, GlyphSpec
+from vtlab.models.connectors.pixel_unshuffle import pixel_unshuffle
 from vtlab.models.heads import build_head
 
 

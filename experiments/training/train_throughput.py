@@ -28,11 +28,11 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # hf_tower.py beside this file
 
 from vtlab.api import compose_config, to_config  # noqa: E402
-from vtlab.models.sdpa import check_backend, pinned  # noqa: E402
 from vtlab.models.connectors import build_connector  # noqa: E402
-from vtlab.train.module import OptimSettings, VisionClassifier  # noqa: E402
+from vtlab.models.sdpa import check_backend, pinned  # noqa: E402
 from vtlab.models.stack import VisionStack  # noqa: E402
 from vtlab.models.towers import build_tower  # noqa: E402
+from vtlab.train.module import OptimSettings, VisionClassifier  # noqa: E402
 
 
 def build_classifier(tower_kind: str, cfg, freeze: str, num_classes: int) -> VisionClassifier:
