@@ -81,6 +81,23 @@ def test_foreign_lm_checkpoint_and_tokenizer_without_image_tokens(lm_dirs, tmp_p
 
 
 @pytest.mark.slow
+def test_mismatched_and_foreign_llava15_checkpoints(tmp_path):
+    """A whole LLaVA-1.5 folder whose LM does not fit the preset's, and one whose LM is no class vtlab builds."""
+    from test_vlm_parity import llava15_vlm
+
+    _, path = llava15_vlm(tmp_path / "llava")
+    proc = run_vtlab(["+model=llava15_debug", f"model.weights={path}", "text.lm=true", "text.num_layers=3",
+                      "logger=none"], tmp_path)
+    _one_line_error(proc, f"checkpoint {path}", "language model does not fit", "model.layers.2.")
+    qwen = dict(model_type="qwen2", hidden_size=64, intermediate_size=128, num_hidden_layers=1,
+                num_attention_heads=4, num_key_value_heads=4, vocab_size=1000)
+    _, foreign = llava15_vlm(tmp_path / "qwen", text=qwen)
+    proc = run_vtlab(["+model=hf", f"model.weights={foreign}", "text.lm=true", "logger=none"], tmp_path)
+    _one_line_error(proc, f"model.weights={foreign}", "text.model_type=qwen2", "llama, granite")
+    assert not list(tmp_path.glob("outputs/*/*/results.json"))
+
+
+@pytest.mark.slow
 def test_profile_with_lm_rows(tmp_path):
     """`text.lm=true`: the prompt / lm prefill / first token rows, counted prefill FLOPs = the closed form."""
     proc = run_vtlab([*BASE, "data.image_size=[100,150]", f"out_dir={tmp_path}/run"], tmp_path)
