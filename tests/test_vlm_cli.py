@@ -67,8 +67,8 @@ def test_missing_lm_checkpoint(tmp_path):
 
 
 def test_text_weights_without_lm(tmp_path):
-    proc = run_vtlab(["+model=smolvlm_debug", "logger=none", f"text.weights={tmp_path}"], tmp_path)
-    _one_line_error(proc, "text.lm=true")
+    proc = run_vtlab(["+model=smolvlm_debug", "logger=none", "text.lm=false", f"text.weights={tmp_path}"], tmp_path)
+    _one_line_error(proc, "text.lm=false")
 
 
 @pytest.mark.slow
@@ -142,24 +142,6 @@ def test_gpu_script_cpu_smoke(tmp_path):
     assert [r["visual_tokens"] for r in rows] == [64, 16, 4, 1, 171, 585]
     assert all(r["lm_prefill_flops_counted"] == r["lm_prefill_flops_closed_form"] and r["ttft_ms"] > 0 for r in rows)
     assert "| smolvlm_debug | tiny | connector.factor=8 | 1 |" in (tmp_path / "results.md").read_text()
-
-
-@pytest.mark.slow
-def test_smolvlm_with_smollm2_135m_reports_ttft(tmp_path):
-    """The issue's command: SmolVLM-256M's tower + a random SmolLM2-135M, profiled on the CPU with TTFT."""
-    import time
-
-    start = time.perf_counter()
-    proc = run_vtlab(["+model=smolvlm", "text=smollm2_135m", "text.lm=true", "logger=none", "task.warmup=1",
-                      "task.repeats=2", f"out_dir={tmp_path}/run"], tmp_path, timeout=900)
-    wall = time.perf_counter() - start
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    r = json.loads((tmp_path / "run" / "results.json").read_text())
-    print(f"smolvlm + smollm2-135m profile: {wall:.1f} s wall, TTFT {r['ttft_ms']:.1f} ms, prefill "
-          f"{r['lm_prefill_ms']:.1f} ms for {r['prompt_tokens']} tokens")
-    assert r["lm_name"] == "smollm2-135m" and r["visual_tokens"] == 64
-    assert r["kv_cache_bytes_per_token"] == 2 * 30 * 3 * 64 * 4  # 30 layers, 3 kv heads, head dim 64, fp32
-    assert "time to first token" in proc.stdout and r["ttft_ms"] > 0
 
 
 @pytest.mark.slow

@@ -1,8 +1,22 @@
-"""Data for `task=train|eval`: the synthetic glyph-count set, image folders, SigLIP preprocessing, DataModule."""
+"""Data for `task=train|eval`: the synthetic glyph-count set, image folders, SigLIP preprocessing, DataModule.
 
-from vtlab.data.folders import DataError
-from vtlab.data.module import VtlabDataModule
-from vtlab.data.synthetic import GlyphCount, GlyphSpec
-from vtlab.data.transforms import siglip_transform
+The names are imported on first use (PEP 562), so that `vtlab.data.synthetic` (which the config schema reads)
+does not pull Lightning and torchvision into a profile run that never trains.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
+_HOMES = {"DataError": "vtlab.data.folders", "VtlabDataModule": "vtlab.data.module", "GlyphCount": "vtlab.data.synthetic",
+          "GlyphSpec": "vtlab.data.synthetic", "siglip_transform": "vtlab.data.transforms"}
+
+
+def __getattr__(name: str) -> Any:
+    if name not in _HOMES:
+        raise AttributeError(f"module 'vtlab.data' has no attribute {name!r}")
+    return getattr(importlib.import_module(_HOMES[name]), name)
+
 
 __all__ = ["DataError", "GlyphCount", "GlyphSpec", "VtlabDataModule", "siglip_transform"]

@@ -7,17 +7,23 @@ prints the one-line summary and the path, and logs the result to the tracker.
 
 from __future__ import annotations
 
+import sys
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 
-from vtlab.data import VtlabDataModule
+from vtlab.config.validate import device_memory
 from vtlab.families import FrameTransform
 from vtlab.families.tiler import ImagePlan
 from vtlab.measure.stages import image_fields
 from vtlab.models.stack import VisionStack
 from vtlab.results.record import RunContext
+from vtlab.text.lm import lm_param_count
+
+if TYPE_CHECKING:  # Lightning is imported only by the tasks that train or evaluate
+    from vtlab.data import VtlabDataModule
 
 
 def build_datamodule(ctx: RunContext, stack: VisionStack, batch_size: int, eval_batch_size: int | None = None,
@@ -27,9 +33,42 @@ def build_datamodule(ctx: RunContext, stack: VisionStack, batch_size: int, eval_
 
     Images get the family's own preprocessing, one square frame at the tower input (no tiling)."""
     transform = FrameTransform(ctx.cfg.model.family, stack.input_size)
+    from vtlab.data import VtlabDataModule
+
     dm = VtlabDataModule(ctx.cfg.data, stack.input_size, batch_size, eval_batch_size, transform, train=train)
     dm.setup()
     return dm
+
+
+def names_text_preset(overrides: Sequence[str]) -> bool:
+    """Whether the command line chose a text preset (`text=NAME`, not a `text.field=` value)."""
+    return any(o.lstrip("+~").split("=", 1)[0] == "text" for o in overrides)
+
+
+def lm_wanted(cfg: Any, overrides: Sequence[str], device: torch.device, dtype: torch.dtype) -> bool:
+    """Whether profile / bench build the causal LM and measure its side (prefill, KV cache, TTFT).
+
+    `text.lm=true|false` decides. Left at null (auto) it is true when the command line names a text preset
+    (`python -m vtlab +model=smolvlm text=smollm2_135m`: asking for an LM by name) or gives `text.weights`,
+    unless `text_hidden` overrides the preset's width (a width alone stays a width) or the LM's parameters would
+    take more than half of the device's memory (e.g. `text=vicuna_7b` on a small CPU box: a stderr note, then the
+    width-only closed form; `text.lm=true` builds it anyway). A model preset's own text stays a width."""
+    text = cfg.text
+    if text.lm is not None:
+        return bool(text.lm)
+    if text.weights:
+        return True
+    if not names_text_preset(overrides) or cfg.text_hidden != text.hidden_size:
+        return False
+    need = lm_param_count(text) * torch.empty((), dtype=dtype).element_size()
+    have = device_memory(device)
+    if need > have / 2:
+        print(f"vtlab: note: text={text.name} is not built: its {lm_param_count(text) / 1e9:.2f}B parameters take "
+              f"{need / 2**30:.1f} GiB, more than half of the {device.type} device's {have / 2**30:.1f} GiB; the LM "
+              f"side is the closed form (text.lm=true builds it anyway)", file=sys.stderr)
+        return False
+    text.check_lm(cfg)
+    return True
 
 
 def stack_facts(stack: VisionStack, plan: ImagePlan | None = None) -> dict[str, Any]:
