@@ -1,6 +1,6 @@
 """The LM side of a VLM, measured: prefill of the visual + prompt tokens, KV cache, time to first token.
 
-Used by `task=profile` and `task=bench` with `text.lm=true`. For one image (of `data.image_size`, or one frame
+Used by `task=profile` and `task=bench` when an LM is built (vtlab.tasks.common.lm_wanted). For one image (of `data.image_size`, or one frame
 at the tower's input size) and `text.prompt`:
 - prefill: the decoder (`lm.model`, no LM head) over the merged prompt embeddings; FLOPs counted with
   torch.utils.flop_counter and the closed form `lm_prefill_flops_closed_form` (the Llama-style decoder of

@@ -6,9 +6,14 @@ numbers to `results.json` in the run directory. With an input image size (`data.
 image is planned with the model's tiling (SmolVLM split, LlavaNext anyres): the table gains the frames
 and packed-token rows, FLOPs are per image (all frames), and the latency is that of `batch_size` images
 whose frames go through the tower as one batch, split back and packed. FLOPs are counted with
-torch.utils.flop_counter and reported beside the modules' closed forms (vtlab.measure.flops). With
-`text.lm=true` the causal LM is built too (vtlab.build_vlm) and the table gains the prompt, LM prefill and
-first-token (TTFT) rows, the results the KV-cache size (vtlab.measure.lm_side).
+torch.utils.flop_counter in ONE pass (its tower output is reused; untiled, that pass is also the first
+warm-up call) and reported beside the modules' closed forms (vtlab.measure.flops). Each timed call is
+clocked stage by stage (tower, connector, packing: `time_stages`), so the rows and the total come from the
+same calls; `task.time_budget_s` stops a loop's repeats once they took that long (at least one; the counts
+run are reported), which binds only where a call takes seconds (a full-size tower on CPU). With an LM
+(`text.lm=true`, or a text preset named on the command line: `vtlab.tasks.common.lm_wanted`) the causal LM is
+built too (vtlab.build_vlm) and the table gains the prompt, LM prefill and first-token (TTFT) rows, the
+results the KV-cache size (vtlab.measure.lm_side).
 """
 
 from __future__ import annotations
@@ -118,6 +123,7 @@ def profile_stack(ctx: RunContext) -> dict[str, Any]:
         "latency_ms_p90": percentile(total_ms, 90),
         "latency_ms_all": total_ms,
         "latency_spread": spread(total_ms),
+        "repeats_asked": repeats,
         "repeats_run": len(total_ms),
         "time_budget_s": budget,
         "unstable": spread(total_ms)["unstable"],
