@@ -1,4 +1,4 @@
-"""Pieces every task shares: the facts about the stack that head every record, the data module, metrics.
+"""Pieces every task shares: the facts about the stack that head every record, whether an LM is built, metrics.
 
 `stack_facts` is the one header of a run's record after `RunContext.header()` (grid, patches, tokens, widths,
 the input image's tiling plan); profile, bench, train and eval all start from it. `publish` writes the record,
@@ -10,34 +10,16 @@ from __future__ import annotations
 import sys
 from collections.abc import Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import torch
 
 from vtlab.config.validate import device_memory
-from vtlab.families import FrameTransform
 from vtlab.families.tiler import ImagePlan
 from vtlab.measure.stages import image_fields
 from vtlab.models.stack import VisionStack
 from vtlab.results.record import RunContext
 from vtlab.text.lm import lm_param_count
-
-if TYPE_CHECKING:  # Lightning is imported only by the tasks that train or evaluate
-    from vtlab.data import VtlabDataModule
-
-
-def build_datamodule(ctx: RunContext, stack: VisionStack, batch_size: int, eval_batch_size: int | None = None,
-                     train: bool = True) -> VtlabDataModule:
-    """The data module, already set up so that bad data fails before the Trainer starts (train=False: the val
-    split only, for task=eval).
-
-    Images get the family's own preprocessing, one square frame at the tower input (no tiling)."""
-    transform = FrameTransform(ctx.cfg.model.family, stack.input_size)
-    from vtlab.data import VtlabDataModule
-
-    dm = VtlabDataModule(ctx.cfg.data, stack.input_size, batch_size, eval_batch_size, transform, train=train)
-    dm.setup()
-    return dm
 
 
 def names_text_preset(overrides: Sequence[str]) -> bool:
