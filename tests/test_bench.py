@@ -146,8 +146,8 @@ def test_profile_output_unchanged_by_shared_costs(tmp_path: Path) -> None:
     assert list(r) == ["task", "status", "run_name", "model", "factor", "connector", "grid", "image_size", "image", "tiling", "frames",
                        "tiles", "rows", "cols", "tokens_per_frame", "patches", "patches_per_frame", "tokens", "text_hidden",
                        "feature_dim", "weights", "batch_size", "dtype", "stages", "params", "flops", "flops_closed_form",
-                       "latency_ms", "latency_ms_p90", "latency_ms_all", "latency_spread", "unstable",
-                       "stages_inconsistent", "quick", "peak_memory_mb", "peak_memory_kind",
+                       "latency_ms", "latency_ms_p90", "latency_ms_all", "latency_spread", "repeats_asked", "repeats_run",
+                       "time_budget_s", "unstable", "stages_inconsistent", "quick", "peak_memory_mb", "peak_memory_kind",
                        "device_info", "overrides"]
     assert list(r["stages"][2]) == ["name", "shape", "detail", "params", "flops", "flops_closed_form", "latency_ms"]
     assert r["flops"] == r["flops_closed_form"] == r["stages"][2]["flops"] + r["stages"][3]["flops"]

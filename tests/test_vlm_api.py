@@ -124,3 +124,23 @@ def test_compile_vision_gives_the_same_tokens():
     vlm.compile_vision()
     assert vlm.generate([image], "hi", 4, stop_at_eos=False) == ref
     assert hasattr(vlm.stack.tower, "_compiled_call_impl") and vlm.stack.tower._compiled_call_impl is not None
+
+
+def test_sparse_hub_text_config_takes_llama_defaults():
+    """llava-hf/llava-1.5-7b-hf's config.json spells out few LM fields; the rest are `LlamaConfig`'s defaults, as
+    transformers fills them (and a v5 `rope_parameters` block is read, not shadowed by the default theta)."""
+    from transformers import LlamaConfig
+
+    from vtlab.families.siglip import text_fields
+
+    hub = {"model_type": "llama", "max_position_embeddings": 4096, "rms_norm_eps": 1e-05, "vocab_size": 32064,
+           "_name_or_path": "lmsys/vicuna-7b-v1.5"}
+    text = text_fields(hub)["text"]
+    ref = LlamaConfig(**{k: v for k, v in hub.items() if k != "model_type"})
+    assert (text["hidden_size"], text["num_layers"], text["num_heads"], text["num_kv_heads"], text["intermediate_size"],
+            text["vocab_size"], text["max_position_embeddings"], text["rms_norm_eps"], text["rope_theta"]) == (
+        ref.hidden_size, ref.num_hidden_layers, ref.num_attention_heads, ref.num_key_value_heads,
+        ref.intermediate_size, ref.vocab_size, ref.max_position_embeddings, ref.rms_norm_eps,
+        ref.rope_parameters["rope_theta"])
+    v5 = text_fields({**hub, "rope_parameters": {"rope_theta": 5e5, "rope_type": "default"}})["text"]
+    assert v5["rope_theta"] == 5e5

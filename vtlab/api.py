@@ -86,7 +86,12 @@ def build_vlm_from_config(cfg: DictConfig | VTLabConfig, extra_words: Sequence[s
             raise ConfigError(f"text.weights={c.text.weights}: the LM is {c.text.hidden_size} wide but the connector "
                               f"outputs {stack.text_hidden} (text_hidden); use an LM {stack.text_hidden} wide")
     else:
-        lm = build_lm(c.text)
+        try:
+            lm = build_lm(c.text)
+        except ConfigError as exc:  # an LM class vtlab does not build, read from a whole VLM checkpoint
+            if not c.model.weights:
+                raise
+            raise ConfigError(f"model.weights={c.model.weights}: its language model cannot be built: {exc}") from None
         if c.model.weights:
             load_lm_from_vlm(lm, c.model.weights, family)
     return VisionLanguageModel(stack, lm.eval(), tokenizer_for(c, tokenizer, extra_words), family, c.text).eval()

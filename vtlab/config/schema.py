@@ -305,17 +305,23 @@ class TextConfig:
     tie_word_embeddings: bool = False
     extra: dict[str, Any] = field(default_factory=dict)  # other HF config fields (Granite's multipliers)
     weights: str | None = None  # a causal-LM folder or hf://org/name (local files / HF cache only), tokenizer included
-    lm: bool = False  # profile / bench: build the LM and measure prefill, KV cache and time to first token
+    # profile / bench: build the LM and measure prefill, KV cache and time to first token. null (auto): when the
+    # command line names a text preset (`text=smollm2_135m`) or text.weights, and the LM fits the device
+    # (vtlab.tasks.common.lm_wanted); false: the LM is only a width and a closed form
+    lm: bool | None = None
     prompt: str = "Describe this image."  # the text after the image tokens (profile / bench with lm=true)
 
     def check(self, root: Any) -> None:
         _positive(self, "text", ("num_layers", "intermediate_size", "num_heads", "num_kv_heads",
                                  "max_position_embeddings"))
-        if not self.lm:
-            if self.weights:
-                raise ConfigError(f"text.weights={self.weights} is set but text.lm=false, so no LM would be built; add "
-                                  f"text.lm=true (or drop text.weights)")
-            return
+        if self.lm is False and self.weights:
+            raise ConfigError(f"text.weights={self.weights} is set but text.lm=false, so no LM would be built; drop "
+                              f"text.lm=false (or text.weights)")
+        if self.lm or self.weights:
+            self.check_lm(root)
+
+    def check_lm(self, root: Any) -> None:
+        """The rules of an LM that is built (text.lm=true, or auto when the task asks for one)."""
         _finite_positive(self.rms_norm_eps, "text.rms_norm_eps")
         if self.vocab_size < 1:
             raise ConfigError(f"text.vocab_size={self.vocab_size}: an LM needs a vocabulary (text '{self.name}')")
@@ -343,12 +349,17 @@ class TaskConfig:
     # auto (default: the GEMM on CUDA, +10.6 % siglip img/s on the H200; the conv on CPU) | true | false
     patch_gemm: Any = "auto"
     quick: bool = False  # profile/bench: a quick look (1 warm-up, <= 3 repeats; bench: small batch, eager only)
+    # profile: a timing loop stops adding repeats once they took this long (>= 1 timed call; the number run is
+    # reported); null: always `repeats`. Binds only where one call takes seconds (a full-size tower on CPU)
+    time_budget_s: float | None = None
 
     def check(self, root: Any) -> None:
         """The timing loop divides by batch_size and takes a median of repeats."""
         if self.patch_gemm not in (True, False, "auto"):
             raise ConfigError(f"task.patch_gemm={self.patch_gemm!r} is not valid; valid: auto (the GEMM on CUDA, the "
                               f"conv elsewhere), true, false")
+        if self.time_budget_s is not None and not self.time_budget_s > 0:
+            raise ConfigError(f"task.time_budget_s={self.time_budget_s} must be > 0 seconds (or null: no budget)")
         if self.quick and self.name in (*FIT_TASKS, TaskName.eval):
             raise ConfigError(f"task.quick=true is for task=profile and task=bench; for a quick {self.name} use "
                               f"+experiment=quick_train (python -m vtlab --help lists the experiments)")

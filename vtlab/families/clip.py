@@ -7,7 +7,11 @@ mean / std), `CLIPVisionConfig` / `LlavaConfig` (defaults for omitted fields; `v
 ignored), LLaVA-1.5 (hub: `vision_tower.vision_model.*` + `multi_modal_projector.linear_{1,2}`; v5 saved
 `vision_tower.*`; v5 runtime `model.vision_tower.*`) and timm `vit_*_clip_*` (class token + `norm_pre`).
 The key maps are the tower module's own (vtlab.models.towers.clip `hf_to_native` / `timm_to_native` /
-`native_to_hf`); this module only says where the tower and the projector sit. The tower is
+`native_to_hf`); this module only says where the tower and the projector sit. A whole LLaVA-1.5 checkpoint's LM
+(`language_model.model.*` + `language_model.lm_head.*` on the hub and in v5 `save_pretrained`;
+`model.language_model.*` + `lm_head.*` in the v5 runtime state dict) is loaded and exported through the LM hooks
+it shares with LlavaNext (vtlab.families.lm_config); its prompt is LLaVA's N x `<image>` (N = 576 for
+ViT-L/14-336 with `LlavaModel.get_image_features`' class token dropped), `image_token_index` in config.json. The tower is
 vtlab.models.towers.clip.ClipTower; `model.select_strategy=full` keeps the class token in front of the patch
 tokens (`prefix_tokens` 1), which only token-wise connectors accept.
 """
@@ -22,6 +26,7 @@ import torch
 
 from vtlab.errors import CheckpointError
 from vtlab.families.base import Family, Layout, Mapped, map_tower_keys, register_family
+from vtlab.families.lm_config import LLAVA_LM_HUB, LLAVA_LM_PREFIXES
 from vtlab.families.pixels import ImageLike, to_uint8_hwc
 from vtlab.families.siglip import text_config_stub, text_fields
 from vtlab.models.towers import clip as clip_tower
@@ -69,6 +74,10 @@ class ClipFamily(Family):
     activations = ("quick_gelu", "gelu")
     own_fields = ("select_strategy",)
     feature_layers_hint = "LLaVA-1.5: [-2]"
+    # the LM of a whole LlavaForConditionalGeneration (vtlab.models.vlm): LLaVA-1.5's N `<image>` tokens (the
+    # Family default prompt) and the LM where LlavaNext keeps it too; an export writes the hub names
+    lm_prefixes = LLAVA_LM_PREFIXES
+    lm_hub = LLAVA_LM_HUB
 
     # ------------------------------------------------------------------ tower / config
     def build_tower(self, model_cfg: Any) -> torch.nn.Module:

@@ -36,6 +36,7 @@ from PIL import Image
 
 from vtlab.errors import CheckpointError, ConfigError
 from vtlab.families.base import Layout, register_family
+from vtlab.families.lm_config import LLAVA_LM_HUB, LLAVA_LM_PREFIXES
 from vtlab.families.pixels import ImageLike, normalise, resize, to_uint8_hwc
 from vtlab.families.siglip import (
     VISION_DEFAULTS,
@@ -271,9 +272,8 @@ class LlavaNextFamily(SiglipTowerFamily):
     needs_feature_layers = True
     feature_layers_hint = "Granite: [-24,-20,-12,-1]"
 
-    lm_prefixes = (("model.language_model.", "model."), ("language_model.model.", "model."),
-                   ("language_model.lm_head.", "lm_head."), ("lm_head.", "lm_head."))
-    lm_hub = ("language_model.model.", "language_model.lm_head.")  # the hub / v4 names, as the tower's
+    lm_prefixes = LLAVA_LM_PREFIXES
+    lm_hub = LLAVA_LM_HUB  # the hub / v4 names, as the tower's
 
     def processor(self, size: int, longest_edge: int | None = None) -> LlavaNextPreprocessor:
         return LlavaNextPreprocessor(size, self.mean, self.std, self.resample)

@@ -20,6 +20,22 @@ FIELDS = {  # TextConfig field -> HF config key
 }
 EXTRA_KEYS = ("embedding_multiplier", "residual_multiplier", "attention_multiplier", "logits_scaling")
 
+# Where `LlavaForConditionalGeneration` and `LlavaNextForConditionalGeneration` keep the LM (both alike), as
+# `Family.lm_prefixes`: (checkpoint prefix, causal-LM state-dict prefix). The v5 runtime state dict holds
+# `model.language_model.*` + `lm_head.*`; the hub (v4) files and v5 `save_pretrained` write
+# `language_model.model.*` + `language_model.lm_head.*`, which is also what an export writes (`LLAVA_LM_HUB`).
+LLAVA_LM_PREFIXES = (("model.language_model.", "model."), ("language_model.model.", "model."),
+                     ("language_model.lm_head.", "lm_head."), ("lm_head.", "lm_head."))
+LLAVA_LM_HUB = ("language_model.model.", "language_model.lm_head.")
+
+# transformers' `LlamaConfig` defaults, for the fields a checkpoint's `text_config` leaves out (the hub's
+# llava-hf/llava-1.5-7b-hf spells out only max_position_embeddings, rms_norm_eps and vocab_size)
+TEXT_DEFAULTS: dict[str, dict[str, Any]] = {
+    "llama": {"hidden_size": 4096, "intermediate_size": 11008, "num_hidden_layers": 32, "num_attention_heads": 32,
+              "vocab_size": 32000, "max_position_embeddings": 2048, "rms_norm_eps": 1e-6, "rope_theta": 10000.0,
+              "hidden_act": "silu", "tie_word_embeddings": False},
+}
+
 
 def _v(x: Any) -> Any:
     return getattr(x, "value", x)
@@ -35,6 +51,14 @@ def hf_text_config(text: Any) -> dict[str, Any]:
     conf.update(dict(text.extra or {}))
     conf.pop("head_dim")  # = hidden // heads in both classes
     return conf
+
+
+def with_text_defaults(conf: dict[str, Any]) -> dict[str, Any]:
+    """A `text_config` with its config class's defaults for the fields it omits (llama only; others as given)."""
+    defaults = dict(TEXT_DEFAULTS.get(str(conf.get("model_type")), {}))
+    if isinstance(conf.get("rope_parameters"), dict):
+        defaults.pop("rope_theta", None)  # transformers v5 keeps it there (text_fields_of reads it)
+    return {**defaults, **{k: v for k, v in conf.items() if v is not None}}
 
 
 def text_fields_of(conf: dict[str, Any]) -> dict[str, Any]:

@@ -21,7 +21,7 @@ from PIL import Image
 
 from vtlab.errors import CheckpointError
 from vtlab.families.base import Family, Layout, apply_rules, register_family
-from vtlab.families.lm_config import text_fields_of
+from vtlab.families.lm_config import text_fields_of, with_text_defaults
 from vtlab.families.pixels import ImageLike, normalise, resize, to_uint8_hwc
 from vtlab.models.towers import siglip as siglip_tower
 
@@ -67,6 +67,8 @@ def tower_fields(vision_config: dict[str, Any], defaults: dict[str, Any], where:
 
 def text_fields(text_config: Any) -> dict[str, Any]:
     """`text` (every LM field it spells out, vtlab.text.lm) and `text_hidden` from a VLM's `text_config`."""
+    if isinstance(text_config, dict):
+        text_config = with_text_defaults(text_config)
     if not isinstance(text_config, dict) or not text_config.get("hidden_size"):
         return {}
     heads = text_config.get("num_attention_heads", 1)

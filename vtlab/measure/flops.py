@@ -42,11 +42,17 @@ for _kernel in ("_scaled_dot_product_flash_attention_for_cpu", "_scaled_dot_prod
         EXTRA_FLOP_FORMULAS[getattr(torch.ops.aten, _kernel)] = _sdpa_flops
 
 
+def counted(fn: Callable[..., Any], *args: Any) -> tuple[int, Any]:
+    """(forward FLOPs of `fn(*args)` counted by torch.utils.flop_counter (2 per multiply-add), its output): one
+    pass that both counts and computes, so a caller never runs a large module twice to get both."""
+    with torch.no_grad(), FlopCounterMode(display=False, custom_mapping=EXTRA_FLOP_FORMULAS) as counter:
+        out = fn(*args)
+    return int(counter.get_total_flops()), out
+
+
 def count_flops(fn: Callable[..., Any], *args: Any) -> int:
     """Forward FLOPs of `fn(*args)` counted by torch.utils.flop_counter (2 per multiply-add)."""
-    with torch.no_grad(), FlopCounterMode(display=False, custom_mapping=EXTRA_FLOP_FORMULAS) as counter:
-        fn(*args)
-    return int(counter.get_total_flops())
+    return counted(fn, *args)[0]
 
 
 def tower_flops_closed_form(n: int, d: int, f: int, layers: int, patch: int, channels: int = 3) -> int:
@@ -99,8 +105,8 @@ def stage_costs(stack: Any, pixels: torch.Tensor) -> StageCosts:
     batch = pixels.shape[0]
     # no_grad, not inference_mode: the FLOP counter's module tracker hooks views of parameters (learned latents)
     with torch.no_grad():
-        tower_flops = count_flops(stack.features, pixels) // batch
-        feats = stack.features(pixels)
+        tower_flops, feats = counted(stack.features, pixels)  # one tower pass: counted, its features kept
+        tower_flops //= batch
         grid = stack.tower.grid_for(pixels.shape[-2], pixels.shape[-1])  # the frames' own grid (naflex)
         connector_flops = count_flops(stack.connector, feats, stack.connector_grid_for(grid)) // batch
     closed = closed_form_flops(stack, grid)

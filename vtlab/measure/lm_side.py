@@ -1,6 +1,6 @@
 """The LM side of a VLM, measured: prefill of the visual + prompt tokens, KV cache, time to first token.
 
-Used by `task=profile` and `task=bench` with `text.lm=true`. For one image (of `data.image_size`, or one frame
+Used by `task=profile` and `task=bench` when an LM is built (vtlab.tasks.common.lm_wanted). For one image (of `data.image_size`, or one frame
 at the tower's input size) and `text.prompt`:
 - prefill: the decoder (`lm.model`, no LM head) over the merged prompt embeddings; FLOPs counted with
   torch.utils.flop_counter and the closed form `lm_prefill_flops_closed_form` (the Llama-style decoder of
@@ -49,9 +49,12 @@ def check_prompt(vlm: Any, image_size: tuple[int, int] | None, prompt: str) -> N
 
 
 def measure_lm_side(vlm: Any, image_size: tuple[int, int] | None, prompt: str, device: torch.device, warmup: int,
-                    repeats: int) -> dict[str, Any]:
+                    repeats: int, budget_s: float | None = None, vision_warm: bool = False) -> dict[str, Any]:
     """Rows and fields of the LM side for one image of `image_size` (H, W) and `prompt` (see the module doc).
-    `image_size` None: one frame at the tower's input size (as the vision rows), no tiling."""
+    `image_size` None: one frame at the tower's input size (as the vision rows), no tiling. The FLOP-counted
+    decoder pass is the prefill's first warm-up call; `vision_warm` (the caller has just timed the tower and the
+    connector on frames of this size) drops the TTFT warm-up, whose parts have then all run. `budget_s` caps
+    each loop's repeats (`time_ms`); the counts run are in the fields."""
     stack, lm, text = vlm.stack, vlm.lm, vlm.text
     like = next(stack.parameters())
     side = stack.input_size
@@ -71,8 +74,10 @@ def measure_lm_side(vlm: Any, image_size: tuple[int, int] | None, prompt: str, d
         total, visual_n = ids.shape[1], plan.tokens
         embeds = vlm.embed(ids, visual)
         flops = count_flops(lambda e: lm.model(inputs_embeds=e, use_cache=False), embeds)
-        prefill_ms = time_ms(lambda: lm(inputs_embeds=embeds, use_cache=True, logits_to_keep=1), device, warmup, repeats)
-        ttft_ms = time_ms(lambda: vlm.prefill(ids, encode()[0])[0].argmax(-1), device, warmup, repeats)
+        prefill_ms = time_ms(lambda: lm(inputs_embeds=embeds, use_cache=True, logits_to_keep=1), device,
+                             max(warmup - 1, 0), repeats, budget_s=budget_s)
+        ttft_ms = time_ms(lambda: vlm.prefill(ids, encode()[0])[0].argmax(-1), device, 0 if vision_warm else warmup,
+                          repeats, budget_s=budget_s)
     per_token = kv_cache_bytes_per_token(text, like.element_size())
     closed = lm_prefill_flops_closed_form(text, total)
     rows = [
@@ -92,6 +97,7 @@ def measure_lm_side(vlm: Any, image_size: tuple[int, int] | None, prompt: str, d
             "lm_prefill_flops_counted": flops, "lm_prefill_flops_closed_form": closed,
             "lm_prefill_ms": median(prefill_ms), "lm_prefill_ms_all": prefill_ms,
             "ttft_ms": median(ttft_ms), "ttft_ms_p90": percentile(ttft_ms, 90), "ttft_ms_all": ttft_ms,
+            "lm_repeats_run": {"lm prefill": len(prefill_ms), "first token": len(ttft_ms)},
             "kv_cache_bytes_per_token": per_token, "kv_cache_mb_visual": per_token * visual_n / 2**20,
             "kv_cache_mb": per_token * total / 2**20, "lm_name": text.name,
         },

@@ -11,7 +11,7 @@ import resource
 import statistics
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import torch
@@ -59,12 +59,20 @@ def synchronize(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-def time_ms(fn: Callable[[], Any], device: torch.device, warmup: int, repeats: int, iters: int = 1) -> list[float]:
-    """Milliseconds per call of `fn` for each repeat (each repeat = `iters` calls), after `warmup` calls."""
+def over_budget(times_ms: Sequence[float], budget_s: float | None) -> bool:
+    """Whether the timed repeats so far have used up `budget_s` (None: no budget). The caller stops there, after
+    at least one timed repeat, and reports how many ran (`len(times)`): fewer repeats, never an estimate."""
+    return budget_s is not None and sum(times_ms) >= budget_s * 1e3
+
+
+def time_ms(fn: Callable[[], Any], device: torch.device, warmup: int, repeats: int, iters: int = 1,
+            budget_s: float | None = None) -> list[float]:
+    """Milliseconds per call of `fn` for each repeat (each repeat = `iters` calls), after `warmup` calls; at most
+    `repeats` repeats, fewer once they have taken `budget_s` seconds (`task.time_budget_s`; at least one)."""
     for _ in range(warmup):
         fn()
     synchronize(device)
-    times = []
+    times: list[float] = []
     for _ in range(repeats):
         synchronize(device)
         start = time.perf_counter()
@@ -72,7 +80,40 @@ def time_ms(fn: Callable[[], Any], device: torch.device, warmup: int, repeats: i
             fn()
         synchronize(device)
         times.append((time.perf_counter() - start) * 1e3 / iters)
+        if over_budget([t * iters for t in times], budget_s):
+            break
     return times
+
+
+def time_stages(stages: Sequence[tuple[str, Callable[[Any], Any]]], x: Any, device: torch.device, warmup: int,
+                repeats: int, budget_s: float | None = None) -> dict[str, list[float]]:
+    """Milliseconds per repeat of each stage of ONE pipeline call (stage i takes stage i-1's output; the device is
+    synchronised between stages) and of the whole call (`total`), so the stage rows and the total come from the
+    same calls and add up. Warm-up, repeats and budget as `time_ms`."""
+
+    def run(clock: dict[str, list[float]] | None) -> None:
+        out = x
+        synchronize(device)
+        start = last = time.perf_counter()
+        for name, fn in stages:
+            out = fn(out)
+            if clock is not None:
+                synchronize(device)
+                now = time.perf_counter()
+                clock[name].append((now - last) * 1e3)
+                last = now
+        synchronize(device)
+        if clock is not None:
+            clock["total"].append((time.perf_counter() - start) * 1e3)
+
+    for _ in range(warmup):
+        run(None)
+    clock: dict[str, list[float]] = {name: [] for name, _ in stages} | {"total": []}
+    for _ in range(repeats):
+        run(clock)
+        if over_budget(clock["total"], budget_s):
+            break
+    return clock
 
 
 def percentile(values: list[float], q: float) -> float:

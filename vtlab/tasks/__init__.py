@@ -7,6 +7,7 @@ e.g. a results.json it would overwrite) runs before the tracker opens, the track
 
 from __future__ import annotations
 
+import importlib
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -15,7 +16,6 @@ from vtlab.logs import quiet_run
 from vtlab.results.record import RunContext, process_rank
 from vtlab.results.rundir import check_foreign, check_out_dir, claimed
 from vtlab.results.tracking import open_tracker
-from vtlab.tasks import bench, evaluate, finetune, profile, train
 
 
 @dataclass(frozen=True)
@@ -24,14 +24,20 @@ class Task:
     run: Callable[[RunContext, Any], dict[str, Any]]
 
 
-TASKS: dict[str, Task] = {
-    "profile": Task(profile.check, profile.run),
-    "bench": Task(bench.check, bench.run),
-    "train": Task(train.check, train.run),
-    "eval": Task(evaluate.check, evaluate.run),  # classifier or VLM checkpoints (vtlab.tasks.vlm_eval)
-    "align": Task(finetune.check, finetune.run),  # LLaVA stage 1 (finetune with train=[connector])
-    "finetune": Task(finetune.check, finetune.run),
-}
+def _lazy(module: str, name: str) -> Callable[..., Any]:
+    """`vtlab.tasks.<module>.<name>`, imported when called: a profile run never imports Lightning (train, eval)."""
+
+    def call(*args: Any) -> Any:
+        return getattr(importlib.import_module(f"vtlab.tasks.{module}"), name)(*args)
+
+    return call
+
+
+TASKS: dict[str, Task] = {name: Task(_lazy(module, "check"), _lazy(module, "run"))
+                          for name, module in (("profile", "profile"), ("bench", "bench"), ("train", "train"),
+                                               ("eval", "evaluate"),  # classifier or VLM checkpoints (tasks.vlm_eval)
+                                               ("align", "finetune"),  # LLaVA stage 1: finetune with train=[connector]
+                                               ("finetune", "finetune"))}
 
 
 def run_task(ctx: RunContext) -> dict[str, Any]:

@@ -57,7 +57,7 @@ from vtlab.models.fp8 import check_fp8, convert_to_fp8
 from vtlab.models.sdpa import configure, detect_backend, pinned
 from vtlab.results.record import RunContext
 from vtlab.tasks import profile
-from vtlab.tasks.common import stack_facts
+from vtlab.tasks.common import lm_wanted, stack_facts
 from vtlab.tasks.console import print_bench_table
 
 check = profile.check  # the same refusal: an out_dir that already holds results.json
@@ -207,7 +207,8 @@ def bench_stack(ctx: RunContext) -> dict[str, Any]:
         check_fp8(device)
     settings = bench_settings(task, device)
     torch.manual_seed(cfg.seed)
-    vlm = build_vlm_from_config(cfg).to(device=device, dtype=dtype).eval() if cfg.text.lm else None
+    wanted = lm_wanted(cfg, ctx.overrides, device, dtype)
+    vlm = build_vlm_from_config(cfg).to(device=device, dtype=dtype).eval() if wanted else None
     stack = vlm.stack if vlm is not None else build_stack(cfg).to(device=device, dtype=dtype).eval()
     # pin inside every block too (an sdpa_kernel context in the traced forward binds compiled modes as well)
     # fc1 bias + tanh GELU in the cuBLASLt GEMM epilogue: CUDA inference only (the layer checks both)

@@ -1,4 +1,4 @@
-"""Pieces every task shares: the facts about the stack that head every record, the data module, metrics.
+"""Pieces every task shares: the facts about the stack that head every record, whether an LM is built, metrics.
 
 `stack_facts` is the one header of a run's record after `RunContext.header()` (grid, patches, tokens, widths,
 the input image's tiling plan); profile, bench, train and eval all start from it. `publish` writes the record,
@@ -8,31 +8,49 @@ prints the one-line summary and the path, and logs the result to the tracker.
 from __future__ import annotations
 
 import sys
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 import torch
 
-from vtlab.data import VtlabDataModule, vqa_sets
-from vtlab.data.vqa_batch import answer_stats
-from vtlab.families import FrameTransform
+from vtlab.config.validate import device_memory
 from vtlab.families.tiler import ImagePlan
 from vtlab.measure.stages import image_fields
 from vtlab.models.stack import VisionStack
 from vtlab.results.record import RunContext
-from vtlab.text.tokenizer import offline_tokenizer
+from vtlab.text.lm import lm_param_count
 
 
-def build_datamodule(ctx: RunContext, stack: VisionStack, batch_size: int, eval_batch_size: int | None = None,
-                     train: bool = True) -> VtlabDataModule:
-    """The data module, already set up so that bad data fails before the Trainer starts (train=False: the val
-    split only, for task=eval).
+def names_text_preset(overrides: Sequence[str]) -> bool:
+    """Whether the command line chose a text preset (`text=NAME`, not a `text.field=` value)."""
+    return any(o.lstrip("+~").split("=", 1)[0] == "text" for o in overrides)
 
-    Images get the family's own preprocessing, one square frame at the tower input (no tiling)."""
-    transform = FrameTransform(ctx.cfg.model.family, stack.input_size)
-    dm = VtlabDataModule(ctx.cfg.data, stack.input_size, batch_size, eval_batch_size, transform, train=train)
-    dm.setup()
-    return dm
+
+def lm_wanted(cfg: Any, overrides: Sequence[str], device: torch.device, dtype: torch.dtype) -> bool:
+    """Whether profile / bench build the causal LM and measure its side (prefill, KV cache, TTFT).
+
+    `text.lm=true|false` decides. Left at null (auto) it is true when the command line names a text preset
+    (`python -m vtlab +model=smolvlm text=smollm2_135m`: asking for an LM by name) or gives `text.weights`,
+    unless `text_hidden` overrides the preset's width (a width alone stays a width) or the LM's parameters would
+    take more than half of the device's memory (e.g. `text=vicuna_7b` on a small CPU box: a stderr note, then the
+    width-only closed form; `text.lm=true` builds it anyway). A model preset's own text stays a width."""
+    text = cfg.text
+    if text.lm is not None:
+        return bool(text.lm)
+    if text.weights:
+        return True
+    if not names_text_preset(overrides) or cfg.text_hidden != text.hidden_size:
+        return False
+    need = lm_param_count(text) * torch.empty((), dtype=dtype).element_size()
+    have = device_memory(device)
+    if need > have / 2:
+        print(f"vtlab: note: text={text.name} is not built: its {lm_param_count(text) / 1e9:.2f}B parameters take "
+              f"{need / 2**30:.1f} GiB, more than half of the {device.type} device's {have / 2**30:.1f} GiB; the LM "
+              f"side is the closed form (text.lm=true builds it anyway)", file=sys.stderr)
+        return False
+    text.check_lm(cfg)
+    return True
 
 
 def stack_facts(stack: VisionStack, plan: ImagePlan | None = None) -> dict[str, Any]:
@@ -76,70 +94,3 @@ def publish(ctx: RunContext, tracker: Any, result: dict[str, Any], summary: str)
     print(f"results: {path}")
     tracker.log_result(result)
     return path
-
-
-# ---------------------------------------------------------------------------------------------- VLM tasks
-def vqa_splits(cfg: Any, train: bool = True) -> tuple[Any, Any]:
-    """(train split or None, val split) of the VQA set `data` describes (vtlab.data.vqa_sets.vqa_dataset); the
-    synthetic set renders at data.image_size, else at the tower's input size (as validation checked it)."""
-    size = cfg.model.input_size or cfg.model.image_size
-    size = size if isinstance(size, int) else None
-    make = vqa_sets.vqa_dataset
-    return (make(cfg.data, "train", size) if train else None), make(cfg.data, "val", size)
-
-
-def vocabulary_of(*splits: Any) -> list[str]:
-    """The sorted union of the splits' words: the offline tokenizer's extra words (the same for every split)."""
-    return sorted({w for s in splits if s is not None for w in s.vocabulary()})
-
-
-def check_vocabulary(cfg: Any, words: list[str]) -> None:
-    """An offline tokenizer (no text.weights / model.weights tokenizer) must fit the set's words in text.vocab_size."""
-    if not cfg.text.weights and not cfg.model.weights:
-        offline_tokenizer(cfg.text.vocab_size, extra_words=words)  # ConfigError naming text.vocab_size
-
-
-def control_of(cfg: Any, blind: bool) -> str:
-    """Which control a VLM run is: `blind` (no image), `pixels` (no tower) or `none` (the model itself)."""
-    if blind:
-        return "blind"
-    return "pixels" if str(cfg.model.tower_kind) == "pixels" else "none"
-
-
-def vlm_facts(cfg: Any, vlm: Any, val_rows: Any, blind: bool) -> dict[str, Any]:
-    """The header of an align / finetune / VLM eval record: the stack's budget, the LM, the data and its levels."""
-    stats = answer_stats(val_rows.answers)
-    rows = sum(s["rows"] for s in stats.values()) or 1
-    sample = val_rows.dataset[val_rows.indices[0]] if val_rows.indices else None
-    plan = vlm.stack.tiler.plan(sample.image.height, sample.image.width) if sample is not None and sample.image else None
-    return {
-        "grid": list(vlm.stack.grid),
-        "tokens_per_frame": vlm.stack.num_tokens,
-        "tokens": 0 if blind else (plan.tokens if plan else vlm.stack.num_tokens),
-        "frames": 0 if blind else (plan.frames if plan else 1),
-        "text_hidden": vlm.stack.text_hidden,
-        "lm": cfg.text.name,
-        "lm_params": sum(p.numel() for p in vlm.lm.parameters()),
-        "data": str(cfg.data.kind),
-        "control": control_of(cfg, blind),
-        "question_types": sorted(stats),
-        "chance_acc": sum(s["chance"] * s["rows"] for s in stats.values()) / rows,
-        "majority_acc": sum(s["majority"] * s["rows"] for s in stats.values()) / rows,
-        "chance_by_type": {q: s["chance"] for q, s in stats.items()},
-        "majority_by_type": {q: s["majority"] for q, s in stats.items()},
-        "cuda": torch.cuda.get_device_name() if torch.cuda.is_available() else None,
-    }
-
-
-def skipped_rows(**rows: Any) -> dict[str, dict[str, int]]:
-    """{split: {skipped (by the data set), too_long (for the LM's context), used}} of each split's Rows."""
-    return {name: {"skipped": r.skipped, "too_long": r.too_long, "used": len(r.indices)}
-            for name, r in rows.items() if r is not None}
-
-
-def report_skipped(skipped: dict[str, dict[str, int]], context: int) -> None:
-    """One stderr line per split that lost rows (never silently)."""
-    for split, n in skipped.items():
-        if n["skipped"] or n["too_long"]:
-            print(f"vtlab: {split} split: {n['skipped']} row(s) skipped by the data set, {n['too_long']} longer than "
-                  f"the LM's context text.max_position_embeddings={context}; {n['used']} used", file=sys.stderr)

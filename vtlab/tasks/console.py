@@ -36,11 +36,22 @@ def print_stage_table(result: dict[str, Any], console: Console | None = None) ->
     console.print(table)
     console.print(f"weights: {result.get('weights', 'random init')}")
     console.print(
-        f"latency p50 {result['latency_ms']:.2f} ms, p90 {result['latency_ms_p90']:.2f} ms; "
+        f"latency p50 {result['latency_ms']:.2f} ms, p90 {result['latency_ms_p90']:.2f} ms{_repeats(result)}; "
         f"peak memory {result['peak_memory_mb']:.0f} MiB ({result['peak_memory_kind']})"
         + ("; UNSTABLE: the repeats spread too widely to trust" if result.get("unstable") else "")
     )
     _print_lm_side(result, console)
+
+
+def _repeats(result: dict[str, Any]) -> str:
+    """How many timed calls each latency is the median of, when the time budget cut any loop short."""
+    asked = result.get("repeats_asked")
+    runs = {"vision": result.get("repeats_run"), **(result.get("lm_repeats_run") or {})}
+    if asked is None or all(n is None or n >= asked for n in runs.values()):
+        return ""
+    listed = ", ".join(f"{name} {n}" for name, n in runs.items() if n is not None)
+    return (f" (timed calls of {asked} asked: {listed}; task.time_budget_s={result['time_budget_s']:g} s per loop "
+            f"reached)")
 
 
 def _num(value: Any, fmt: str) -> str:

@@ -20,7 +20,8 @@ from vtlab.errors import ArchitectureMismatchError, ConfigError
 from vtlab.models.fastpaths import configure_fast_paths
 from vtlab.results.record import RESULTS, RunContext
 from vtlab.tasks import vlm_eval
-from vtlab.tasks.common import build_datamodule, classifier_facts, metric, publish
+from vtlab.tasks.common import classifier_facts, metric, publish
+from vtlab.tasks.datamodule import build_datamodule
 from vtlab.train.callbacks import ThroughputMeter
 from vtlab.train.checkpoint import architecture, check_architecture, checkpoint_kind, load_checkpoint, resolve_ckpt_path
 from vtlab.train.module import VisionClassifier

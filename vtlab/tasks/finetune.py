@@ -28,10 +28,9 @@ from vtlab.data.vqa_batch import VQACollator, VQADataModule, fitting_rows
 from vtlab.errors import ConfigError
 from vtlab.models.sdpa import pinned
 from vtlab.results.record import RunContext, process_rank
-from vtlab.tasks.common import (
+from vtlab.tasks.common import metric, publish
+from vtlab.tasks.vlm_common import (
     check_vocabulary,
-    metric,
-    publish,
     report_skipped,
     skipped_rows,
     vlm_facts,

@@ -6,9 +6,14 @@ numbers to `results.json` in the run directory. With an input image size (`data.
 image is planned with the model's tiling (SmolVLM split, LlavaNext anyres): the table gains the frames
 and packed-token rows, FLOPs are per image (all frames), and the latency is that of `batch_size` images
 whose frames go through the tower as one batch, split back and packed. FLOPs are counted with
-torch.utils.flop_counter and reported beside the modules' closed forms (vtlab.measure.flops). With
-`text.lm=true` the causal LM is built too (vtlab.build_vlm) and the table gains the prompt, LM prefill and
-first-token (TTFT) rows, the results the KV-cache size (vtlab.measure.lm_side).
+torch.utils.flop_counter in ONE pass (its tower output is reused; untiled, that pass is also the first
+warm-up call) and reported beside the modules' closed forms (vtlab.measure.flops). Each timed call is
+clocked stage by stage (tower, connector, packing: `time_stages`), so the rows and the total come from the
+same calls; `task.time_budget_s` stops a loop's repeats once they took that long (at least one; the counts
+run are reported), which binds only where a call takes seconds (a full-size tower on CPU). With an LM
+(`text.lm=true`, or a text preset named on the command line: `vtlab.tasks.common.lm_wanted`) the causal LM is
+built too (vtlab.build_vlm) and the table gains the prompt, LM prefill and first-token (TTFT) rows, the
+results the KV-cache size (vtlab.measure.lm_side).
 """
 
 from __future__ import annotations
@@ -36,12 +41,12 @@ from vtlab.measure.timing import (
     resolve_dtype,
     spread,
     stage_sum_warning,
-    time_ms,
+    time_stages,
 )
 from vtlab.models.fastpaths import configure_fast_paths
 from vtlab.models.sdpa import configure
 from vtlab.results.record import RESULTS, RunContext
-from vtlab.tasks.common import stack_facts
+from vtlab.tasks.common import lm_wanted, stack_facts
 from vtlab.tasks.console import print_stage_table
 
 
@@ -57,7 +62,8 @@ def profile_stack(ctx: RunContext) -> dict[str, Any]:
     device = resolve_device(cfg.task.device)
     dtype = resolve_dtype(cfg.task.dtype, device)
     torch.manual_seed(cfg.seed)
-    vlm = build_vlm_from_config(cfg).to(device=device, dtype=dtype).eval() if cfg.text.lm else None
+    wanted = lm_wanted(cfg, ctx.overrides, device, dtype)
+    vlm = build_vlm_from_config(cfg).to(device=device, dtype=dtype).eval() if wanted else None
     stack = vlm.stack if vlm is not None else build_stack(cfg).to(device=device, dtype=dtype).eval()
     configure(stack, fused_gelu=cfg.task.fused_gelu)  # acts on CUDA inference only
     configure_fast_paths(stack, patch_gemm=cfg.task.patch_gemm)
@@ -72,24 +78,23 @@ def profile_stack(ctx: RunContext) -> dict[str, Any]:
     warmup, repeats = (min(cfg.task.warmup, 1), min(cfg.task.repeats, 2)) if cfg.task.quick else (cfg.task.warmup,
                                                                                                    cfg.task.repeats)
 
-    with StepProgress(f"profile {ctx.run_name}", 4) as progress:
-        progress.step("FLOPs per stage")
+    budget = cfg.task.time_budget_s
+    # the FLOP-counted pass runs the timed call itself (same frames, no tiling): it is the first warm-up call
+    counted_warmup = 0 if plan else min(warmup, 1)
+    with StepProgress(f"profile {ctx.run_name}", 2) as progress:
+        progress.step("FLOPs per stage (one counted pass" + (", also the first warm-up call)" if counted_warmup else ")"))
         costs = stage_costs(stack, pixels[:1] if plan else pixels)  # per frame
+        reset_peak_memory(device)
+        progress.step(f"latency per stage, {warmup} warm-up + up to {repeats} timed calls of batch {batch}"
+                      + (f" (at most {budget:g} s of repeats)" if budget else ""))
+        plans = [plan] * batch if plan else []
+        pipeline: list[tuple[str, Any]] = [("tower", stack.features),
+                                           ("connector", lambda feats: stack.connector(feats, grid))]
+        if plan:
+            pipeline.append(("packed", lambda tokens: stack.pack(tokens, plans)))
         with torch.inference_mode():
-            feats = stack.features(pixels) if plan else costs.features
-            reset_peak_memory(device)
-            progress.step(f"latency, {warmup} warm-up + {repeats} timed calls of batch {batch}")
-            if plan:
-                plans = [plan] * batch
-                tokens = stack.connector(feats, grid)
-                total_ms = time_ms(lambda: stack.encode_frames(pixels, plans), device, warmup, repeats)
-                pack_ms = time_ms(lambda: stack.pack(tokens, plans), device, 1, repeats)
-            else:
-                total_ms = time_ms(lambda: stack(pixels), device, warmup, repeats)
-            progress.step("tower latency")
-            tower_ms = time_ms(lambda: stack.features(pixels), device, 1, repeats)
-            progress.step("connector latency")
-            conn_ms = time_ms(lambda: stack.connector(feats, grid), device, 1, repeats)
+            clock = time_stages(pipeline, pixels, device, warmup - counted_warmup, repeats, budget)
+    total_ms, tower_ms, conn_ms = clock["total"], clock["tower"], clock["connector"]
     peak, peak_kind = peak_memory_mb(device)
 
     warning = stage_sum_warning(median(total_ms), {"tower": median(tower_ms), "connector": median(conn_ms)})
@@ -100,11 +105,10 @@ def profile_stack(ctx: RunContext) -> dict[str, Any]:
     stages = costs.stages
     if plan:
         stages = image_stages(stages, plan)
-        next(s for s in stages if s["name"] == "packed").update(latency_ms=median(pack_ms))
+        next(s for s in stages if s["name"] == "packed").update(latency_ms=median(clock["packed"]))
     lm_side: dict[str, Any] = {"rows": [], "fields": {}}
-    if vlm is not None:  # text.lm=true: the LM behind the connector, measured (vtlab.measure.lm_side)
-        lm_side = measure_lm_side(vlm, size, cfg.text.prompt, device,
-                                  cfg.task.warmup, cfg.task.repeats)
+    if vlm is not None:  # the LM behind the connector, measured (vtlab.measure.lm_side); the vision side is warm
+        lm_side = measure_lm_side(vlm, size, cfg.text.prompt, device, warmup, repeats, budget, vision_warm=True)
     return {
         **ctx.header(),
         **lm_side["fields"],
@@ -119,6 +123,9 @@ def profile_stack(ctx: RunContext) -> dict[str, Any]:
         "latency_ms_p90": percentile(total_ms, 90),
         "latency_ms_all": total_ms,
         "latency_spread": spread(total_ms),
+        "repeats_asked": repeats,
+        "repeats_run": len(total_ms),
+        "time_budget_s": budget,
         "unstable": spread(total_ms)["unstable"],
         "stages_inconsistent": warning,
         "quick": cfg.task.quick,

@@ -16,7 +16,8 @@ from vtlab.api import build_stack
 from vtlab.models.fastpaths import configure_fast_paths, fast_paths
 from vtlab.models.sdpa import pinned
 from vtlab.results.record import RunContext, process_rank
-from vtlab.tasks.common import build_datamodule, classifier_facts, metric, publish
+from vtlab.tasks.common import classifier_facts, metric, publish
+from vtlab.tasks.datamodule import build_datamodule
 from vtlab.train.callbacks import LastValStep, SamplerResume, ThroughputMeter
 from vtlab.train.checkpoint import architecture, check_fresh_run, check_resume, load_checkpoint, resolve_ckpt_path
 from vtlab.train.module import OptimSettings, VisionClassifier

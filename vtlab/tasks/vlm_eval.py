@@ -34,7 +34,8 @@ from vtlab.data.vqa_batch import VQACollator, batch_to, fitting_rows, left_padde
 from vtlab.errors import ArchitectureMismatchError, ConfigError
 from vtlab.measure.timing import on_gpu
 from vtlab.results.record import RunContext
-from vtlab.tasks.common import publish, report_skipped, skipped_rows, vlm_facts, vqa_splits
+from vtlab.tasks.common import publish
+from vtlab.tasks.vlm_common import report_skipped, skipped_rows, vlm_facts, vqa_splits
 from vtlab.train.checkpoint import check_architecture, vlm_architecture
 from vtlab.train.lora import apply_lora, load_adapters
 from vtlab.train.vlm_module import VLMModule, answer_scores

@@ -2,8 +2,8 @@
 
 The vision stack is written by vtlab.checkpoints.export.export_hf in the family's hub layout; the LM's tensors go
 under the family's hub names (`Family.lm_hub`), with the full `text_config` (vtlab.text.lm.hf_text_config) and the
-image token id, so `from_pretrained` of `Idefics3ForConditionalGeneration` / `LlavaNextForConditionalGeneration`
-loads the folder and generates the same tokens (tests/test_vlm_parity.py).
+image token id, so `from_pretrained` of `Idefics3ForConditionalGeneration` / `LlavaNextForConditionalGeneration` /
+`LlavaForConditionalGeneration` (LLaVA-1.5) loads the folder and generates the same tokens (tests/test_vlm_parity.py).
 """
 
 from __future__ import annotations
@@ -32,7 +32,7 @@ TEXT_KEYS = ("name", "hidden_size", "num_layers", "intermediate_size", "num_head
 
 def export_vlm(vlm: torch.nn.Module, cfg: Any, out_dir: str | Path) -> Path:
     """Write a whole `VisionLanguageModel` (tower, connector, LM, tokenizer) as the owning transformers VLM's
-    folder (`Idefics3ForConditionalGeneration`, `LlavaNextForConditionalGeneration`): the stack as `export_hf`
+    folder (`Idefics3ForConditionalGeneration`, `LlavaNextForConditionalGeneration`, `LlavaForConditionalGeneration`): the stack as `export_hf`
     writes it, the LM under the family's hub names, the full `text_config` and the image token id."""
     family = get_family(cfg.model.family)
     if family.lm_hub is None:

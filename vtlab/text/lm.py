@@ -78,6 +78,15 @@ def kv_cache_bytes_per_token(text: Any, element_size: int) -> int:
     return 2 * text.num_layers * text.num_kv_heads * (text.hidden_size // text.num_heads) * element_size
 
 
+def lm_param_count(text: Any) -> int:
+    """Parameters of the decoder a text preset spells out (embeddings, attention with GQA, SwiGLU MLP, RMSNorms,
+    the LM head unless tied): what building it costs in memory, before anything is built."""
+    h, kv = text.hidden_size, text.num_kv_heads * (text.hidden_size // text.num_heads)
+    layer = h * (h + 2 * kv) + h * h + 3 * h * text.intermediate_size + 2 * h
+    heads = 1 if text.tie_word_embeddings else 2
+    return heads * text.vocab_size * h + text.num_layers * layer + h
+
+
 def load_lm_from_vlm(lm: torch.nn.Module, spec: str, family: Any) -> int:
     """Load the LM part of a whole VLM checkpoint (keys mapped by `family.lm_key`) into `lm`, all or nothing.
 
