@@ -32,7 +32,7 @@ import statistics
 import subprocess
 import sys
 import time
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import ThreadPoolExecutor, wait
 from pathlib import Path
 
 MODEL = "smolvlm_debug"
@@ -84,6 +84,34 @@ def steps_to_leave_chance(metrics: Path, levels: dict[str, float], margin: float
             if out[qtype] is None and value not in (None, "") and float(value) > level + margin:
                 out[qtype] = int(row["step"])
     return out
+
+
+def last_validation(metrics: Path) -> dict:
+    """The last validation row of a cell's csv/metrics.csv ({} before the first): a running cell's progress."""
+    if not metrics.is_file():
+        return {}
+    last: dict = {}
+    for row in csv.DictReader(metrics.open()):
+        if row.get("val_acc") not in (None, ""):
+            last = row
+    return last
+
+
+def progress_rows(a: argparse.Namespace, cells: list[tuple], done: dict[int, dict]) -> list[dict]:
+    """Every cell's row as far as it got: finished rows as they are; a running cell's last validation (its
+    status says `running`, so a table written mid-run never passes it off as final); others as not started."""
+    rows = []
+    for i, (cell, seed) in enumerate(cells):
+        if i in done:
+            rows.append(done[i])
+            continue
+        name, _, tokens, _ = cell
+        last = last_validation(a.out / "train" / f"{name}-s{seed}" / "csv" / "metrics.csv")
+        row = {"cell": name, "tokens": tokens, "seed": seed, "status": "not started"}
+        if last:
+            row["status"] = f"running (last validation at step {last['step']}: val_acc {float(last['val_acc']):.3f})"
+        rows.append(row)
+    return rows
 
 
 def train_cell(a: argparse.Namespace, cell: tuple, seed: int, deadline: float) -> dict:
@@ -219,7 +247,10 @@ def main() -> None:
     p.add_argument("--steps", type=int, default=1500)
     p.add_argument("--val-every", type=int, default=100)
     p.add_argument("--jobs", type=int, default=15, help="training processes at once on the GPU")
-    p.add_argument("--threads", type=int, default=None, help="OMP threads per training process")
+    p.add_argument("--threads", type=int, default=None,
+                   help="OMP threads per training process (default: the cores / --jobs, at least 1; each process "
+                        "otherwise takes every core, and 15 of them oversubscribe a 16-core host ~15 times)")
+    p.add_argument("--report-every", type=float, default=30.0, help="rewrite results.md / .json this often (s)")
     p.add_argument("--budget-s", type=float, default=200.0, help="start no new training cell after this many s")
     p.add_argument("--set", action="append", default=[], help="extra override for every training cell")
     p.add_argument("--bench-set", action="append", default=[], help="extra override for the bench sweeps")
@@ -232,13 +263,23 @@ def main() -> None:
         a.set, a.bench_set = CPU_SMOKE_TRAIN + a.set, CPU_SMOKE_BENCH + a.bench_set
         keep = {"pixel_unshuffle-f4", "perceiver-t4", "blind", "pixels"}
         CELLS[:] = [c for c in CELLS if c[0] in keep]
+    if a.threads is None:
+        a.threads = max(1, (os.cpu_count() or 2) // a.jobs)
     seeds = [int(s) for s in a.seeds.split(",")]
     a.out.mkdir(parents=True, exist_ok=True)
     start = time.time()
     deadline = start + a.budget_s
     cells = [(c, s) for s in seeds for c in CELLS]  # seed 0 of every cell first
+    done: dict[int, dict] = {}
     with ThreadPoolExecutor(a.jobs) as pool:
-        rows = list(pool.map(lambda cs: train_cell(a, cs[0], cs[1], deadline), cells))
+        futures = {pool.submit(train_cell, a, c, s, deadline): i for i, (c, s) in enumerate(cells)}
+        pending = set(futures)
+        while pending:  # the table is rewritten every --report-every s: a timeout loses at most that much
+            finished, pending = wait(pending, timeout=a.report_every)
+            for f in finished:
+                done[futures[f]] = f.result()
+            report(a, progress_rows(a, cells, done), {}, time.time() - start)
+    rows = [done[i] for i in range(len(cells))]
     report(a, rows, {}, time.time() - start)  # the trainings are on disk before the bench starts
     print(f"[train] {sum(r.get('val_acc') is not None for r in rows)}/{len(rows)} cells in {time.time() - start:.0f} s",
           flush=True)

@@ -189,5 +189,11 @@ class Conversations(VQADataset):
         image = self.samples[index][0]
         return load_rgb(image if os.path.isabs(image) else str(self.root / image))
 
+    def image_hw(self, index: int) -> tuple[int, int]:
+        """The size from the file's header (PIL opens lazily; the rows' images were checked when loaded)."""
+        image = self.samples[index][0]
+        with Image.open(image if os.path.isabs(image) else str(self.root / image)) as im:
+            return (im.height, im.width)
+
     def vocabulary(self) -> list[str]:
         return sorted({w for _, q, a, _, _ in self.samples for w in words(q) + words(a)})

@@ -81,6 +81,10 @@ class EasyVQA(VQADataset):
     def image(self, index: int) -> Image.Image:
         return load_rgb(self.paths[self.rows[index][2]])
 
+    def image_hw(self, index: int) -> tuple[int, int]:
+        with Image.open(self.paths[self.rows[index][2]]) as im:  # the header only
+            return (im.height, im.width)
+
     def vocabulary(self) -> list[str]:
         """The package's 27 question words and 13 answers (the same for every split and subset)."""
         ev = easy_vqa_module()

@@ -80,6 +80,11 @@ class VQADataset(Dataset):
     def image(self, index: int) -> Image.Image:
         raise NotImplementedError
 
+    def image_hw(self, index: int) -> tuple[int, int] | None:
+        """(H, W) of sample `index`'s image (None: none); sets that know it without decoding override this."""
+        image = self.image(index)
+        return None if image is None else (image.height, image.width)
+
     def __getitem__(self, index: int) -> VQASample:
         if not 0 <= index < len(self):
             raise IndexError(index)
@@ -144,6 +149,9 @@ class VQASubset(VQADataset):
 
     def image(self, index: int) -> Image.Image:
         return self.base.image(self.indices[index])
+
+    def image_hw(self, index: int) -> tuple[int, int] | None:
+        return self.base.image_hw(self.indices[index])
 
     def vocabulary(self) -> list[str]:
         return self.base.vocabulary()

@@ -46,22 +46,35 @@ class VQACollator:
         self.check_tokenizer = vlm.check_tokenizer
         self.blind = blind
         self.eos = self.tokenizer.eos_token_id
+        self._prompts: dict[tuple[str, str], list[int]] = {}
         pad = self.tokenizer.pad_token_id
         self.pad = self.eos if pad is None else pad
 
     def ids(self, text: str) -> list[int]:
         return list(self.tokenizer(text, add_special_tokens=False).input_ids)
 
+    def prompt_ids(self, plan: Any, question: str) -> list[int]:
+        """The chat-templated prompt's ids for an image of `plan` (None: no image) and `question`; cached, as a
+        set repeats its questions and plans (the Jinja template and the tokenizer cost ~1 ms a sample)."""
+        key = (repr(plan), question)
+        ids = self._prompts.get(key)
+        if ids is None:
+            ids = self._prompts[key] = self.ids(self.prompt_text([] if plan is None else [plan], question))
+        return ids
+
     def encode(self, sample: VQASample, plan: Any) -> tuple[list[int], list[int]]:
         """(prompt ids, answer ids + eos) of one sample whose image has `plan` (None: no image)."""
-        prompt = self.ids(self.prompt_text([] if plan is None else [plan], sample.question))
-        return prompt, self.ids(" " + sample.answer.strip()) + [self.eos]
+        return self.prompt_ids(plan, sample.question), self.ids(" " + sample.answer.strip()) + [self.eos]
+
+    def length_of(self, question: str, answer: str, hw: tuple[int, int] | None) -> int:
+        """Tokens of prompt + answer + eos for an image of size `hw` (None: no image), without any pixels."""
+        plan = None if self.blind or hw is None else self.tiler.plan(*hw)
+        return len(self.prompt_ids(plan, question)) + len(self.ids(" " + answer.strip())) + 1
 
     def length(self, sample: VQASample) -> int:
         """Tokens of the sample's prompt + answer + eos (its image planned, not rendered into frames)."""
-        plan = None if self.blind or sample.image is None else self.tiler.plan(sample.image.height, sample.image.width)
-        prompt, answer = self.encode(sample, plan)
-        return len(prompt) + len(answer)
+        hw = None if sample.image is None else (sample.image.height, sample.image.width)
+        return self.length_of(sample.question, sample.answer, hw)
 
     def __call__(self, samples: Sequence[VQASample]) -> dict[str, Any]:
         frames, plans, prompts, answers = [], [], [], []
@@ -123,15 +136,22 @@ class Rows:
 
 
 def fitting_rows(dataset: Any, collator: VQACollator, context: int) -> Rows:
-    """Read every row once: keep those whose prompt + answer + eos fit `context` tokens (the rest are counted)."""
+    """Read every row's text once: keep those whose prompt + answer + eos fit `context` tokens (the rest are
+    counted); images are only sized (`VQADataset.image_hw`), not rendered."""
     keep, too_long, answers = [], 0, {}
     for i in range(len(dataset)):
-        sample = dataset[i]
-        if collator.length(sample) > context:
+        if hasattr(dataset, "text"):  # a VQADataset: the text and the image's size, no pixels rendered or decoded
+            question, answer, qtype, _ = dataset.text(i)
+            n = collator.length_of(question, answer, dataset.image_hw(i))
+        else:
+            sample = dataset[i]
+            question, answer, qtype = sample.question, sample.answer, sample.qtype
+            n = collator.length(sample)
+        if n > context:
             too_long += 1
             continue
         keep.append(i)
-        answers.setdefault(sample.qtype, Counter())[normalise_answer(sample.answer)] += 1
+        answers.setdefault(qtype, Counter())[normalise_answer(answer)] += 1
     return Rows(dataset, keep, int(getattr(dataset, "skipped", 0)), too_long, answers)
 
 

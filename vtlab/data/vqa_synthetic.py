@@ -346,6 +346,9 @@ class SyntheticVQA(VQADataset):
     def image(self, index: int) -> Image.Image:
         return Image.fromarray(self.raw(index))
 
+    def image_hw(self, index: int) -> tuple[int, int]:
+        return (self.spec.image_size, self.spec.image_size)  # every image is rendered square at the spec's size
+
     def vocabulary(self) -> list[str]:
         return list(VOCABULARY)
 
