@@ -44,6 +44,10 @@ def control_of(cfg: Any, blind: bool) -> str:
 def vlm_facts(cfg: Any, vlm: Any, val_rows: Any, blind: bool) -> dict[str, Any]:
     """The header of an align / finetune / VLM eval record: the stack's budget, the LM, the data and its levels."""
     stats = answer_stats(val_rows.answers)
+    chance_of = getattr(val_rows.dataset, "chance", None)  # a VQADataset knows its exact levels (OCR: ~0, not 1/rows)
+    for qtype, s in stats.items():
+        if chance_of is not None:
+            s["chance"] = float(chance_of(qtype))
     rows = sum(s["rows"] for s in stats.values()) or 1
     sample = val_rows.dataset[val_rows.indices[0]] if val_rows.indices else None
     plan = vlm.stack.tiler.plan(sample.image.height, sample.image.width) if sample is not None and sample.image else None
