@@ -108,7 +108,9 @@ def test_full_disk_writing_results_json_keeps_the_previous(tmp_path: Path, monke
     def full(fd: int) -> None:
         raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
 
-    monkeypatch.setattr(record.os, "fsync", full)
+    import vtlab.atomic as atomic  # the one atomic writer (record re-uses it)
+
+    monkeypatch.setattr(atomic.os, "fsync", full)
     with pytest.raises(WriteError, match="No space left on device"):
         record.write_json_atomic(path, {"a": 2})
     assert json.loads(path.read_text()) == {"a": 1}
