@@ -255,3 +255,5 @@ def test_tiny_vlm_beats_the_blind_baseline_on_counting(tmp_path):
     assert blind["control"] == "blind" and seeing["control"] == "none"
     assert seeing["val_acc_by_type"]["count"] >= blind["val_acc_by_type"]["count"] + 0.2
     assert seeing["val_acc_by_type"]["count"] >= 2 * seeing["chance_by_type"]["count"]
+    if os.getloadavg()[0] <= (os.cpu_count() or 2):  # an unshared machine: both trainings within 3 minutes
+        assert wall < 180, wall
