@@ -73,6 +73,8 @@ def vtlab(args: list[str], log: Path) -> int:
 def train_cell(a: argparse.Namespace, kind: str, tokens: int, seed: int, deadline: float) -> dict:
     cell = a.out / "train" / f"{kind}-t{tokens}-s{seed}"
     row = {"kind": kind, "tokens": tokens, "seed": seed}
+    if (kind, tokens, seed) in a.earlier:  # a cell an earlier call measured (--resume-from)
+        return a.earlier[(kind, tokens, seed)]
     if (cell / "results.json").exists():
         r = json.loads((cell / "results.json").read_text())
     elif time.time() > deadline:
@@ -192,6 +194,8 @@ def main() -> None:
     p.add_argument("--set", action="append", default=[], help="extra override for every training cell")
     p.add_argument("--bench-set", action="append", default=[], help="extra override for the bench sweep")
     p.add_argument("--cpu-smoke", action="store_true", help="tiny CPU run: smolvlm_debug, 2 steps, 1 seed")
+    p.add_argument("--resume-from", type=Path, default=None,
+                   help="an earlier call's results.json: its finished cells (and bench rows) are kept, only the rest run")
     a = p.parse_args()
     a.px = 64 if a.cpu_smoke or a.recipe == "small" else 128
     a.kind_set = {}
@@ -209,6 +213,12 @@ def main() -> None:
         TRAIN[TRAIN.index("model.input_size=128")] = "model.input_size=64"
         BENCH[BENCH.index("model.input_size=128")] = "model.input_size=64"
         TRAIN.remove("data.glyph_size=13")  # 13 px glyphs do not fit a 64 px image: the set's default size
+    a.earlier, earlier_costs = {}, {}
+    if a.resume_from:
+        prev = json.loads(a.resume_from.read_text())
+        a.earlier = {(r["kind"], r["tokens"], r["seed"]): r for r in prev["cells"] if r.get("val_acc") is not None}
+        earlier_costs = {(r["kind"], r["tokens"]): {k: r.get(k) for k in ("latency_ms", "throughput_img_s", "flops",
+                                                                           "params")} for r in prev.get("bench", [])}
     a.kinds = a.kinds.split(",")
     a.budgets = [int(t) for t in a.budgets.split(",")]
     seeds = [int(s) for s in a.seeds.split(",")]
@@ -222,7 +232,7 @@ def main() -> None:
           flush=True)
     report(a, rows, {}, time.time() - start)  # the trainings are on disk before the bench starts
     mark = time.time()
-    costs = bench(a)  # after the trainings: the latencies are measured on a quiet GPU
+    costs = earlier_costs or bench(a)  # after the trainings: the latencies are measured on a quiet GPU
     print(f"[bench] {len(costs)} cells in {time.time() - mark:.0f} s", flush=True)
     wall = time.time() - start
     report(a, rows, costs, wall)
