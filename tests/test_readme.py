@@ -35,7 +35,7 @@ FULL_SIZE = "a full-size random-init tower on CPU (minutes on 2 cores); its path
 LEFT_OUT = {
     f"{PREFIX} +model=smolvlm connector.factor=4": "run below as its README quick variant (task.quick=true)",
     f"{PREFIX} +model=smolvlm connector.factor=2": FULL_SIZE,
-    f"{PREFIX} +model=llavanext connector=pixel_unshuffle connector.factor=3 text=vicuna_7b": FULL_SIZE,
+    f"{PREFIX} +model=llavanext connector=pixel_unshuffle connector.factor=3 text=vicuna_7b text.lm=false": FULL_SIZE,
     f"{PREFIX} +model=siglip model.input_size=448": FULL_SIZE,
     f"{PREFIX} -m +model=siglip,smolvlm,llavanext connector.factor=1,2,4": "a 9-cell full-size sweep; the sweep path "
     "is run by the smolvlm_debug task.quick sweep",

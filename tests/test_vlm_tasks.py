@@ -131,20 +131,22 @@ class _Lengths(VQADataset):
     def __len__(self) -> int:
         return 48
 
-    def __getitem__(self, i: int) -> VQASample:
+    def text(self, i: int) -> tuple[str, str, str, str]:
+        return "how many ?", " ".join(["one"] * (1, 3, 60)[i % 3]), "count", f"row{i}"
+
+    def image(self, i: int):
         from PIL import Image
 
-        n = (1, 3, 60)[i % 3]
-        return VQASample(Image.new("RGB", (64, 64)), "how many ?", " ".join(["one"] * n), "count")
+        return Image.new("RGB", (64, 64))
 
     def vocabulary(self) -> list[str]:
         return ["how", "many", "?", "one"]
 
 
 def test_answers_longer_than_the_context_are_counted_and_the_rest_trained(tmp_path, monkeypatch, capsys):
-    import vtlab.data.vqa as vqa
+    import vtlab.data.vqa_sets as vqa_sets
 
-    monkeypatch.setattr(vqa, "vqa_dataset", lambda data, split: _Lengths())
+    monkeypatch.setattr(vqa_sets, "vqa_dataset", lambda data, split, size=None: _Lengths())
     r = run_inproc(tmp_path, ["task=align", *VQA, "text.max_position_embeddings=64", "trainer.max_epochs=1"])
     assert r["rows"]["train"] == {"skipped": 0, "too_long": 16, "used": 32}
     assert r["global_step"] == 2
@@ -220,7 +222,7 @@ def test_bad_input_is_one_line(tmp_path, overrides, message):
 
 def test_eval_refuses_a_checkpoint_of_the_other_kind(lora_run, tmp_path):
     out, _ = lora_run
-    proc = cli(["+model=smolvlm_debug", "task=eval", *VQA, "data=synthetic",
+    proc = cli(["+model=smolvlm_debug", "task=eval", *VQA, "data=synthetic", "data.qtypes=null",
                 f"task.ckpt_path={out / 'checkpoints' / 'last.ckpt'}", f"out_dir={tmp_path / 'a'}"])
     assert proc.returncode == 2 and "(VLM) checkpoint, evaluated by generating answers, but data.kind=synthetic" \
         in proc.stderr.splitlines()[-1], proc.stderr[-2000:]

@@ -181,7 +181,7 @@ def test_vocabulary_covers_every_question_and_the_tokenizer_knows_every_word():
             ids = tok.encode(w, add_special_tokens=False)
             assert len(ids) == 1 and ids[0] != tok.unk_token_id and ids[0] < 1000, w
         assert all(tok.convert_tokens_to_ids(t) == i for t, i in base.get_vocab().items())  # built-in ids kept
-    with pytest.raises(ConfigError, match=r"text.vocab_size=160 is smaller .* words of the data set"):
+    with pytest.raises(ConfigError, match=r"text.vocab_size=160 is smaller .* the data set.s words\); use text.vocab_size=169"):
         offline_tokenizer(160, extra_words=VOCABULARY)
 
 
@@ -346,16 +346,16 @@ BAD_INPUTS = {
                        "data.qtypes contains 'nope', not a question type of data.kind=vqa; valid: count, ocr, spatial, compare"),
     "qtypes-on-synthetic": (["data.qtypes=[count]"], "data.qtypes=['count'] is for the sets with text answers"),
     "qtypes-twice": (["data=vqa", "data.qtypes=[ocr,ocr]"], "data.qtypes=['ocr', 'ocr'] names a type twice"),
-    "ocr-too-long": (["task=train", "data=vqa", "data.ocr_length=12"],
+    "ocr-too-long": (["task=align", "data=vqa", "data.ocr_length=12"],
                      "data.kind=vqa cannot write data.ocr_length=12 characters at data.ocr_scale=1 (71x7px) in a 64px"),
     "count-max": (["data=vqa", "data.count_max=12"], "data.count_max=12 is out of range; valid: 1..9"),
     "vqa-size-null": (["data=vqa", "data.train_size=null"], "data.train_size=null: data.kind=vqa generates"),
-    "vqa-hw-size": (["task=train", "data=vqa", "data.image_size=[64,32]"], "renders square synthetic images; give one int"),
+    "vqa-hw-size": (["task=align", "data=vqa", "data.image_size=[64,32]"], "renders square synthetic images; give one int"),
     "easy-vqa-qtype": (["data=easy_vqa", "data.qtypes=[count]"], "data.qtypes contains 'count', not a question type of "
                                                                   "data.kind=easy_vqa; valid: shape, color, yes_no"),
     "conversations-no-root": (["data=conversations"], "data=conversations needs data.root=PATH: a folder with "
                                                       "PATH/train.jsonl and PATH/val.jsonl"),
-    "conversations-missing-root": (["task=train", "data=conversations", "data.root=/nonexistent/vqa"],
+    "conversations-missing-root": (["task=align", "data=conversations", "data.root=/nonexistent/vqa"],
                                    "data.root=/nonexistent/vqa does not exist; expected /nonexistent/vqa/train.jsonl"),
 }
 
@@ -375,12 +375,12 @@ def test_bad_values_are_refused_before_anything_runs(case):
 
 
 def test_good_vqa_configs_validate(tmp_path):
-    for args in (["data=vqa"], ["task=train", "data=vqa", "data.qtypes=[count,spatial]", "data.spatial_grid=4"],
+    for args in (["data=vqa"], ["task=align", "data=vqa", "data.qtypes=[count,spatial]", "data.spatial_grid=4"],
                  ["task=eval", "data=easy_vqa"], ["data=vqa", "data.ocr_length=12"]):  # profile draws nothing
         assert preflight(["+model=smolvlm_debug", *args]) is None, args
     (tmp_path / "val.jsonl").touch()
     assert preflight(["+model=smolvlm_debug", "task=eval", "data=conversations", f"data.root={tmp_path}"]) is None
-    message = preflight(["+model=smolvlm_debug", "task=train", "data=conversations", f"data.root={tmp_path}"])
+    message = preflight(["+model=smolvlm_debug", "task=align", "data=conversations", f"data.root={tmp_path}"])
     assert "has no train.jsonl for the train split" in message
 
 
