@@ -163,6 +163,7 @@ def test_offline_tokenizer_covers_the_vocabulary_and_keeps_default_ids():
         offline_tokenizer(150, extra_words=["zebra"])
 
 
+@pytest.mark.slow  # ~30-55 s of subprocesses: run by the README's full test command
 def test_resume_after_kill_matches_uninterrupted_run(tmp_path):
     common = ["+model=smolvlm_debug", "task=finetune", *VQA, "data.train_size=128", "trainer.max_epochs=3",
               "task.keep_every_n_epochs=1", "trainer.deterministic=true", "task.lora_lm.r=4",
@@ -220,6 +221,7 @@ def test_bad_input_is_one_line(tmp_path, overrides, message):
     assert "Traceback" not in proc.stderr
 
 
+@pytest.mark.slow  # ~30-55 s of subprocesses: run by the README's full test command
 def test_eval_refuses_a_checkpoint_of_the_other_kind(lora_run, tmp_path):
     out, _ = lora_run
     proc = cli(["+model=smolvlm_debug", "task=eval", *VQA, "data=synthetic", "data.qtypes=null",

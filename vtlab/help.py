@@ -51,7 +51,8 @@ def help_text() -> str:
     parts = [
         "vtlab: configuration-driven experiments on the vision side of vision-language models. Pick a vision",
         "tower, a connector and a visual-token budget; measure what each costs (shapes, FLOPs, latency,",
-        "throughput, memory: task=profile, task=bench) and buys (accuracy after fine-tuning: task=train, task=eval).",
+        "throughput, memory: task=profile, task=bench) and buys (accuracy after fine-tuning: task=train, task=eval;",
+        "a VLM's answers with the LM in the loop: task=align, task=finetune, then task=eval).",
         "",
         "usage: python -m vtlab +model=NAME [group=OPTION ...] [key=value ...]     (the `vtlab` command is the same)",
         "       python -m vtlab -m +model=A,B key=v1,v2 ...                        (a sweep: one run per cell)",
