@@ -14,7 +14,7 @@ import pytest
 import torch
 from train_helpers import ONE_THREAD, REPO, cli, run_inproc
 
-from vtlab.data.vqa import VQADataset, VQASample
+from vtlab.data.vqa import VQADataset
 from vtlab.errors import ConfigError
 
 # one 64 px frame (model.tiling=none: the family's split would make 17 frames of a 64 px image), 4 visual tokens
