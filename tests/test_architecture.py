@@ -177,3 +177,16 @@ def test_import_graph_has_no_cycles_and_no_function_level_imports_of_vtlab() -> 
         if node not in state:
             visit(node, [node])
     assert not cycles, cycles
+
+
+def test_reading_the_config_does_not_import_torchvision_lightning_or_transformers() -> None:
+    """A refused command answers before any heavy import: `vtlab.config` (schema and validation) stays off
+    torchvision, Lightning and transformers (~2.5 s of the ~6 s a CLI error took on 2 cores came from
+    torchvision alone, through the conversations folder check)."""
+    import subprocess
+    import sys
+
+    code = ("import sys, vtlab.config, vtlab.config.compose; "
+            "print(sorted(m for m in ('torchvision', 'lightning', 'transformers') if m in sys.modules))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "[]", out

@@ -195,3 +195,11 @@ def test_preset_transform_follows_the_family():
         torch.testing.assert_close(out, torch.from_numpy((ref - 0.5) / 0.5).permute(2, 0, 1), atol=1e-6, rtol=0)
     synthetic, _ = GlyphCount(GlyphSpec(32), 1).raw(0)  # uint8 CHW at the target size: unchanged up to scaling
     torch.testing.assert_close(preset_transform(cfg.model, 32)(synthetic), synthetic.float() / 127.5 - 1.0)
+
+
+def test_image_extensions_are_torchvisions():
+    from torchvision.datasets.folder import IMG_EXTENSIONS
+
+    from vtlab.data.images import IMAGE_EXTENSIONS
+
+    assert IMAGE_EXTENSIONS == tuple(IMG_EXTENSIONS)

@@ -5,7 +5,7 @@ Stack (smolvlm-style, everything trained from scratch): the `smolvlm_debug` towe
 patches) at `--px` (64: an 8x8 patch grid, one frame: model.tiling=none), pixel unshuffle at factors 1 / 2 / 4 / 8
 (64 / 16 / 4 / 1 visual tokens), and the perceiver and c_abstractor connectors at matching budgets, into
 `text=tiny` widened (TEXT). Recipe (the one verified on CPU, tests/test_vlm_tasks.py RECIPE): task=finetune
-with train=[connector,lm,tower], AdamW lr 1e-3 on every part, warm-up then cosine, batch 32, `--steps` steps,
+with train=[connector,lm,tower], AdamW lr 1e-3 (tower 3e-4), warm-up then cosine, batch 64, `--steps` steps,
 validation every `--val-every` steps. Data: data=vqa, every question type of the generator.
 Controls: `blind` (task.blind=true: the LM sees the question only) and `pixels` (model.tower_kind=pixels: raw
 patches into the connector, no tower), at factor 1.
@@ -13,12 +13,15 @@ patches into the connector, no tower), at factor 1.
 Each cell is its own `python -m vtlab ... task=finetune` process writing `<OUT>/train/<cell>-s<seed>/`
 (`--jobs` at once on the GPU; no new cell starts after `--budget-s` seconds: those are listed as not run, never
 invented). Steps to leave chance come from each cell's csv/metrics.csv: the first validation step at which a
-type's exact match exceeds its majority-answer level (what the blind model can learn) by 0.05. TTFT comes from
+type's exact match exceeds its level by 0.05, the level being the highest of chance, the majority answer's share and
+the blind control's accuracy (`chance_levels`). TTFT comes from
 one `python -m vtlab -m ... task=bench text.lm=true` sweep over the same (connector, budget) cells.
-Writes results.json, results.md (one table) and accuracy_vs_tokens.png (one panel per question type) to --out.
+Writes results.json, results.md (one table), accuracy_vs_tokens.png (one panel per question type) and curves.png
+(learning curves per type) to --out.
 Standard library only (+ matplotlib for the plot); the subprocesses need vtlab's dependencies.
 
-GPU (one H200, ~8 min):  PYTHONPATH=. python experiments/vqa_study/run.py --out experiments/vqa_study/results_h200
+GPU (one H200, two rounds of 15 cells, ~4 min each; 2026-12-01 split them over two calls with --budget-s):
+                         PYTHONPATH=. python experiments/vqa_study/run.py --out experiments/vqa_study/results_h200
 CPU smoke (< 3 min):     PYTHONPATH=. python experiments/vqa_study/run.py --cpu-smoke --out /tmp/vqa_study
 """
 
@@ -73,17 +76,40 @@ def vtlab(args: list[str], log: Path, threads: int | None = None) -> int:
                               env=env).returncode
 
 
-def steps_to_leave_chance(metrics: Path, levels: dict[str, float], margin: float = 0.05) -> dict[str, int | None]:
+def validation_curve(metrics: Path) -> list[dict]:
+    """Every validation row of a cell's csv/metrics.csv: {"step": n, "<qtype>": exact match, ...}."""
+    if not metrics.is_file():
+        return []
+    curve = []
+    for row in csv.DictReader(metrics.open()):
+        if row.get("val_acc") not in (None, ""):
+            curve.append({"step": int(row["step"]), **{k.removeprefix("val_acc_"): float(v) for k, v in row.items()
+                                                       if k.startswith("val_acc_") and v not in (None, "")}})
+    return curve
+
+
+def steps_to_leave_chance(curve: list[dict], levels: dict[str, float], margin: float = 0.05) -> dict[str, int | None]:
     """Per question type: the first validation step whose exact match exceeds the type's level + margin."""
     out: dict[str, int | None] = dict.fromkeys(levels)
-    if not metrics.is_file():
-        return out
-    for row in csv.DictReader(metrics.open()):
+    for row in curve:
         for qtype, level in levels.items():
-            value = row.get(f"val_acc_{qtype}")
-            if out[qtype] is None and value not in (None, "") and float(value) > level + margin:
-                out[qtype] = int(row["step"])
+            if out[qtype] is None and qtype in row and row[qtype] > level + margin:
+                out[qtype] = row["step"]
     return out
+
+
+def chance_levels(rows: list[dict]) -> dict[str, float]:
+    """Per question type, the level a cell must beat to have left chance: the highest of the chance level (one over
+    the distinct answers), the majority answer's share and the blind control's final exact match (what the question
+    alone gives: e.g. a spatial question names colour or shape, which halves the answers; mean over its seeds)."""
+    qtypes = {q for r in rows for q in r.get("chance", {})}
+    levels = {}
+    for q in qtypes:
+        blind = [r["by_type"][q] for r in rows if r["cell"] == "blind" and q in r.get("by_type", {})]
+        levels[q] = max([r["chance"][q] for r in rows if q in r.get("chance", {})] +
+                        [r["majority"][q] for r in rows if q in r.get("majority", {})] +
+                        ([statistics.mean(blind)] if blind else []))
+    return levels
 
 
 def last_validation(metrics: Path) -> dict:
@@ -123,7 +149,10 @@ def train_cell(a: argparse.Namespace, cell: tuple, seed: int, deadline: float) -
     elif time.time() > deadline:
         return row | {"status": "not run (time budget)"}
     else:
-        args = [f"+model={MODEL}", f"model.input_size={a.px}", *COMMON, *TRAIN, *connector, *control,
+        # model.longest_edge = the frame: the images are rendered at the frame size, so the SmolVLM processor's
+        # longest-edge resize (default 4 x frame, LANCZOS, then back down) is an identity, not ~3 ms an image
+        args = [f"+model={MODEL}", f"model.input_size={a.px}", f"model.longest_edge={a.px}", *COMMON, *TRAIN,
+                *connector, *control,
                 f"trainer.max_steps={a.steps}", f"trainer.val_check_interval={a.val_every}",
                 f"task.warmup_steps={max(1, a.steps // 20)}", f"seed={seed}", f"data.seed={seed}",
                 f"out_dir={folder}", *a.set]
@@ -133,10 +162,9 @@ def train_cell(a: argparse.Namespace, cell: tuple, seed: int, deadline: float) -
             tail = (folder / "train.log").read_text().splitlines()[-2:]
             return row | {"status": f"failed (exit {rc})", "reason": " / ".join(tail)[-300:]}
         r = json.loads((folder / "results.json").read_text()) | {"wall_s": round(time.time() - start, 1)}
-    leave = steps_to_leave_chance(folder / "csv" / "metrics.csv", r.get("majority_by_type", {}))
     return row | {"status": r.get("status", "ok"), "control": r.get("control"), "val_acc": r.get("val_acc"),
                   "by_type": r.get("val_acc_by_type", {}), "chance": r.get("chance_by_type", {}),
-                  "majority": r.get("majority_by_type", {}), "steps_to_leave_chance": leave,
+                  "majority": r.get("majority_by_type", {}), "curve": validation_curve(folder / "csv" / "metrics.csv"),
                   "global_step": r.get("global_step"), "wall_s": r.get("wall_s")}
 
 
@@ -171,6 +199,10 @@ def mean_std(values: list[float]) -> str:
 
 def report(a: argparse.Namespace, rows: list[dict], ttft: dict[str, float], wall: float) -> None:
     qtypes = sorted({q for r in rows for q in r.get("by_type", {})})
+    levels = chance_levels(rows)
+    for r in rows:
+        if "curve" in r:
+            r["steps_to_leave_chance"] = steps_to_leave_chance(r["curve"], levels)
     meta = {"model": MODEL, "px": a.px, "text": TEXT, "train": TRAIN, "set": a.set, "steps": a.steps, "val_every": a.val_every,
             "seeds": a.seeds, "wall_s": round(wall, 1), "cpu_smoke": a.cpu_smoke}
     a.out.joinpath("results.json").write_text(json.dumps({"meta": meta, "cells": rows, "ttft_ms": ttft}, indent=2) + "\n")
@@ -179,17 +211,19 @@ def report(a: argparse.Namespace, rows: list[dict], ttft: dict[str, float], wall
     lines = [f"# VQA study: accuracy vs visual tokens per question type ({MODEL} tower at {a.px} px, text {TEXT[1:]}, "
              f"{a.steps} steps, seeds {a.seeds})", "",
              f"Wall time {wall:.0f} s. Accuracy: greedy exact match on the val split at the end (mean ± std over the "
-             f"seeds that ran). Steps to leave chance: first validation step above the type's majority level + 0.05 "
-             f"(median over seeds; '-' = never). Levels per type (chance / majority): "
+             f"seeds that ran). Steps to leave chance: first validation step above the type's level + 0.05, the level "
+             f"being the highest of chance, majority answer and the blind control's accuracy (median over the seeds "
+             f"that left; '-' = none did). Per type, chance / majority / level: "
              + ", ".join(f"{q} {mean_std([r['chance'][q] for r in rows if q in r.get('chance', {})])} / "
-                         f"{mean_std([r['majority'][q] for r in rows if q in r.get('majority', {})])}" for q in qtypes), "",
+                         f"{mean_std([r['majority'][q] for r in rows if q in r.get('majority', {})])} / "
+                         f"{levels.get(q, float('nan')):.3f}" for q in qtypes), "",
              "| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for name, _, tokens, _ in CELLS:
         done = [r for r in rows if r["cell"] == name and r.get("val_acc") is not None]
         accs = [mean_std([r["by_type"][q] for r in done if q in r["by_type"]]) for q in qtypes]
         leave = []
         for q in qtypes:
-            steps = [r["steps_to_leave_chance"].get(q) for r in done]
+            steps = [r.get("steps_to_leave_chance", {}).get(q) for r in done]
             hit = sorted(s for s in steps if s is not None)
             leave.append(f"{statistics.median(hit):.0f} ({len(hit)}/{len(steps)})" if hit else "-")
         t = ttft.get(name)
@@ -209,8 +243,8 @@ def report(a: argparse.Namespace, rows: list[dict], ttft: dict[str, float], wall
         return
     if not qtypes:
         return
-    fig, axes = plt.subplots(1, len(qtypes), figsize=(4.2 * len(qtypes), 3.8), squeeze=False)
-    for ax, q in zip(axes[0], qtypes, strict=True):
+    fig, axes = plt.subplots(1, len(qtypes) + 1, figsize=(4.2 * (len(qtypes) + 1), 3.8), squeeze=False)
+    for ax, q in zip(axes[0], qtypes, strict=False):
         for kind, marker in (("pixel_unshuffle", "o"), ("perceiver", "s"), ("c_abstractor", "^")):
             pts = []
             for name, _, tokens, control in CELLS:
@@ -233,10 +267,53 @@ def report(a: argparse.Namespace, rows: list[dict], ttft: dict[str, float], wall
         ax.set_xlabel("visual tokens per image")
         ax.grid(True, alpha=0.3)
     axes[0][0].set_ylabel("exact match (mean ± std over seeds)")
-    axes[0][-1].legend(fontsize=7)
+    axes[0][-2].legend(fontsize=7)
+    cost = axes[0][-1]  # what each budget costs, on the same token axis
+    for kind, marker in (("pixel_unshuffle", "o"), ("perceiver", "s"), ("c_abstractor", "^")):
+        pts = sorted((tokens, ttft[name]) for name, _, tokens, control in CELLS
+                     if name.startswith(kind) and not control and name in ttft)
+        if pts:
+            cost.plot([p[0] for p in pts], [p[1] for p in pts], marker=marker, label=kind)
+    cost.set_xscale("log", base=2)
+    cost.set_title("cost: time to first token (bench, bs 1)")
+    cost.set_xlabel("visual tokens per image")
+    cost.set_ylabel("TTFT ms")
+    cost.grid(True, alpha=0.3)
+    if ttft:
+        cost.legend(fontsize=7)
     fig.suptitle(f"VQA study: {MODEL} {a.px} px, {a.steps} steps", fontsize=9)
     fig.tight_layout()
     fig.savefig(a.out / "accuracy_vs_tokens.png", dpi=120)
+    plt.close(fig)
+    learning_curves(a, rows, qtypes, levels, plt)
+
+
+def learning_curves(a: argparse.Namespace, rows: list[dict], qtypes: list[str], levels: dict[str, float], plt) -> None:
+    """curves.png: per question type, every cell's validation exact match against the step (mean over its seeds,
+    at the steps all of them validated), with the level a cell must beat to have left chance."""
+    fig, axes = plt.subplots(1, len(qtypes), figsize=(4.2 * len(qtypes), 3.8), squeeze=False)
+    colours = plt.rcParams["axes.prop_cycle"].by_key()["color"]
+    for ax, q in zip(axes[0], qtypes, strict=True):
+        for n, (name, _, tokens, _) in enumerate(CELLS):
+            curves = [{p["step"]: p[q] for p in r.get("curve", []) if q in p} for r in rows if r["cell"] == name]
+            curves = [c for c in curves if c]
+            if not curves:
+                continue
+            steps = sorted(set.intersection(*(set(c) for c in curves)))
+            style = "--" if name in ("blind", "pixels") else "-"
+            ax.plot(steps, [statistics.mean(c[s] for c in curves) for s in steps], style, linewidth=1.2,
+                    color=colours[n % len(colours)], label=f"{name} ({tokens})")
+        if q in levels:
+            ax.axhline(levels[q] + 0.05, color="grey", linewidth=0.8, linestyle=":", label="level + 0.05")
+        ax.set_title(q)
+        ax.set_xlabel("step")
+        ax.grid(True, alpha=0.3)
+    axes[0][0].set_ylabel(f"val exact match (mean of {len(a.seeds.split(','))} seeds)")
+    axes[0][-1].legend(fontsize=6)
+    fig.suptitle(f"VQA study learning curves: {MODEL} {a.px} px (cell (visual tokens))", fontsize=9)
+    fig.tight_layout()
+    fig.savefig(a.out / "curves.png", dpi=120)
+    plt.close(fig)
 
 
 def main() -> None:
@@ -244,17 +321,19 @@ def main() -> None:
     p.add_argument("--out", type=Path, default=Path(os.environ.get("OUT", "experiments/vqa_study/results")))
     p.add_argument("--px", type=int, default=64)
     p.add_argument("--seeds", default="0,1,2")
-    p.add_argument("--steps", type=int, default=1500)
+    p.add_argument("--steps", type=int, default=2000)
     p.add_argument("--val-every", type=int, default=100)
     p.add_argument("--jobs", type=int, default=15, help="training processes at once on the GPU")
     p.add_argument("--threads", type=int, default=None,
                    help="OMP threads per training process (default: the cores / --jobs, at least 1; each process "
                         "otherwise takes every core, and 15 of them oversubscribe a 16-core host ~15 times)")
     p.add_argument("--report-every", type=float, default=30.0, help="rewrite results.md / .json this often (s)")
-    p.add_argument("--budget-s", type=float, default=200.0, help="start no new training cell after this many s")
+    p.add_argument("--budget-s", type=float, default=240.0, help="start no new training cell after this many s")
     p.add_argument("--set", action="append", default=[], help="extra override for every training cell")
     p.add_argument("--bench-set", action="append", default=[], help="extra override for the bench sweeps")
     p.add_argument("--cpu-smoke", action="store_true", help="a few tiny CPU cells (< 3 min)")
+    p.add_argument("--ttft-from", type=Path, default=None,
+                   help="an earlier call's results.json: its TTFT rows are used and the bench is not run again")
     a = p.parse_args()
     if not a.cpu_smoke:
         a.set, a.bench_set = TOWER + a.set, TOWER + a.bench_set
@@ -283,7 +362,10 @@ def main() -> None:
     report(a, rows, {}, time.time() - start)  # the trainings are on disk before the bench starts
     print(f"[train] {sum(r.get('val_acc') is not None for r in rows)}/{len(rows)} cells in {time.time() - start:.0f} s",
           flush=True)
-    ttft = bench(a)  # after the trainings: TTFT measured on a quiet GPU
+    if a.ttft_from:  # an earlier call's bench (same cells, same stack): not measured again
+        ttft = json.loads(a.ttft_from.read_text()).get("ttft_ms", {})
+    else:
+        ttft = bench(a)  # after the trainings: TTFT measured on a quiet GPU
     wall = time.time() - start
     report(a, rows, ttft, wall)
     ok = sum(r.get("val_acc") is not None for r in rows)

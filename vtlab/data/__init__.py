@@ -10,7 +10,7 @@ from __future__ import annotations
 import importlib
 from typing import Any
 
-_HOMES = {"DataError": "vtlab.data.folders", "VtlabDataModule": "vtlab.data.module", "GlyphCount": "vtlab.data.synthetic",
+_HOMES = {"DataError": "vtlab.errors", "VtlabDataModule": "vtlab.data.module", "GlyphCount": "vtlab.data.synthetic",
           "GlyphSpec": "vtlab.data.synthetic", "siglip_transform": "vtlab.data.transforms",
           "VQADataset": "vtlab.data.vqa", "VQASample": "vtlab.data.vqa", "check_answer_lengths": "vtlab.data.vqa",
           "vqa_dataset": "vtlab.data.vqa_sets"}

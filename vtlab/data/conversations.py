@@ -11,7 +11,7 @@ The format of LLaVA's instruction data (LLaVA repo, llava/train/train.py, LazySu
 read as the same). Each human -> gpt pair is one sample, its question the human turn with the `<image>`
 placeholder removed (the VLM places the image tokens as its family does); later pairs do not see earlier ones.
 An optional `qtype` key sets the question type (default `conversation`) for per-type accuracy. As in LLaVA the
-images open lazily (vtlab.data.folders.load_rgb); unlike LLaVA, every row is checked when the set is built.
+images open lazily (vtlab.data.images.load_rgb); unlike LLaVA, every row is checked when the set is built.
 
 Bad rows are skipped and counted, never silently: a line that is not a JSON object, a row without an image,
 an image file that is missing or does not open (PIL reads its header and checks the file), a conversation
@@ -30,7 +30,7 @@ from typing import Any
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
-from vtlab.data.folders import load_rgb
+from vtlab.data.images import load_rgb
 from vtlab.data.vqa import SPLITS, VQADataset, skip_summary, warn, words
 from vtlab.errors import ConfigError, DataError
 

@@ -6,7 +6,7 @@ its test split is vtlab's `val` (and `test`). Question types follow from the 13 
 `shape` (circle, rectangle, triangle), `color` (the 8 colours) and `yes_no`; `data.qtypes` keeps some of them.
 Questions are lowercased with "?" as its own word ("what color is the shape ?"). `data.train_size` /
 `data.val_size` keep a seeded subset (null: every question). Images open lazily through
-vtlab.data.folders.load_rgb. A coarse control: one large shape per image should not need many tokens.
+vtlab.data.images.load_rgb. A coarse control: one large shape per image should not need many tokens.
 Mirrors the easy-vqa package (github.com/vzhou842/easy-VQA), read, not copied.
 """
 
@@ -17,7 +17,7 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
-from vtlab.data.folders import load_rgb
+from vtlab.data.images import load_rgb
 from vtlab.data.vqa import SPLITS, VQADataset, normalize_text, words
 from vtlab.errors import ConfigError
 

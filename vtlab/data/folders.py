@@ -9,45 +9,14 @@ followlinks=True goes round a symlink loop until the path is too long, multiplyi
 
 from __future__ import annotations
 
-import os
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from PIL import Image, UnidentifiedImageError
 from torchvision.datasets import ImageFolder
-from torchvision.datasets.folder import IMG_EXTENSIONS
 
-from vtlab.errors import ConfigError, DataError
-
-
-def load_rgb(path: str) -> Image.Image:
-    """Open and decode an image (its own mode: the family preprocessor converts RGBA, P, LA as upstream does), or
-    raise DataError naming the file."""
-    try:
-        with open(path, "rb") as fh:
-            img = Image.open(fh)
-            img.load()  # decode now (errors surface here); the family's preprocessor converts the mode
-            return img
-    except (UnidentifiedImageError, Image.DecompressionBombError, OSError, SyntaxError, ValueError) as exc:
-        raise DataError(f"cannot read image {path}: {exc.__class__.__name__}: {exc}; remove or replace the file") from None
-
-
-def image_files(folder: Path) -> list[str]:
-    """Image paths under `folder`, sorted; every real folder is visited once (symlink loops and a link to a
-    folder already seen add nothing)."""
-    exts = tuple(IMG_EXTENSIONS)
-    seen: set[str] = set()
-    found: list[str] = []
-    for here, dirs, files in os.walk(folder, followlinks=True):
-        real = os.path.realpath(here)
-        if real in seen:
-            dirs[:] = []
-            continue
-        seen.add(real)
-        dirs.sort()
-        found += [os.path.join(here, f) for f in sorted(files) if f.lower().endswith(exts)]
-    return sorted(found)
+from vtlab.data.images import IMAGE_EXTENSIONS, image_files, load_rgb  # noqa: F401  (load_rgb re-exported)
+from vtlab.errors import ConfigError
 
 
 class ImageFolderOnce(ImageFolder):
@@ -73,7 +42,7 @@ def check_split_folder(root: Path, split: str) -> Path:
     classes = sorted(p.name for p in folder.iterdir() if p.is_dir())
     if not classes:
         raise ConfigError(f"{folder} is empty: it needs one sub-folder per class with images inside")
-    exts = tuple(IMG_EXTENSIONS)
+    exts = IMAGE_EXTENSIONS
     empty = [c for c in classes if not image_files(folder / c)]
     if len(empty) == len(classes):
         raise ConfigError(
