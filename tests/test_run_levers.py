@@ -36,3 +36,19 @@ def test_run_levers_smoke(tmp_path: Path) -> None:
     assert json.loads((tmp_path / "levers.json").read_text())[0]["preset"] == "smolvlm"
     md = (tmp_path / "levers.md").read_text()
     assert "| smolvlm |" in md and "Training step" in md and "Tiled image 1536x2048" in md
+
+
+@pytest.mark.slow
+def test_autotune_section_measures_every_side(tmp_path: Path) -> None:
+    """`--sections throughput,autotune`: transformers, timm and native (with and without CUDA graphs) all under
+    max-autotune (on CPU: dynamo's eager backend, so only the bookkeeping is checked), with the tuning time."""
+    env = {**os.environ, "WANDB_MODE": "disabled", "PYTHONPATH": str(REPO)}
+    proc = subprocess.run([sys.executable, str(REPO / "experiments" / "gpu_speed" / "run_levers.py"), "--smoke",
+                           "--presets", "siglip", "--sections", "throughput,autotune", "--out", str(tmp_path)],
+                          capture_output=True, text=True, timeout=600, env=env, cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    at = json.loads((tmp_path / "siglip.json").read_text())["sections"]["autotune"]
+    sides = {"hf", "timm", "native_levers", "native_levers_cudagraphs"}
+    assert set(at["img_s"]) == sides and all(isinstance(v, float) and v > 0 for v in at["img_s"].values()), at
+    assert set(at["compile_s"]) == sides and set(at["ratio"]) == {"native_levers", "native_levers_cudagraphs"}
+    assert "max-autotune on every side" in (tmp_path / "levers.md").read_text()

@@ -22,9 +22,11 @@ preset's time budget is recorded as skipped):
    latency end to end (PIL preprocessing included) of `stack.encode_images` vs the transformers PIL processor +
    `get_image_features`, eager and with the tower compiled, the preprocessing alone, and how close (uint8 levels)
    and how fast a GPU resize (torch bicubic, antialias) is against Pillow's BICUBIC / LANCZOS on that image.
-7. (last, as it is the least needed) the largest batch that fits (full fine-tuning, compiled with a dynamic
+7. the largest batch that fits (full fine-tuning, compiled with a dynamic
    batch, doubling then bisecting, capped at `--max-batch-cap`) for native levers and transformers
    (`--train-extra`: also native with activation checkpointing);
+8. (only when named in `--sections`) autotune: compiled throughput with inductor max-autotune on every side
+   (transformers, timm, native levers; native also with CUDA graphs), each side's tuning time recorded.
 `--sections` picks sections; `--presets P --sections training,max_batch --budget-s 560` gives one of them a
 whole call.
 
@@ -217,6 +219,37 @@ def throughput(run: Run, b: dict[str, Any]) -> dict[str, Any]:
     best = max(out["img_s"]["hf_compile"], out["img_s"]["timm_compile"])
     out["ratio_default"] = out["img_s"]["native_default"] / best
     out["ratio_levers"] = out["img_s"]["native_levers"] / best
+    return out
+
+
+def autotune(run: Run, b: dict[str, Any]) -> dict[str, Any]:
+    """Compiled throughput with inductor's `max-autotune-no-cudagraphs` on every side (Triton GEMM templates tuned
+    per shape, epilogue fusion): transformers, timm and native with the levers; plus native levers under
+    `max-autotune` (the same, CUDA graphs included). Autotuning one side only would not be a fair ratio."""
+    x, batch = b["x"], b["batch"]
+    out: dict[str, Any] = {"batch": batch, "mode": "max-autotune-no-cudagraphs", "img_s": {}, "compile_s": {}}
+    set_levers(b["native"], patch_gemm=True)
+    sides = (("hf", lambda t: b["hf"](pixel_values=t).last_hidden_state, "max-autotune-no-cudagraphs"),
+             ("timm", b["timm"].forward_features, "max-autotune-no-cudagraphs"),
+             ("native_levers", b["native"], "max-autotune-no-cudagraphs"),
+             ("native_levers_cudagraphs", b["native"], "max-autotune"))
+    with torch.inference_mode():
+        for name, fn, mode in sides:
+            if not run.budget.allows(40 if run.cuda else 0):
+                out["img_s"][name] = "skipped: time budget"
+                continue
+            f = run.compile(fn, mode=mode)
+            t = time.perf_counter()
+            call = (lambda: (torch.compiler.cudagraph_mark_step_begin(), f(x))[1]) if mode == "max-autotune" else (lambda: f(x))
+            call()  # the tuning happens here
+            out["compile_s"][name] = time.perf_counter() - t
+            out["img_s"][name] = batch / (run.ms(call) * 1e-3)
+            log(f"{run.preset}: {name} {mode} {out['img_s'][name]:.0f} img/s (compile {out['compile_s'][name]:.0f}s)")
+            torch._dynamo.reset()
+    done = {k: v for k, v in out["img_s"].items() if isinstance(v, float)}
+    if {"hf", "timm"} <= set(done):
+        best = max(done["hf"], done["timm"])
+        out["ratio"] = {k: done[k] / best for k in ("native_levers", "native_levers_cudagraphs") if k in done}
     return out
 
 
@@ -577,6 +610,7 @@ def run_preset(preset: str, args: argparse.Namespace) -> dict[str, Any]:
         ("levers", 40, lambda: lever_sweep(run, b), preset in args.lever_presets.split(",")),
         ("tiled", 30, lambda: tiled(run), preset in TILED and preset in args.tiled_presets.split(",")),
         ("max_batch", 60, lambda: max_batch(run), preset in args.train_presets.split(",")),
+        ("autotune", 120, lambda: autotune(run, b), True),  # not in the default --sections: minutes of tuning
     ]
     for name, need_s, fn, applies in plan:
         if applies and name in wanted:
@@ -635,6 +669,14 @@ def markdown(rows: list[dict[str, Any]]) -> str:
             lines += [f"| {k} | {fmt(v)} | {fmt(rel.get(k), '.3f')} |" for k, v in lv["img_s"].items()]
             if "fp8_rel_err_vs_bf16" in lv:
                 lines.append(f"\nfp8: relative error vs native bf16 {lv['fp8_rel_err_vs_bf16']:.2e}, vs fp32 {lv['fp8_rel_err_vs_fp32']:.2e}")
+        at = r.get("sections", {}).get("autotune")
+        if at and "img_s" in at:
+            lines += ["", f"max-autotune on every side, {r['preset']} batch {at['batch']} (img/s; compile s):", "",
+                      "| side | img/s | compile s |", "|---|---|---|"]
+            lines += [f"| {k} | {fmt(v)} | {fmt(at['compile_s'].get(k))} |" for k, v in at["img_s"].items()]
+            if at.get("ratio"):
+                lines.append("\nnative / best of HF, timm (all autotuned): " +
+                             ", ".join(f"{k} {v:.2f}x" for k, v in at["ratio"].items()))
         td = r.get("sections", {}).get("tiled")
         if td and "ms" in td:
             lines += ["", f"Tiled image {td['image_hw'][0]}x{td['image_hw'][1]}, {r['preset']} ({td['plan']['frames']} frames, "
@@ -696,7 +738,8 @@ def main() -> None:
     ap.add_argument("--tiled-presets", default="smolvlm,llavanext")
     ap.add_argument("--top-kernels", type=int, default=12)
     ap.add_argument("--sections", default="numerics,throughput,latency_bs1,training,levers,tiled,max_batch",
-                    help="which sections to run (in this order of priority)")
+                    help="which sections to run (in this order of priority; `autotune`, inductor max-autotune on "
+                         "every side, only when named)")
     ap.add_argument("--train-extra", action="store_true",
                     help="also native without levers (training) and native with activation checkpointing (max batch)")
     ap.add_argument("--backend", default="inductor", help="torch.compile backend (the smoke test uses eager)")
