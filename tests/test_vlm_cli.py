@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import json
+from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 import torch
@@ -50,25 +51,33 @@ def lm_dirs(tmp_path_factory):
     return plain, vision
 
 
-def test_lm_narrower_than_the_connector(tmp_path):
-    proc = run_vtlab([*BASE, "text_hidden=32"], tmp_path)
-    _one_line_error(proc, "text_hidden=32", "text.hidden_size=64")
+# the refused commands, run two at a time by one module fixture (each a subprocess that mostly imports); "{dir}" is
+# the case's own working folder
+REFUSED = {
+    "lm_narrower_than_the_connector": ([*BASE, "text_hidden=32"], ["text_hidden=32", "text.hidden_size=64"]),
+    "prompt_longer_than_the_context": ([*BASE, "text.max_position_embeddings=16"],
+                                       ["text.max_position_embeddings=16", "4 visual"]),
+    "missing_lm_checkpoint": ([*BASE, "text.weights={dir}/nope"], ["text.weights={dir}/nope", "no such file"]),
+    "text_weights_without_lm": (["+model=smolvlm_debug", "logger=none", "text.lm=false", "text.weights={dir}"],
+                                ["text.lm=false"]),
+}
 
 
-def test_prompt_longer_than_the_context(tmp_path):
-    proc = run_vtlab([*BASE, "text.max_position_embeddings=16"], tmp_path)
-    _one_line_error(proc, "text.max_position_embeddings=16", "4 visual")
-    assert not list(tmp_path.glob("outputs/*/*/results.json"))
+@pytest.fixture(scope="module")
+def refused_runs(tmp_path_factory):
+    def run(case: str):
+        cwd = tmp_path_factory.mktemp(case)
+        return case, (cwd, run_vtlab([a.format(dir=cwd) for a in REFUSED[case][0]], cwd))
+
+    with ThreadPoolExecutor(2) as pool:
+        return dict(pool.map(run, REFUSED))
 
 
-def test_missing_lm_checkpoint(tmp_path):
-    proc = run_vtlab([*BASE, f"text.weights={tmp_path}/nope"], tmp_path)
-    _one_line_error(proc, f"text.weights={tmp_path}/nope", "no such file")
-
-
-def test_text_weights_without_lm(tmp_path):
-    proc = run_vtlab(["+model=smolvlm_debug", "logger=none", "text.lm=false", f"text.weights={tmp_path}"], tmp_path)
-    _one_line_error(proc, "text.lm=false")
+@pytest.mark.parametrize("case", list(REFUSED))
+def test_refused_lm_input_is_one_line(refused_runs, case):
+    cwd, proc = refused_runs[case]
+    _one_line_error(proc, *(needle.format(dir=cwd) for needle in REFUSED[case][1]))
+    assert not list(cwd.glob("outputs/*/*/results.json"))
 
 
 @pytest.mark.slow

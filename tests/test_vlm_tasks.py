@@ -9,6 +9,7 @@ import signal
 import subprocess
 import sys
 import time
+from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 import torch
@@ -211,10 +212,23 @@ BAD = [
 ]
 
 
-@pytest.mark.parametrize(("overrides", "message"), BAD, ids=["train_part", "lora_target", "align_synthetic",
-                                                            "vocab_size", "context"])
-def test_bad_input_is_one_line(tmp_path, overrides, message):
-    proc = cli(["+model=smolvlm_debug", *VQA, *overrides, f"out_dir={tmp_path}"])
+BAD_IDS = ["train_part", "lora_target", "align_synthetic", "vocab_size", "context"]
+
+
+@pytest.fixture(scope="module")
+def bad_input_runs(tmp_path_factory):
+    """Every bad-input command of BAD, two at a time (each a single-threaded subprocess on a 2-core machine)."""
+    def run(case: int):
+        out = tmp_path_factory.mktemp(BAD_IDS[case])
+        return case, cli(["+model=smolvlm_debug", *VQA, *BAD[case][0], f"out_dir={out}"])
+
+    with ThreadPoolExecutor(2) as pool:
+        return dict(pool.map(run, range(len(BAD))))
+
+
+@pytest.mark.parametrize(("case", "message"), [(i, m) for i, (_, m) in enumerate(BAD)], ids=BAD_IDS)
+def test_bad_input_is_one_line(bad_input_runs, case, message):
+    proc = bad_input_runs[case]
     assert proc.returncode == 2, proc.stderr[-2000:]
     line = proc.stderr.strip().splitlines()[-1]
     assert line.startswith("vtlab: error: ") and message in line, proc.stderr[-2000:]
