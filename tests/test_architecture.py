@@ -181,8 +181,8 @@ def test_import_graph_has_no_cycles_and_no_function_level_imports_of_vtlab() -> 
 
 def test_reading_the_config_does_not_import_torchvision_lightning_or_transformers() -> None:
     """A refused command answers before any heavy import: `vtlab.config` (schema and validation) stays off
-    torchvision, Lightning and transformers (~2.5 s of the ~6 s a CLI error took on 2 cores came from
-    torchvision alone, through the conversations folder check)."""
+    torchvision, Lightning and transformers (a refused command took ~8.8 s on 2 cores, ~6.4 s without
+    torchvision, which came in through the conversations folder check)."""
     import subprocess
     import sys
 

@@ -4,14 +4,13 @@ from __future__ import annotations
 
 import json
 import os
-import signal
 import subprocess
 import sys
 import time
 
 import pytest
 import torch
-from train_helpers import ONE_THREAD, REPO, TINY, cli, make_ctx, run_inproc
+from train_helpers import ONE_THREAD, REPO, TINY, cli, kill_after_first_epoch, make_ctx, run_inproc
 
 from vtlab.api import build
 from vtlab.errors import NonFiniteLossError
@@ -57,19 +56,8 @@ def test_kill_and_resume_matches_uninterrupted_run(tmp_path):
     assert proc.returncode == 0, proc.stderr[-2000:]
 
     killed = tmp_path / "killed"
-    env = os.environ | {"WANDB_MODE": "disabled", **ONE_THREAD}
-    child = subprocess.Popen([sys.executable, "-m", "vtlab", *common, f"out_dir={killed}"], cwd=REPO, env=env,
-                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    marker = killed / "checkpoints" / "epoch1.ckpt"  # epoch0.ckpt is complete once this one appears
-    deadline = time.time() + 180
-    while not marker.exists() and child.poll() is None and time.time() < deadline:
-        time.sleep(0.02)
-    child.send_signal(signal.SIGKILL)
-    child.wait()
-    assert child.returncode == -signal.SIGKILL, "training ended before it could be killed"
+    resume = kill_after_first_epoch(common, killed)
     assert not (killed / "results.json").exists()
-
-    resume = killed / "checkpoints" / "epoch0.ckpt"
     proc = cli([*common, f"out_dir={killed}", f"task.ckpt_path={resume}"])
     assert proc.returncode == 0, proc.stderr[-2000:]
     a, b = _tree(full), _tree(killed)

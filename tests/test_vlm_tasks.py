@@ -5,15 +5,12 @@ from __future__ import annotations
 
 import json
 import os
-import signal
-import subprocess
-import sys
 import time
 from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 import torch
-from train_helpers import ONE_THREAD, REPO, cli, run_inproc
+from train_helpers import cli, kill_after_first_epoch, run_inproc
 
 from vtlab.data.vqa import VQADataset
 from vtlab.errors import ConfigError
@@ -173,17 +170,7 @@ def test_resume_after_kill_matches_uninterrupted_run(tmp_path):
     proc = cli([*common, f"out_dir={full}"])
     assert proc.returncode == 0, proc.stderr[-2000:]
     killed = tmp_path / "killed"
-    child = subprocess.Popen([sys.executable, "-m", "vtlab", *common, f"out_dir={killed}"], cwd=REPO,
-                             env=os.environ | {"WANDB_MODE": "disabled", **ONE_THREAD},
-                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    marker = killed / "checkpoints" / "epoch1.ckpt"  # epoch0.ckpt is complete once this one appears
-    deadline = time.time() + 180
-    while not marker.exists() and child.poll() is None and time.time() < deadline:
-        time.sleep(0.02)
-    child.send_signal(signal.SIGKILL)
-    child.wait()
-    assert child.returncode == -signal.SIGKILL, "training ended before it could be killed"
-    resume = killed / "checkpoints" / "epoch0.ckpt"
+    resume = kill_after_first_epoch(common, killed)
     proc = cli([*common, f"out_dir={killed}", f"task.ckpt_path={resume}"])
     assert proc.returncode == 0, proc.stderr[-2000:]
     a, b = _result(full), _result(killed)

@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import os
+import signal
 import subprocess
 import sys
 import tempfile
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -63,3 +65,19 @@ def cli(args: list[str], timeout: float = 240, **popen: Any) -> subprocess.Compl
         args = [*args, f"hydra.run.dir={tempfile.mkdtemp(prefix='vtlab-test-')}"]
     return subprocess.run([sys.executable, "-m", "vtlab", *args], cwd=REPO, env=env, capture_output=True,
                           text=True, timeout=timeout, **popen)
+
+
+def kill_after_first_epoch(args: list[str], out_dir: Path) -> Path:
+    """Run `python -m vtlab *args out_dir=...` and SIGKILL it as soon as its second epoch's checkpoint appears, so
+    that epoch0.ckpt is complete; returns that checkpoint (the resume point)."""
+    env = os.environ | {"WANDB_MODE": "disabled", **ONE_THREAD}
+    child = subprocess.Popen([sys.executable, "-m", "vtlab", *args, f"out_dir={out_dir}"], cwd=REPO, env=env,
+                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    marker = out_dir / "checkpoints" / "epoch1.ckpt"  # epoch0.ckpt is complete once this one appears
+    deadline = time.time() + 180
+    while not marker.exists() and child.poll() is None and time.time() < deadline:
+        time.sleep(0.02)
+    child.send_signal(signal.SIGKILL)
+    child.wait()
+    assert child.returncode == -signal.SIGKILL, "training ended before it could be killed"
+    return out_dir / "checkpoints" / "epoch0.ckpt"

@@ -26,7 +26,6 @@ import lightning.pytorch as pl
 from vtlab.api import build_vlm_from_config
 from vtlab.data.vqa_batch import VQACollator, VQADataModule, fitting_rows
 from vtlab.errors import ConfigError
-from vtlab.models.sdpa import pinned
 from vtlab.results.record import RunContext, process_rank
 from vtlab.tasks.common import metric, publish
 from vtlab.tasks.vlm_common import (
@@ -37,11 +36,10 @@ from vtlab.tasks.vlm_common import (
     vocabulary_of,
     vqa_splits,
 )
-from vtlab.train.callbacks import LastValStep, SamplerResume, ThroughputMeter
 from vtlab.train.checkpoint import check_fresh_run, check_resume, load_checkpoint, resolve_ckpt_path, vlm_architecture
 from vtlab.train.lora import apply_lora, check_targets, load_adapters, lora_settings, meta_sides, save_adapters
 from vtlab.train.module import OptimSettings
-from vtlab.train.trainer import build_trainer, checkpoint_callbacks, fit_and_finish, resolve_precision
+from vtlab.train.trainer import fit_run, resolve_precision
 from vtlab.train.vlm_module import VLMModule
 
 
@@ -97,15 +95,9 @@ def fit(ctx: RunContext, tracker: Any) -> tuple[dict[str, Any], pl.Trainer]:
         lit.gradient_checkpointing()
     if t.compile:
         lit.compile_vision()
-    meter, last_val = ThroughputMeter(), LastValStep()
-    ckpt_cbs = checkpoint_callbacks(ctx.out_dir / "checkpoints", t.keep_every_n_epochs)
-    trainer = build_trainer(ctx, tracker, [*ckpt_cbs, meter, last_val, SamplerResume()])
-    last_path = ctx.out_dir / "checkpoints" / "last.ckpt"
-    with pinned(t.attention_backend):
-        fit_s = fit_and_finish(trainer, lit, dm, ckpt_path, ckpt_cbs[1], last_val, last_path)
+    trainer, fitted = fit_run(ctx, tracker, lit, dm, ckpt_path)
     adapters = save_adapters(vlm, ctx.out_dir / "adapters") if trainer.is_global_zero else {}
     m = trainer.callback_metrics
-    best = ckpt_cbs[0]
     by_type = {k.removeprefix("val_acc_"): float(v) for k, v in sorted(m.items()) if k.startswith("val_acc_")}
     return {
         **ctx.header(),
@@ -126,12 +118,8 @@ def fit(ctx: RunContext, tracker: Any) -> tuple[dict[str, Any], pl.Trainer]:
         "val_loss": metric(m, "val_loss"),
         "train_loss": metric(m, "train_loss_epoch"),
         "train_acc": metric(m, "train_acc_epoch"),
-        "best_val_acc": float(best.best_model_score) if best.best_model_score is not None else None,
-        "best_ckpt": best.best_model_path or None,
-        "last_ckpt": str(last_path) if last_path.exists() else None,
         "rows": skipped,
-        **meter.summary(),
-        "fit_s": fit_s,
+        **fitted,
         "overrides": ctx.overrides,
     }, trainer
 

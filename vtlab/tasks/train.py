@@ -14,14 +14,12 @@ import lightning.pytorch as pl
 
 from vtlab.api import build_stack
 from vtlab.models.fastpaths import configure_fast_paths, fast_paths
-from vtlab.models.sdpa import pinned
 from vtlab.results.record import RunContext, process_rank
 from vtlab.tasks.common import classifier_facts, metric, publish
 from vtlab.tasks.datamodule import build_datamodule
-from vtlab.train.callbacks import LastValStep, SamplerResume, ThroughputMeter
 from vtlab.train.checkpoint import architecture, check_fresh_run, check_resume, load_checkpoint, resolve_ckpt_path
 from vtlab.train.module import OptimSettings, VisionClassifier
-from vtlab.train.trainer import build_trainer, checkpoint_callbacks, fit_and_finish, resolve_precision
+from vtlab.train.trainer import fit_run, resolve_precision
 
 
 def check(ctx: RunContext) -> None:
@@ -48,14 +46,8 @@ def train(ctx: RunContext, tracker: Any) -> tuple[dict[str, Any], pl.Trainer]:
                            compile_optimizer=t.compile_optimizer)
     if t.compile:
         lit.compile_stack()
-    meter, last_val = ThroughputMeter(), LastValStep()
-    ckpt_cbs = checkpoint_callbacks(ctx.out_dir / "checkpoints", t.keep_every_n_epochs)
-    trainer = build_trainer(ctx, tracker, [*ckpt_cbs, meter, last_val, SamplerResume()])
-    last_path = ctx.out_dir / "checkpoints" / "last.ckpt"
-    with pinned(t.attention_backend):  # process-wide SDPA flags: compiled graphs, validation and ranks see them too
-        fit_s = fit_and_finish(trainer, lit, dm, ckpt_path, ckpt_cbs[1], last_val, last_path)
+    trainer, fitted = fit_run(ctx, tracker, lit, dm, ckpt_path)
     m = trainer.callback_metrics
-    best = ckpt_cbs[0]
     return {
         **ctx.header(),
         **classifier_facts(stack, dm.num_classes, cfg.data.kind),
@@ -74,11 +66,7 @@ def train(ctx: RunContext, tracker: Any) -> tuple[dict[str, Any], pl.Trainer]:
         "val_loss": metric(m, "val_loss"),
         "train_loss": metric(m, "train_loss_epoch", "train_loss"),
         "train_acc": metric(m, "train_acc_epoch", "train_acc"),
-        "best_val_acc": float(best.best_model_score) if best.best_model_score is not None else None,
-        "best_ckpt": best.best_model_path or None,
-        "last_ckpt": str(last_path) if last_path.exists() else None,
-        **meter.summary(),
-        "fit_s": fit_s,
+        **fitted,
         "overrides": ctx.overrides,
     }, trainer
 

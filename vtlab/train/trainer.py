@@ -28,8 +28,9 @@ from lightning.pytorch.loggers import CSVLogger, WandbLogger
 from vtlab.atomic import atomic_write
 from vtlab.errors import ConfigError
 from vtlab.measure.timing import on_gpu
+from vtlab.models.sdpa import pinned
 from vtlab.results.record import RunContext, process_rank
-from vtlab.train.callbacks import ParamSummary
+from vtlab.train.callbacks import LastValStep, ParamSummary, SamplerResume, ThroughputMeter
 
 
 class AtomicCheckpointIO(TorchCheckpointIO):
@@ -148,3 +149,26 @@ def fit_and_finish(trainer: pl.Trainer, module: pl.LightningModule, datamodule: 
     if last_val.step != trainer.global_step and not trainer.fast_dev_run:
         trainer.validate(module, datamodule=datamodule, verbose=False)
     return fit_s
+
+
+def fit_run(ctx: RunContext, tracker: Any, module: pl.LightningModule, datamodule: Any,
+            ckpt_path: str | None) -> tuple[pl.Trainer, dict[str, Any]]:
+    """The fit of `task=train` and the VLM tasks: vtlab's checkpoints (best by val_acc, last, every n epochs),
+    throughput meter, final-weights validation and resumable sampler, under `task.attention_backend` (process-wide
+    SDPA flags: compiled graphs, validation and ranks see them too). Returns the trainer and the run's fit facts
+    for results.json (best / last checkpoint, step throughput, fit seconds)."""
+    t = ctx.cfg.task
+    meter, last_val = ThroughputMeter(), LastValStep()
+    ckpt_cbs = checkpoint_callbacks(ctx.out_dir / "checkpoints", t.keep_every_n_epochs)
+    trainer = build_trainer(ctx, tracker, [*ckpt_cbs, meter, last_val, SamplerResume()])
+    last_path = ctx.out_dir / "checkpoints" / "last.ckpt"
+    with pinned(t.attention_backend):
+        fit_s = fit_and_finish(trainer, module, datamodule, ckpt_path, ckpt_cbs[1], last_val, last_path)
+    best = ckpt_cbs[0]
+    return trainer, {
+        "best_val_acc": float(best.best_model_score) if best.best_model_score is not None else None,
+        "best_ckpt": best.best_model_path or None,
+        "last_ckpt": str(last_path) if last_path.exists() else None,
+        **meter.summary(),
+        "fit_s": fit_s,
+    }

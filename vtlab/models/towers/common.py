@@ -144,6 +144,15 @@ def block_flops(n: int, dim: int, mlp_hidden: int, swiglu: bool = False) -> int:
     return 2 * n * (3 * dim * dim + dim * dim + mlp) + 4 * n * n * dim
 
 
+def patchify(images: torch.Tensor, patch: int) -> torch.Tensor:
+    """(B, C, H, W) -> (B, gh*gw, p*p*C): non-overlapping patches row-major, each flattened in (row, col, channel)
+    order as the NaFlex processor packs them (transformers Siglip2ImageProcessor); a ragged edge is cropped."""
+    b, c, h, w = images.shape
+    gh, gw = h // patch, w // patch
+    x = images[:, :, : gh * patch, : gw * patch].reshape(b, c, gh, patch, gw, patch)
+    return x.permute(0, 2, 4, 3, 5, 1).reshape(b, gh * gw, patch * patch * c)
+
+
 def resolve_layers(layers: Sequence[int] | None, num_layers: int) -> list[int] | None:
     """hidden_states indices (negative from the end, L+1 entries) -> 0..L; ValueError when out of range."""
     if layers is None:

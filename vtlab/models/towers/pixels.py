@@ -14,6 +14,8 @@ from typing import Any
 import torch
 from torch import nn
 
+from vtlab.models.towers.common import patchify
+
 
 class PixelTower(nn.Module):
     """(B, C, H, W) -> (B, (H/p) * (W/p), C * p * p) raw patches; the tower interface of vtlab.models.towers."""
@@ -44,11 +46,7 @@ class PixelTower(nn.Module):
         return 0  # a reshape
 
     def forward(self, pixel_values: torch.Tensor) -> torch.Tensor:
-        b, c, h, w = pixel_values.shape
-        p = self.patch_size
-        gh, gw = h // p, w // p
-        x = pixel_values[:, :, : gh * p, : gw * p].reshape(b, c, gh, p, gw, p)
-        return x.permute(0, 2, 4, 3, 5, 1).reshape(b, gh * gw, p * p * c)
+        return patchify(pixel_values, self.patch_size)
 
 
 def build_pixel_tower(model_cfg: Any) -> PixelTower:

@@ -41,6 +41,7 @@ from vtlab.models.towers.common import (
     SiglipTowerBase,
     block_flops,
     init_siglip_weights,
+    patchify,
     pil_resize,
     rescale_normalize,
     resize_table,
@@ -149,11 +150,7 @@ class Siglip2Tower(SiglipTowerBase):
 
     def patchify(self, images: torch.Tensor) -> torch.Tensor:
         """(B, C, H, W) -> (B, gh*gw, p*p*C), each patch in (row, col, channel) order like the processor."""
-        b, c, hh, ww = images.shape
-        p = self.patch_size
-        gh, gw = hh // p, ww // p
-        x = images[:, :, : gh * p, : gw * p].reshape(b, c, gh, p, gw, p)
-        return x.permute(0, 2, 4, 3, 5, 1).reshape(b, gh * gw, p * p * c)
+        return patchify(images, self.patch_size)
 
     def embed(
         self,
