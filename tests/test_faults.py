@@ -22,7 +22,7 @@ import torch
 from lightning.pytorch.callbacks import Callback
 from train_helpers import ONE_THREAD, REPO, TINY, run_inproc
 
-import vtlab.tasks.train as train_task
+import vtlab.train.trainer as trainer_mod
 from vtlab.errors import WriteError
 from vtlab.results.rundir import LOCK
 
@@ -65,21 +65,19 @@ def full_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 def test_mid_epoch_stop_and_resume_continues_the_sampler(full_run: Path, tmp_path: Path,
                                                          monkeypatch: pytest.MonkeyPatch) -> None:
-    original = train_task.checkpoint_callbacks
-    monkeypatch.setattr(train_task, "checkpoint_callbacks", lambda *a: [*original(*a), _StopAt(6)])
+    original = trainer_mod.checkpoint_callbacks  # looked up by vtlab.train.trainer.fit_run
+    monkeypatch.setattr(trainer_mod, "checkpoint_callbacks", lambda *a: [*original(*a), _StopAt(6)])
     with pytest.raises(RuntimeError, match="stopped on purpose"):
         run_inproc(tmp_path, RUN)
     assert torch.load(tmp_path / "checkpoints" / "last.ckpt", weights_only=True)["global_step"] == 6  # mid epoch 1
     assert not (tmp_path / LOCK).exists()
-    monkeypatch.setattr(train_task, "checkpoint_callbacks", original)
+    monkeypatch.setattr(trainer_mod, "checkpoint_callbacks", original)
     run_inproc(tmp_path, [*RUN, "task.ckpt_path=last"])
     _same_run(full_run, tmp_path)
 
 
 def test_full_disk_during_a_checkpoint_write_is_one_line_and_keeps_the_previous(tmp_path: Path,
                                                                                monkeypatch: pytest.MonkeyPatch) -> None:
-    import vtlab.train.trainer as trainer_mod
-
     saves: list[str] = []
     real_save = torch.save
 

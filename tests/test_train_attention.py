@@ -8,6 +8,7 @@ import torch
 from train_helpers import TINY, cli, make_ctx, one_thread
 
 from vtlab.tasks import train as train_task
+from vtlab.train import trainer as trainer_mod
 
 
 class _SdpaFlags(pl.Callback):
@@ -23,8 +24,8 @@ class _SdpaFlags(pl.Callback):
 
 def _fit_with_flags(tmp_path, monkeypatch, *overrides: str) -> tuple[dict, _SdpaFlags]:
     flags = _SdpaFlags()
-    real = train_task.build_trainer
-    monkeypatch.setattr(train_task, "build_trainer", lambda ctx, tracker, cbs: real(ctx, tracker, [*cbs, flags]))
+    real = trainer_mod.build_trainer  # looked up by vtlab.train.trainer.fit_run, which task=train calls
+    monkeypatch.setattr(trainer_mod, "build_trainer", lambda ctx, tracker, cbs: real(ctx, tracker, [*cbs, flags]))
     ctx = make_ctx(tmp_path, [*TINY, "trainer.max_steps=2", *overrides])
     with one_thread():
         result, _ = train_task.train(ctx, None)
