@@ -4,7 +4,8 @@
   than the plain bf16 path;
 - every bench mode (eager, compile, cudagraphs) runs and gives the eager outputs within bf16 rounding;
 - counted FLOPs equal the closed form on CUDA whatever kernels run (fused epilogue, flash / cuDNN / efficient SDPA);
-- every attention backend in the one table runs the tower (or is refused with its message) and matches math.
+- every attention backend in the one table runs the tower (or is refused with its message) and matches math;
+- `cudnn_safe` takes cuDNN only at clean key lengths, and its gradients stay finite at the NaN trigger.
 """
 
 from __future__ import annotations
@@ -97,7 +98,31 @@ def test_every_attention_backend_runs_the_tower(backend: str) -> None:
           f"(bf16 math {e_math:.3e})")
     assert e_out <= 1.5 * e_math
     if backend not in ("auto", "no_cudnn"):
-        assert ran["ran"] == backend
+        assert ran["ran"] == ("cudnn" if backend == "cudnn_safe" else backend)  # 196 keys: clean for cuDNN
+
+
+@pytest.mark.parametrize(("tokens", "expected"), [(196, "cudnn"), (256, "cudnn"), (64, "flash"), (576, "flash")])
+def test_cudnn_safe_takes_cudnn_only_at_clean_key_lengths_and_its_gradients_are_finite(tokens, expected) -> None:
+    """The layer policy on the device: cuDNN where cudnn_is_clean, flash at key length % 128 == 64, and a
+    backward through strongly negative logits (the NaN trigger) gives finite gradients either way."""
+    from vtlab.models.layers import Attention
+    from vtlab.models.sdpa import configure_attention
+
+    torch.manual_seed(0)
+    attn = configure_attention(Attention(768, 12), "cudnn_safe").to(CUDA, torch.bfloat16)
+    with torch.no_grad():  # q row 0 = 1 and k row 0 = -150 sqrt(d): every logit about -150
+        attn.qkv.weight.zero_()
+        attn.qkv.bias.zero_()
+        for h in range(12):
+            attn.qkv.bias[h * 64] = 1.0
+            attn.qkv.bias[768 + h * 64] = -150.0 * 8.0
+        attn.qkv.weight[1536:] = torch.randn(768, 768, device=CUDA, dtype=torch.bfloat16) * 0.05
+    x = torch.randn(4, tokens, 768, device=CUDA, dtype=torch.bfloat16, requires_grad=True)
+    with pinned("cudnn_safe"):
+        ran = detect_backend(lambda: attn(x), "cudnn_safe")
+        attn(x).float().square().sum().backward()
+    assert ran["ran"] == expected
+    assert torch.isfinite(x.grad).all() and all(torch.isfinite(p.grad).all() for p in attn.parameters())
 
 
 def test_bench_on_cuda_records_flops_equal_to_the_closed_form(tmp_path: Path) -> None:

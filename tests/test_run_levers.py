@@ -23,7 +23,8 @@ def test_run_levers_smoke(tmp_path: Path) -> None:
     assert proc.returncode == 0, proc.stderr[-3000:]
     row = json.loads((tmp_path / "smolvlm.json").read_text())
     sections = row["sections"]
-    assert set(sections) == {"numerics", "throughput", "training", "latency_bs1", "levers", "tiled", "max_batch"}
+    assert set(sections) == {"numerics", "throughput", "training", "grad_numerics", "latency_bs1", "levers", "tiled",
+                             "max_batch"}
     assert not [k for k, v in sections.items() if isinstance(v, dict) and "error" in v], sections
     assert set(sections["throughput"]["img_s"]) == {"hf_compile", "timm_compile", "native_default", "native_levers"}
     assert sections["throughput"]["fast_paths_native_levers"]["patch_gemm"] is True
@@ -52,3 +53,27 @@ def test_autotune_section_measures_every_side(tmp_path: Path) -> None:
     assert set(at["img_s"]) == sides and all(isinstance(v, float) and v > 0 for v in at["img_s"].values()), at
     assert set(at["compile_s"]) == sides and set(at["ratio"]) == {"native_levers", "native_levers_cudagraphs"}
     assert "max-autotune on every side" in (tmp_path / "levers.md").read_text()
+
+
+@pytest.mark.slow
+def test_training_section_by_sdpa_setting_with_a_lever_sweep(tmp_path: Path) -> None:
+    """`--train-attention a,b`: every variant under each setting (keys `name@setting`), the ratios per setting,
+    one-lever-off variants from `--train-sweep` (`a+b`: both off), the `--train-variants` filter, a kernel
+    breakdown by kind, finite gradients, and the gradient error vs fp32 per setting (fp32 on CPU: ~0)."""
+    env = {**os.environ, "WANDB_MODE": "disabled", "PYTHONPATH": str(REPO)}
+    wanted = "native_levers_full@auto,hf_full@auto,native_no_fused_gelu_train+patch_gemm_full@cudnn_safe,hf_full@cudnn_safe"
+    proc = subprocess.run([sys.executable, str(REPO / "experiments" / "gpu_speed" / "run_levers.py"), "--smoke",
+                           "--presets", "smolvlm", "--sections", "training,grad_numerics", "--train-attention",
+                           "auto,cudnn_safe", "--train-sweep", "fused_gelu_train+patch_gemm", "--train-variants", wanted,
+                           "--train-profile", "--out", str(tmp_path)],
+                          capture_output=True, text=True, timeout=600, env=env, cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    sections = json.loads((tmp_path / "smolvlm.json").read_text())["sections"]
+    tr, gn = sections["training"], sections["grad_numerics"]
+    assert set(tr["img_s"]) == set(wanted.split(",")) and all(isinstance(v, float) for v in tr["img_s"].values())
+    assert set(tr["kernels"]) == {"native_levers_full@auto", "hf_full@auto", "hf_full@cudnn_safe"}  # CPU: keys only
+    assert all(tr["grads_finite"].values())
+    assert {"ratio_full@auto", "ratio_full@auto_vs_fastest_hf"} <= set(tr)
+    assert set(gn) == {"images", "native_levers@auto", "native_levers@cudnn_safe", "hf@auto"}  # HF: no layer policy
+    assert all(v["rel_err"] < 1e-4 and v["finite"] for k, v in gn.items() if k != "images")
+    assert "GPU time of one step" in (tmp_path / "levers.md").read_text()

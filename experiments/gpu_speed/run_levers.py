@@ -246,10 +246,46 @@ def autotune(run: Run, b: dict[str, Any]) -> dict[str, Any]:
             out["img_s"][name] = batch / (run.ms(call) * 1e-3)
             log(f"{run.preset}: {name} {mode} {out['img_s'][name]:.0f} img/s (compile {out['compile_s'][name]:.0f}s)")
             torch._dynamo.reset()
+            run.row["sections"]["autotune"] = out  # a kill during the next side's tuning keeps this one
+            run.save()
     done = {k: v for k, v in out["img_s"].items() if isinstance(v, float)}
     if {"hf", "timm"} <= set(done):
         best = max(done["hf"], done["timm"])
         out["ratio"] = {k: done[k] / best for k in ("native_levers", "native_levers_cudagraphs") if k in done}
+    return out
+
+
+def autotune_bs1(run: Run, b: dict[str, Any]) -> dict[str, Any]:
+    """Batch-1 latency with inductor `max-autotune` (tuned Triton templates and CUDA graphs) on both sides:
+    transformers and native with the levers, next to native under reduce-overhead."""
+    x1 = b["x"][:1].clone()
+    out: dict[str, Any] = {"mode": "max-autotune", "ms": {}, "compile_s": {}}
+    set_levers(b["native"], patch_gemm=True)
+    sides = (("hf", lambda t: b["hf"](pixel_values=t).last_hidden_state, "max-autotune"),
+             ("native_levers", b["native"], "max-autotune"), ("native_levers_reduce_overhead", b["native"], "reduce-overhead"))
+    with torch.inference_mode():
+        for name, fn, mode in sides:
+            if not run.budget.allows(40 if run.cuda else 0):
+                out["ms"][name] = "skipped: time budget"
+                continue
+            f = run.compile(fn, mode=mode if run.cuda else None)
+            t = time.perf_counter()
+
+            def call(f: Callable = f) -> Any:
+                if run.cuda:
+                    torch.compiler.cudagraph_mark_step_begin()
+                return f(x1)
+
+            call()
+            out["compile_s"][name] = time.perf_counter() - t
+            out["ms"][name] = run.ms(call, iters=run.args.iters * 5)
+            log(f"{run.preset}: bs1 {name} {mode} {out['ms'][name]:.3f} ms (compile {out['compile_s'][name]:.0f}s)")
+            torch._dynamo.reset()
+            run.row["sections"]["autotune_bs1"] = out
+            run.save()
+    ms = out["ms"]
+    if isinstance(ms.get("hf"), float):
+        out["ratio"] = {k: v / ms["hf"] for k, v in ms.items() if k != "hf" and isinstance(v, float)}
     return out
 
 
@@ -322,22 +358,35 @@ def build_inference_fp8(run: Run, b: dict[str, Any]) -> torch.nn.Module:
 
 
 # ---------------------------------------------------------------------------------------------- training
-def train_setup(run: Run, tower: str, freeze: str, levers: bool, checkpointing: bool = False) -> tuple[Any, Any]:
+TRAIN_LEVERS = ("fused_gelu_train", "patch_gemm", "compile_optimizer")  # what --train-sweep can switch off
+
+
+def train_setup(run: Run, tower: str, freeze: str, levers: bool, checkpointing: bool = False,
+                compiled: bool = True, attention: str = "auto", off: tuple[str, ...] = ()) -> tuple[Any, Any]:
+    """A classifier over the preset's tower (native or transformers) and its AdamW. `attention` is pinned inside
+    every native attention layer (vtlab.models.sdpa.configure; the process-wide pin is the caller's); `levers`
+    switches the training levers (TRAIN_LEVERS) on, except those named in `off`."""
+    on = {k: levers and k not in off for k in TRAIN_LEVERS}
     import train_throughput as TT
 
     from vtlab.train.module import adamw
 
-    cfg = vtlab.to_config(vtlab.compose_config(run.name))
+    # the post-LN last layer on both sides (transformers' tower has no taps; llavanext's Granite taps off)
+    cfg = vtlab.to_config(vtlab.compose_config(run.name, ["model.feature_layers=null"]))
     torch.manual_seed(0)
     lit = TT.build_classifier("native" if tower == "native" else "hf", cfg, freeze, 4).to(run.device).train()
     if tower == "native":
-        configure(lit.stack, "auto", fused_gelu=levers)  # the inference epilogue: the frozen tower's no-grad forward
-        configure_fast_paths(lit.stack, patch_gemm=levers, fused_gelu_train=levers, activation_checkpointing=checkpointing)
-    if run.args.backend == "inductor":
+        configure(lit.stack, attention, fused_gelu=levers)  # the inference epilogue: the frozen tower's no-grad forward
+        configure_fast_paths(lit.stack, patch_gemm=on["patch_gemm"], fused_gelu_train=on["fused_gelu_train"],
+                             activation_checkpointing=checkpointing)
+    if not compiled:
+        pass
+    elif run.args.backend == "inductor":
         lit.compile_stack()
     else:
         lit.compile_stack(backend=run.args.backend)
-    opt = adamw(lit.param_groups(), (0.9, 0.999), compiled=levers and tower == "native" and run.args.backend == "inductor")
+    opt = adamw(lit.param_groups(), (0.9, 0.999),
+                compiled=compiled and on["compile_optimizer"] and tower == "native" and run.args.backend == "inductor")
     return lit, opt
 
 
@@ -355,32 +404,85 @@ def train_step_fn(run: Run, lit: Any, opt: Any, x: torch.Tensor, y: torch.Tensor
     return step
 
 
+KERNEL_KINDS = (  # (kind, substrings of the kernel name), first match wins: where a step's GPU time goes
+    ("attention_backward", ("bprop", "bwd", "backward_kernel", "dgrad_kernel")),
+    ("attention", ("sdpa", "fmha", "flash", "attention")),
+    ("gemm", ("nvjet", "gemm", "cutlass", "xmma", "sm90_", "splitk", "cublas")),
+    ("optimizer", ("multi_tensor", "adam", "foreach")),
+    ("layernorm", ("layer_norm", "layernorm")),
+)
+
+
+def kernel_kinds(fn: Callable[[], Any], top: int) -> dict[str, Any]:
+    """One call of `fn` under the profiler: its top kernels and the GPU time per kind (KERNEL_KINDS, else
+    `other`: GELU, casts, copies, adds)."""
+    from torch.profiler import ProfilerActivity, profile
+
+    fn()
+    if run_cuda := torch.cuda.is_available():
+        torch.cuda.synchronize()
+    acts = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if run_cuda else [])
+    with profile(activities=acts) as prof:
+        fn()
+        if run_cuda:
+            torch.cuda.synchronize()
+    events = [e for e in prof.key_averages() if getattr(e, "device_time_total", 0) > 0 and e.device_type.name == "CUDA"]
+    total = sum(e.device_time_total for e in events) or 1.0
+    kinds: dict[str, float] = {}
+    for e in events:
+        name = e.key.lower()
+        kind = next((k for k, subs in KERNEL_KINDS if any(x in name for x in subs)), "other")
+        kinds[kind] = kinds.get(kind, 0.0) + e.device_time_total / 1e3
+    events.sort(key=lambda e: e.device_time_total, reverse=True)
+    return {"total_ms": total / 1e3, "ms_by_kind": kinds,
+            "top": [{"kernel": e.key[:120], "ms": e.device_time_total / 1e3, "share": e.device_time_total / total,
+                     "calls": e.count} for e in events[:top]]}
+
+
 def training(run: Run) -> dict[str, Any]:
+    """The training step under each SDPA setting of `--train-attention` (comma list): `X` pins X process-wide
+    and in the native layers; `cudnn_safe` pins no_cudnn process-wide (so transformers runs no_cudnn) and lets each
+    native layer take cuDNN where its key length is clean (vtlab.models.sdpa)."""
     a = run.args
     batch = 2 if a.smoke else a.train_batch
-    variants = [("native_levers", "native", "none", True), ("hf", "hf", "none", False),
-                ("native_levers", "native", "tower", True), ("hf", "hf", "tower", False)]
-    variants += [("native_plain", "native", "none", False)] if a.train_extra else []
+    backends = a.train_attention.split(",")
+    variants: list[tuple[str, str, str, bool, tuple[str, ...]]] = [
+        ("native_levers", "native", "none", True, ()), ("hf", "hf", "none", False, ()),
+        ("native_levers", "native", "tower", True, ()), ("hf", "hf", "tower", False, ())]
+    variants += [(f"native_no_{k}", "native", "none", True, tuple(k.split("+"))) for k in a.train_sweep.split(",") if k]
+    variants += [("native_plain", "native", "none", False, ())] if a.train_extra else []
     out: dict[str, Any] = {"batch": batch, "precision": "bf16 autocast" if run.cuda else "fp32",
-                           "attention_backend": a.train_attention, "img_s": {}, "peak_mb": {}, "host_sync_free": {}}
-    with pinned(a.train_attention):
-        for label, tower, freeze, levers in variants:
-            key = f"{label}_{'full' if freeze == 'none' else 'frozen_tower'}"
+                           "attention_backend": a.train_attention, "img_s": {}, "peak_mb": {}, "host_sync_free": {},
+                           "grads_finite": {}, "kernels": {}}
+    for backend in backends:
+        suffix = f"@{backend}" if len(backends) > 1 else ""
+        for label, tower, freeze, levers, off in variants:
+            key = f"{label}_{'full' if freeze == 'none' else 'frozen_tower'}{suffix}"
+            if a.train_variants and key not in a.train_variants.split(","):
+                continue
             if not run.budget.allows(45 if run.cuda else 0):
                 out["img_s"][key] = "skipped: time budget"
                 continue
             try:
-                lit, opt = train_setup(run, tower, freeze, levers)
-                size = lit.stack.input_size
-                x = torch.randn(batch, 3, size, size, device=run.device)
-                y = torch.randint(0, 4, (batch,), device=run.device)
-                step = train_step_fn(run, lit, opt, x, y)
-                if run.cuda:
-                    torch.cuda.reset_peak_memory_stats()
-                ms = statistics.median(H.time_per_call_ms(step, run.device, a.train_warmup, a.train_steps, a.repeats))
-                out["img_s"][key] = batch / (ms * 1e-3)
-                out["peak_mb"][key] = torch.cuda.max_memory_allocated() / 2**20 if run.cuda else None
-                out["host_sync_free"][key] = sync_free(run, step)
+                with pinned(backend):
+                    lit, opt = train_setup(run, tower, freeze, levers, attention=backend, off=off)
+                    size = lit.stack.input_size
+                    x = torch.randn(batch, 3, size, size, device=run.device)
+                    y = torch.randint(0, 4, (batch,), device=run.device)
+                    step = train_step_fn(run, lit, opt, x, y)
+                    if run.cuda:
+                        torch.cuda.reset_peak_memory_stats()
+                    ms = statistics.median(H.time_per_call_ms(step, run.device, a.train_warmup, a.train_steps, a.repeats))
+                    out["img_s"][key] = batch / (ms * 1e-3)
+                    out["peak_mb"][key] = torch.cuda.max_memory_allocated() / 2**20 if run.cuda else None
+                    out["host_sync_free"][key] = sync_free(run, step)
+                    if a.train_profile and freeze == "none" and label in ("native_levers", "hf"):
+                        out["kernels"][key] = kernel_kinds(step, a.top_kernels)
+                    with torch.autocast(run.device.type, dtype=torch.bfloat16, enabled=run.cuda):
+                        loss, _ = lit.loss_and_logits((x, y))
+                    loss.backward()
+                    grads = [p.grad for p in lit.parameters() if p.grad is not None]
+                    out["grads_finite"][key] = bool(torch.stack([g.isfinite().all() for g in grads]).all())
                 log(f"{run.preset}: train {key} {out['img_s'][key]:.0f} img/s")
                 del lit, opt, step
             except Exception as exc:
@@ -391,9 +493,58 @@ def training(run: Run) -> dict[str, Any]:
                 torch.cuda.empty_cache()
     i = out["img_s"]
     for part in ("full", "frozen_tower"):
-        nat, hf = i.get(f"native_levers_{part}"), i.get(f"hf_{part}")
-        if isinstance(nat, float) and isinstance(hf, float):
-            out[f"ratio_{part}"] = nat / hf
+        for backend in backends:
+            suffix = f"@{backend}" if len(backends) > 1 else ""
+            nat = i.get(f"native_levers_{part}{suffix}")
+            hfs = [v for k, v in i.items() if k.startswith(f"hf_{part}") and isinstance(v, float)]
+            hf = i.get(f"hf_{part}{suffix}", i.get(f"hf_{part}@no_cudnn"))
+            if isinstance(nat, float) and isinstance(hf, float):
+                out[f"ratio_{part}{suffix}"] = nat / hf  # vs transformers under the same (or, cudnn_safe: no_cudnn) pin
+            if isinstance(nat, float) and hfs:
+                out[f"ratio_{part}{suffix}_vs_fastest_hf"] = nat / max(hfs)
+    return out
+
+
+def grad_numerics(run: Run) -> dict[str, Any]:
+    """Relative L2 error of all gradients of one bf16-autocast training step (eager, 4 images) against the same
+    model's fp32 step (SDPA math, no levers): native with the training levers under each `--train-attention`
+    setting, and transformers under each, as the rounding yardstick."""
+    import copy
+
+    a = run.args
+    out: dict[str, Any] = {"images": 4}
+    for tower in ("native", "hf"):
+        lit, _ = train_setup(run, tower, "none", False, compiled=False)
+        size = lit.stack.input_size
+        g = torch.Generator(device="cpu").manual_seed(0)
+        x = torch.randn(4, 3, size, size, generator=g).to(run.device)
+        y = torch.randint(0, 4, (4,), generator=g).to(run.device)
+
+        def grads(model: Any, bf16: bool, x: torch.Tensor = x, y: torch.Tensor = y) -> torch.Tensor:
+            model.zero_grad(set_to_none=True)
+            with torch.autocast(run.device.type, dtype=torch.bfloat16, enabled=bf16 and run.cuda):
+                loss, _ = model.loss_and_logits((x, y))
+            loss.backward()
+            return torch.cat([p.grad.float().flatten() for p in model.parameters() if p.grad is not None])
+
+        with pinned("math"):
+            ref = grads(lit, bf16=False)
+        for backend in a.train_attention.split(","):
+            if tower == "hf" and backend == "cudnn_safe":
+                continue
+            model = copy.deepcopy(lit)
+            if tower == "native":
+                configure(model.stack, backend, fused_gelu=True)
+                configure_fast_paths(model.stack, patch_gemm=True, fused_gelu_train=True)
+            try:
+                with pinned(backend):
+                    gr = grads(model, bf16=True)
+                out[f"{tower}{'_levers' if tower == 'native' else ''}@{backend}"] = {
+                    "rel_err": H.rel_err(gr, ref), "finite": bool(gr.isfinite().all())}
+            except Exception as exc:
+                out[f"{tower}@{backend}"] = {"error": f"{type(exc).__name__}: {str(exc)[:200]}"}
+            del model
+        del lit
     return out
 
 
@@ -425,14 +576,16 @@ def max_batch(run: Run) -> dict[str, Any]:
     a = run.args
     cap = 8 if a.smoke else a.max_batch_cap
     out: dict[str, Any] = {"cap": cap, "largest": {}, "probes": {}}
-    with pinned(a.train_attention):
+    backend = a.train_attention.split(",")[0]
+    out["attention_backend"] = backend
+    with pinned(backend):
         variants = [("native_levers", "native", True, False), ("hf", "hf", False, False)]
         variants += [("native_levers_checkpointing", "native", True, True)] if a.train_extra else []
         for label, tower, levers, ckpt in variants:
             if not run.budget.allows(60 if run.cuda else 0):
                 out["largest"][label] = "skipped: time budget"
                 continue
-            lit, opt = train_setup(run, tower, "none", levers, checkpointing=ckpt)
+            lit, opt = train_setup(run, tower, "none", levers, checkpointing=ckpt, attention=backend)
             lo, hi, probes = 0, None, []
             b = 2 if a.smoke else a.train_batch
             while b <= cap and len(probes) < a.max_batch_probes and run.budget.allows(10 if run.cuda else 0):
@@ -600,17 +753,20 @@ def run_preset(preset: str, args: argparse.Namespace) -> dict[str, Any]:
     run.row["meta"]["budget_s"] = args.budget_s
     run.row["meta"]["matmul_tflops"] = H.matmul_tflops(run.device) if not args.smoke else None
     log(f"{preset}: start ({args.budget_s:.0f}s budget)")
-    b = build_inference(run)
     wanted = set(args.sections.split(","))
+    inference = {"numerics", "throughput", "latency_bs1", "levers", "autotune", "autotune_bs1"}
+    b = build_inference(run) if wanted & inference else {}  # four towers: skipped for training-only calls
     plan: list[tuple[str, float, Callable[[], Any], bool]] = [  # in order of priority
         ("numerics", 5, lambda: numerics(run, b), True),
         ("throughput", 60, lambda: throughput(run, b), True),
         ("latency_bs1", 40, lambda: latency(run, b), True),
         ("training", 90, lambda: training(run), preset in args.train_presets.split(",")),
+        ("grad_numerics", 20, lambda: grad_numerics(run), preset in args.train_presets.split(",")),
         ("levers", 40, lambda: lever_sweep(run, b), preset in args.lever_presets.split(",")),
         ("tiled", 30, lambda: tiled(run), preset in TILED and preset in args.tiled_presets.split(",")),
         ("max_batch", 60, lambda: max_batch(run), preset in args.train_presets.split(",")),
         ("autotune", 120, lambda: autotune(run, b), True),  # not in the default --sections: minutes of tuning
+        ("autotune_bs1", 90, lambda: autotune_bs1(run, b), True),  # likewise
     ]
     for name, need_s, fn, applies in plan:
         if applies and name in wanted:
@@ -621,6 +777,16 @@ def run_preset(preset: str, args: argparse.Namespace) -> dict[str, Any]:
 
 def fmt(v: Any, spec: str = ".0f") -> str:
     return format(v, spec) if isinstance(v, (int, float)) and not isinstance(v, bool) else ("-" if v is None else str(v))
+
+
+def tuned_table(title: str, unit: str, values: dict[str, Any], compile_s: dict[str, Any], spec: str,
+                ratio: dict[str, float] | None, ratio_title: str) -> list[str]:
+    """Markdown lines of one max-autotune section: a row per side (value, tuning seconds) and the ratios."""
+    lines = ["", f"{title} ({unit}; compile s):", "", f"| side | {unit} | compile s |", "|---|---|---|"]
+    lines += [f"| {k} | {fmt(v, spec)} | {fmt(compile_s.get(k))} |" for k, v in values.items()]
+    if ratio:
+        lines.append(f"\n{ratio_title}: " + ", ".join(f"{k} {v:.2f}x" for k, v in ratio.items()))
+    return lines
 
 
 def markdown(rows: list[dict[str, Any]]) -> str:
@@ -655,8 +821,18 @@ def markdown(rows: list[dict[str, Any]]) -> str:
                       "|---|---|---|---|"]
             for k, v in tr["img_s"].items():
                 lines.append(f"| {k} | {fmt(v)} | {fmt(tr['peak_mb'].get(k))} | {tr['host_sync_free'].get(k, '-')} |")
-            lines.append(f"\nnative levers / HF: full {fmt(tr.get('ratio_full'), '.2f')}x, "
-                         f"frozen tower {fmt(tr.get('ratio_frozen_tower'), '.2f')}x")
+            lines.append("\nnative levers / HF (same pin; cudnn_safe vs HF no_cudnn): " +
+                         ", ".join(f"{k[6:]} {v:.2f}x" for k, v in tr.items() if k.startswith("ratio_")))
+            for k, kk in tr.get("kernels", {}).items():
+                kinds = ", ".join(f"{n} {ms:.1f}" for n, ms in sorted(kk["ms_by_kind"].items(), key=lambda t: -t[1]))
+                lines.append(f"\nGPU time of one step, {k}: {kk['total_ms']:.1f} ms ({kinds} ms)")
+            if tr.get("grads_finite"):
+                lines.append("\nall gradients finite after the timed steps: " +
+                             ", ".join(f"{k} {v}" for k, v in tr["grads_finite"].items()))
+        gn = r.get("sections", {}).get("grad_numerics")
+        if gn and "images" in gn:
+            lines.append(f"\nGradients of one bf16 step ({gn['images']} images) vs the same model's fp32 step, relative L2: " +
+                         ", ".join(f"{k} {fmt(v.get('rel_err'), '.2e')}" for k, v in gn.items() if isinstance(v, dict)))
         mb = r.get("sections", {}).get("max_batch")
         if mb and "largest" in mb:
             lines.append(f"\nLargest full-fine-tuning batch that fits (cap {mb['cap']}): " +
@@ -671,12 +847,12 @@ def markdown(rows: list[dict[str, Any]]) -> str:
                 lines.append(f"\nfp8: relative error vs native bf16 {lv['fp8_rel_err_vs_bf16']:.2e}, vs fp32 {lv['fp8_rel_err_vs_fp32']:.2e}")
         at = r.get("sections", {}).get("autotune")
         if at and "img_s" in at:
-            lines += ["", f"max-autotune on every side, {r['preset']} batch {at['batch']} (img/s; compile s):", "",
-                      "| side | img/s | compile s |", "|---|---|---|"]
-            lines += [f"| {k} | {fmt(v)} | {fmt(at['compile_s'].get(k))} |" for k, v in at["img_s"].items()]
-            if at.get("ratio"):
-                lines.append("\nnative / best of HF, timm (all autotuned): " +
-                             ", ".join(f"{k} {v:.2f}x" for k, v in at["ratio"].items()))
+            lines += tuned_table(f"max-autotune on every side, {r['preset']} batch {at['batch']}", "img/s", at["img_s"],
+                                 at["compile_s"], ".0f", at.get("ratio"), "native / best of HF, timm (all autotuned)")
+        ab = r.get("sections", {}).get("autotune_bs1")
+        if ab and "ms" in ab:
+            lines += tuned_table(f"Batch-1 latency, max-autotune (CUDA graphs) on both sides, {r['preset']}", "ms",
+                                 ab["ms"], ab["compile_s"], ".3f", ab.get("ratio"), "native / transformers")
         td = r.get("sections", {}).get("tiled")
         if td and "ms" in td:
             lines += ["", f"Tiled image {td['image_hw'][0]}x{td['image_hw'][1]}, {r['preset']} ({td['plan']['frames']} frames, "
@@ -731,13 +907,20 @@ def main() -> None:
     ap.add_argument("--train-batch", type=int, default=64)
     ap.add_argument("--train-steps", type=int, default=5)
     ap.add_argument("--train-warmup", type=int, default=2)
-    ap.add_argument("--train-attention", default="no_cudnn", help="SDPA for the training steps (task=train's default)")
+    ap.add_argument("--train-attention", default="no_cudnn",
+                    help="SDPA for the training steps, a comma list (default no_cudnn, task=train's default until "
+                         "2026-12-01); cudnn_safe: cuDNN in the native layers where the key length is clean")
+    ap.add_argument("--train-profile", action="store_true", help="kernel breakdown (by kind) of one full-FT step")
+    ap.add_argument("--train-variants", default="", help="only these training variants (keys as in the table), e.g. "
+                    "hf_full,native_no_fused_gelu_train_full")
+    ap.add_argument("--train-sweep", default="", help=f"training levers to switch off, one variant each (full FT), of {TRAIN_LEVERS}; "
+                         "a+b switches off both")
     ap.add_argument("--max-batch-cap", type=int, default=1024)
     ap.add_argument("--max-batch-probes", type=int, default=6)
     ap.add_argument("--lever-presets", default="siglip")
     ap.add_argument("--tiled-presets", default="smolvlm,llavanext")
     ap.add_argument("--top-kernels", type=int, default=12)
-    ap.add_argument("--sections", default="numerics,throughput,latency_bs1,training,levers,tiled,max_batch",
+    ap.add_argument("--sections", default="numerics,throughput,latency_bs1,training,grad_numerics,levers,tiled,max_batch",
                     help="which sections to run (in this order of priority; `autotune`, inductor max-autotune on "
                          "every side, only when named)")
     ap.add_argument("--train-extra", action="store_true",
@@ -748,7 +931,9 @@ def main() -> None:
     if args.smoke:
         args.device, args.backend = "cpu", "eager"
         args.iters = args.repeats = args.warmup = args.train_steps = args.train_warmup = 1
-        args.max_batch_probes, args.train_attention, args.top_kernels = 3, "auto", 3
+        args.max_batch_probes, args.top_kernels = 3, 3
+        if args.train_attention == "no_cudnn":  # the GPU default; on CPU PyTorch's own choice
+            args.train_attention = "auto"
     args.out.mkdir(parents=True, exist_ok=True)
     presets = args.presets.split(",")
     if args.in_process or len(presets) == 1:

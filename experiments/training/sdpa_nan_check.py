@@ -24,6 +24,11 @@ from vtlab.models.sdpa import BACKENDS, pinned
 # (name, batch, heads, query length, key length, head dim): smolvlm at 128 px (8x8 patches), factors 1..8
 SHAPES = [("head_f1", 64, 8, 1, 64, 72), ("head_f2", 64, 8, 1, 16, 72), ("head_f4", 64, 8, 1, 4, 72),
           ("head_f8", 64, 8, 1, 1, 72), ("tower_128px", 64, 12, 64, 64, 64), ("tower_512px", 8, 12, 1024, 1024, 64)]
+# --grid: self-attention at every key length the shipped towers and frame sizes give (SigLIP-B/16 at 224 px: 196;
+# so400m/14 at 384 px: 729, head dim 72; SmolVLM at 128-512 px: 64-1024) and at the multiples of 64 around them,
+# which is where upstream places the bug (pytorch/pytorch#196678: key length % 128 == 64)
+GRID = [(f"self_s{s}_d{d}", 4, h, s, s, d) for d, h in ((64, 12), (72, 16))
+        for s in (16, 49, 64, 128, 192, 196, 256, 320, 384, 448, 512, 576, 640, 729, 768, 1024, 1088, 2048)]
 
 
 def check(backend: str, b: int, h: int, sq: int, sk: int, d: int, shift: float) -> dict:
@@ -47,11 +52,13 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--out", type=Path, required=True)
     ap.add_argument("--shifts", default="0,-50,-100,-150")
+    ap.add_argument("--grid", action="store_true", help="the key-length grid (GRID) instead of SHAPES")
+    ap.add_argument("--backends", default=",".join(BACKENDS), help="comma list (default: every backend)")
     a = ap.parse_args()
     rows = []
-    for name, *shape in SHAPES:
+    for name, *shape in GRID if a.grid else SHAPES:
         for shift in (float(s) for s in a.shifts.split(",")):
-            for backend in BACKENDS:
+            for backend in a.backends.split(","):
                 r = check(backend, *shape, shift)
                 rows.append({"shape": name, "bhqkd": shape, "shift": shift, "backend": backend, **r})
                 print(rows[-1], flush=True)

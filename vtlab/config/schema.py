@@ -379,7 +379,7 @@ class BenchTaskConfig(TaskConfig):
     matmul_size: int | None = None  # side of the square matmul that measures the ceiling; CUDA 8192 / CPU 1024
     modes: list[BenchMode] = field(default_factory=lambda: [BenchMode("eager"), BenchMode("compile"),
                                                               BenchMode("cudagraphs")])  # cudagraphs: CUDA only
-    # auto | cudnn | flash | efficient | math | no_cudnn (CPU: auto | flash | math | no_cudnn)
+    # auto | cudnn | flash | efficient | math | no_cudnn | cudnn_safe (CPU: auto | flash | math | no_cudnn | cudnn_safe)
     attention_backend: AttentionBackend = AttentionBackend("auto")
 
     def check(self, root: Any) -> None:
@@ -407,9 +407,10 @@ class TrainTaskConfig(TaskConfig):
     head: HeadKind = HeadKind("attention_pool")
     eval_batch_size: int | None = None  # None: batch_size
     keep_every_n_epochs: int = 0  # also keep epochN.ckpt every N epochs (0: best + last only)
-    # SDPA kernels for training: no_cudnn (default; cuDNN's backward can give NaN gradients on H100/H200) |
-    # auto (PyTorch's choice) | cudnn | flash | efficient | math
-    attention_backend: AttentionBackend = AttentionBackend("no_cudnn")
+    # SDPA kernels for training: cudnn_safe (default: cuDNN in vtlab's attention layers where its backward is clean,
+    # key length % 128 != 64 and no mask or single query; no_cudnn elsewhere) | no_cudnn (cuDNN's backward can give
+    # NaN gradients on H100/H200) | auto (PyTorch's choice) | cudnn | flash | efficient | math
+    attention_backend: AttentionBackend = AttentionBackend("cudnn_safe")
     # issue 16 training levers (vtlab.models.fastpaths, vtlab.train.module), off until measured to pay:
     fused_gelu_train: bool = False  # fc1 bias + tanh GELU in the GEMM epilogue in training too (CUDA; recomputing backward)
     activation_checkpointing: bool = False  # recompute every tower block in the backward: memory for batch size
@@ -492,7 +493,7 @@ class AlignTaskConfig(TaskConfig):
     ckpt_path: str | None = None  # resume from this checkpoint ("last" = the run dir's last.ckpt)
     keep_every_n_epochs: int = 0
     gradient_checkpointing: bool = False  # recompute LM layers and tower blocks in the backward
-    attention_backend: AttentionBackend = AttentionBackend("no_cudnn")
+    attention_backend: AttentionBackend = AttentionBackend("cudnn_safe")  # as task=train's
     blind: bool = False  # the blind control: the LM sees the question without image tokens
     compile_optimizer: bool = False
 

@@ -20,6 +20,7 @@ from torch import nn
 from torch.nn.attention import SDPBackend, sdpa_kernel
 
 from vtlab.models.fastpaths import autocast_operands, linear_gelu
+from vtlab.models.sdpa import layer_kernels
 
 
 def activation(name: str) -> nn.Module:
@@ -68,7 +69,8 @@ class Attention(nn.Module):
         b, n, d = x.shape
         qkv = self.qkv(x).view(b, n, 3, self.num_heads, self.head_dim).permute(2, 0, 3, 1, 4)
         q, k, v = qkv.unbind(0)
-        with sdpa_kernel(self.sdpa_backends) if self.sdpa_backends else nullcontext():
+        kernels = layer_kernels(self.sdpa_backends, n, n)
+        with sdpa_kernel(kernels) if kernels else nullcontext():
             out = F.scaled_dot_product_attention(q, k, v)
         return self.proj(out.transpose(1, 2).reshape(b, n, d))
 

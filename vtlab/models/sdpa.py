@@ -7,9 +7,14 @@ every block's forward, so that a traced graph is bound as well), and `detect_bac
 that actually ran, found by watching the aten ops dispatched during one eager forward.
 
 PyTorch's default SDPA priority has changed between releases, so a benchmark pins and always records.
-`no_cudnn` (PyTorch's choice without cuDNN) is the train task's default: on H100/H200 the cuDNN SDPA
-backward returned NaN gradients (pytorch/pytorch#196678, NVIDIA/cudnn-frontend#1072; it killed 5 of 8
-trainings on 2026-11-28, experiments/training/README.md), while flash / efficient / math are clean.
+`no_cudnn` (PyTorch's choice without cuDNN) leaves cuDNN out: on H100/H200 the cuDNN SDPA backward returned
+NaN gradients (pytorch/pytorch#196678, NVIDIA/cudnn-frontend#1072; it killed 5 of 8 trainings on 2026-11-28,
+experiments/training/README.md), while flash / efficient / math are clean. `cudnn_safe`, the training tasks'
+default since 2026-12-01, is `no_cudnn` process-wide (heads, connectors, language models, transformers towers),
+but vtlab's own attention layers take cuDNN at the shapes where its backward is clean (`cudnn_is_clean`: an H200
+grid of 18 key lengths x head dims 64 and 72 had NaN exactly at key length % 128 == 64,
+experiments/training/results/h200_2026-12-01d_sdpa_nan_grid.json), since there it is the faster kernel (cuDNN's
+backward took 17.2 ms of a smolvlm step where flash's took 26.9 ms; +10 % img/s, experiments/gpu_speed/README.md).
 """
 
 from __future__ import annotations
@@ -28,15 +33,42 @@ from torch.utils._python_dispatch import TorchDispatchMode
 
 from vtlab.errors import ConfigError
 
+NO_CUDNN = (SDPBackend.FLASH_ATTENTION, SDPBackend.EFFICIENT_ATTENTION, SDPBackend.MATH)
+WITH_CUDNN = (SDPBackend.CUDNN_ATTENTION, *NO_CUDNN)
+
 BACKENDS: dict[str, tuple[SDPBackend, ...] | None] = {
     "auto": None,
     "cudnn": (SDPBackend.CUDNN_ATTENTION,),
     "flash": (SDPBackend.FLASH_ATTENTION,),
     "efficient": (SDPBackend.EFFICIENT_ATTENTION,),
     "math": (SDPBackend.MATH,),
-    "no_cudnn": (SDPBackend.FLASH_ATTENTION, SDPBackend.EFFICIENT_ATTENTION, SDPBackend.MATH),
+    "no_cudnn": NO_CUDNN,
+    "cudnn_safe": NO_CUDNN,  # process-wide; inside vtlab's attention layers: per shape, cudnn_is_clean()
 }
-CPU_BACKENDS = ("auto", "flash", "math", "no_cudnn")  # what SDPA implements on CPU
+CPU_BACKENDS = ("auto", "flash", "math", "no_cudnn", "cudnn_safe")  # what SDPA implements on CPU
+
+
+def cudnn_is_clean(query_len: int, key_len: int, masked: bool = False) -> bool:
+    """Whether cuDNN's SDPA backward is clean at this shape (H100/H200, cuDNN 9.19, bf16), from the device grid of
+    `experiments/training/sdpa_nan_check.py --grid`: NaN in dQ when a row's logits are all strongly negative at key
+    lengths % 128 == 64 and with masks (pytorch/pytorch#196678), and with one query (NVIDIA/cudnn-frontend#1072)."""
+    return not masked and query_len > 1 and key_len % 128 != 64
+
+
+class CudnnWhereClean:
+    """The `cudnn_safe` setting of one attention layer: cuDNN first where `cudnn_is_clean`, else `no_cudnn`."""
+
+    def kernels(self, query_len: int, key_len: int, masked: bool = False) -> list[SDPBackend]:
+        return list(WITH_CUDNN if cudnn_is_clean(query_len, key_len, masked) else NO_CUDNN)
+
+    def __repr__(self) -> str:
+        return "cudnn_safe"
+
+
+def layer_kernels(setting: Any, query_len: int, key_len: int, masked: bool = False) -> list[SDPBackend] | None:
+    """The SDPA kernels an attention layer pins for one call: its `sdpa_backends` setting (None: PyTorch's
+    choice, a list, or a CudnnWhereClean policy resolved at this query / key length and mask)."""
+    return setting.kernels(query_len, key_len, masked) if isinstance(setting, CudnnWhereClean) else setting
 
 # fused aten op -> the name recorded in results (anything else that SDPA calls decomposes: "math")
 KERNELS = {
@@ -67,13 +99,22 @@ def pinned(backend: Any) -> contextlib.AbstractContextManager[Any]:
     return contextlib.nullcontext() if kernels is None else sdpa_kernel(list(kernels))
 
 
-def configure(module: nn.Module, backend: Any = "auto", fused_gelu: bool = False) -> nn.Module:
-    """Pin the SDPA backend inside every attention layer of `module` and set the fused fc1+GELU epilogue of
-    every MLP (in place). Layers opt in by having `sdpa_backends` / `fused_gelu` attributes."""
-    kernels = BACKENDS[_name(backend)]
+def configure_attention(module: nn.Module, backend: Any = "auto") -> nn.Module:
+    """Pin the SDPA backend inside every attention layer of `module` (in place; layers opt in by having an
+    `sdpa_backends` attribute): None for `auto`, the kernel list, or for `cudnn_safe` a CudnnWhereClean policy."""
+    name = _name(backend)
+    kernels = BACKENDS[name]
     for m in module.modules():
         if hasattr(m, "sdpa_backends"):
-            m.sdpa_backends = None if kernels is None else list(kernels)
+            m.sdpa_backends = CudnnWhereClean() if name == "cudnn_safe" else None if kernels is None else list(kernels)
+    return module
+
+
+def configure(module: nn.Module, backend: Any = "auto", fused_gelu: bool = False) -> nn.Module:
+    """`configure_attention`, and set the fused fc1+GELU inference epilogue of every MLP (in place; MLPs opt in
+    by having a `fused_gelu` attribute)."""
+    configure_attention(module, backend)
+    for m in module.modules():
         if hasattr(m, "fused_gelu"):
             m.fused_gelu = fused_gelu
     return module

@@ -28,7 +28,7 @@ from lightning.pytorch.loggers import CSVLogger, WandbLogger
 from vtlab.atomic import atomic_write
 from vtlab.errors import ConfigError
 from vtlab.measure.timing import on_gpu
-from vtlab.models.sdpa import pinned
+from vtlab.models.sdpa import configure_attention, pinned
 from vtlab.results.record import RunContext, process_rank
 from vtlab.train.callbacks import LastValStep, ParamSummary, SamplerResume, ThroughputMeter
 
@@ -155,13 +155,15 @@ def fit_run(ctx: RunContext, tracker: Any, module: pl.LightningModule, datamodul
             ckpt_path: str | None) -> tuple[pl.Trainer, dict[str, Any]]:
     """The fit of `task=train` and the VLM tasks: vtlab's checkpoints (best by val_acc, last, every n epochs),
     throughput meter, final-weights validation and resumable sampler, under `task.attention_backend` (process-wide
-    SDPA flags: compiled graphs, validation and ranks see them too). Returns the trainer and the run's fit facts
+    SDPA flags: compiled graphs, validation and ranks see them too; and inside vtlab's attention layers, where
+    `cudnn_safe` takes cuDNN at the shapes its backward is clean). Returns the trainer and the run's fit facts
     for results.json (best / last checkpoint, step throughput, fit seconds)."""
     t = ctx.cfg.task
     meter, last_val = ThroughputMeter(), LastValStep()
     ckpt_cbs = checkpoint_callbacks(ctx.out_dir / "checkpoints", t.keep_every_n_epochs)
     trainer = build_trainer(ctx, tracker, [*ckpt_cbs, meter, last_val, SamplerResume()])
     last_path = ctx.out_dir / "checkpoints" / "last.ckpt"
+    configure_attention(module, t.attention_backend)  # vtlab's own attention layers (cudnn_safe: per shape)
     with pinned(t.attention_backend):
         fit_s = fit_and_finish(trainer, module, datamodule, ckpt_path, ckpt_cbs[1], last_val, last_path)
     best = ckpt_cbs[0]

@@ -26,6 +26,8 @@ import torch.nn.functional as F
 from torch import nn
 from torch.nn.attention import sdpa_kernel
 
+from vtlab.models.sdpa import layer_kernels
+
 
 @dataclass
 class Matching:
@@ -114,7 +116,8 @@ def tome_block_forward(
     b, n, d = x.shape
     qkv = attn.qkv(block.norm1(x)).view(b, n, 3, attn.num_heads, attn.head_dim).permute(2, 0, 3, 1, 4)
     q, k, v = qkv.unbind(0)
-    with sdpa_kernel(attn.sdpa_backends) if attn.sdpa_backends else nullcontext():  # the tower's kernel pinning, if any
+    kernels = layer_kernels(attn.sdpa_backends, n, n, masked=size is not None)  # the tower's kernel pinning, if any
+    with sdpa_kernel(kernels) if kernels else nullcontext():
         out = proportional_attention(q, k, v, size)
     x = x + attn.proj(out.transpose(1, 2).reshape(b, n, d))
     m = match(k.mean(1), r)
