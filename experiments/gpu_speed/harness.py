@@ -156,21 +156,29 @@ def sdpa_backend_ran(fn: Callable[[], object]) -> list[str]:
     return sorted(n for n in names if "attention" in n.lower() and n.startswith("aten::_"))
 
 
-def kernel_breakdown(fn: Callable[[], object], top: int = 12) -> list[dict]:
-    """The GPU kernels of one call, by total time: where the time goes (name, ms, share)."""
+def gpu_kernel_times(fn: Callable[[], object]) -> list[tuple[str, float, int]]:
+    """(kernel name, total ms, calls) of every GPU kernel of one call of `fn` (after one unprofiled call),
+    longest first."""
     from torch.profiler import ProfilerActivity, profile
 
-    acts = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if torch.cuda.is_available() else [])
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    acts = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device.type == "cuda" else [])
     fn()
-    sync(torch.device("cuda" if torch.cuda.is_available() else "cpu"))
+    sync(device)
     with profile(activities=acts) as prof:
         fn()
-        sync(torch.device("cuda" if torch.cuda.is_available() else "cpu"))
+        sync(device)
     events = [e for e in prof.key_averages() if getattr(e, "device_time_total", 0) > 0 and e.device_type.name == "CUDA"]
-    total = sum(e.device_time_total for e in events) or 1.0
     events.sort(key=lambda e: e.device_time_total, reverse=True)
-    return [{"kernel": e.key[:120], "ms": e.device_time_total / 1e3, "share": e.device_time_total / total,
-             "calls": e.count} for e in events[:top]]
+    return [(e.key, e.device_time_total / 1e3, e.count) for e in events]
+
+
+def kernel_breakdown(fn: Callable[[], object], top: int = 12,
+                     times: list[tuple[str, float, int]] | None = None) -> list[dict]:
+    """The GPU kernels of one call, by total time: where the time goes (name, ms, share)."""
+    times = gpu_kernel_times(fn) if times is None else times
+    total = sum(ms for _, ms, _ in times) or 1e-3
+    return [{"kernel": name[:120], "ms": ms, "share": ms / total, "calls": calls} for name, ms, calls in times[:top]]
 
 
 def bench_preset(preset: str, args: argparse.Namespace, device: torch.device) -> dict:

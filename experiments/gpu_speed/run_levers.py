@@ -379,12 +379,8 @@ def train_setup(run: Run, tower: str, freeze: str, levers: bool, checkpointing: 
         configure(lit.stack, attention, fused_gelu=levers)  # the inference epilogue: the frozen tower's no-grad forward
         configure_fast_paths(lit.stack, patch_gemm=on["patch_gemm"], fused_gelu_train=on["fused_gelu_train"],
                              activation_checkpointing=checkpointing)
-    if not compiled:
-        pass
-    elif run.args.backend == "inductor":
-        lit.compile_stack()
-    else:
-        lit.compile_stack(backend=run.args.backend)
+    if compiled:
+        lit.compile_stack(**({} if run.args.backend == "inductor" else {"backend": run.args.backend}))
     opt = adamw(lit.param_groups(), (0.9, 0.999),
                 compiled=compiled and on["compile_optimizer"] and tower == "native" and run.args.backend == "inductor")
     return lit, opt
@@ -416,27 +412,13 @@ KERNEL_KINDS = (  # (kind, substrings of the kernel name), first match wins: whe
 def kernel_kinds(fn: Callable[[], Any], top: int) -> dict[str, Any]:
     """One call of `fn` under the profiler: its top kernels and the GPU time per kind (KERNEL_KINDS, else
     `other`: GELU, casts, copies, adds)."""
-    from torch.profiler import ProfilerActivity, profile
-
-    fn()
-    if run_cuda := torch.cuda.is_available():
-        torch.cuda.synchronize()
-    acts = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if run_cuda else [])
-    with profile(activities=acts) as prof:
-        fn()
-        if run_cuda:
-            torch.cuda.synchronize()
-    events = [e for e in prof.key_averages() if getattr(e, "device_time_total", 0) > 0 and e.device_type.name == "CUDA"]
-    total = sum(e.device_time_total for e in events) or 1.0
+    times = H.gpu_kernel_times(fn)
     kinds: dict[str, float] = {}
-    for e in events:
-        name = e.key.lower()
-        kind = next((k for k, subs in KERNEL_KINDS if any(x in name for x in subs)), "other")
-        kinds[kind] = kinds.get(kind, 0.0) + e.device_time_total / 1e3
-    events.sort(key=lambda e: e.device_time_total, reverse=True)
-    return {"total_ms": total / 1e3, "ms_by_kind": kinds,
-            "top": [{"kernel": e.key[:120], "ms": e.device_time_total / 1e3, "share": e.device_time_total / total,
-                     "calls": e.count} for e in events[:top]]}
+    for name, ms, _ in times:
+        kind = next((k for k, subs in KERNEL_KINDS if any(x in name.lower() for x in subs)), "other")
+        kinds[kind] = kinds.get(kind, 0.0) + ms
+    return {"total_ms": sum(ms for _, ms, _ in times), "ms_by_kind": kinds,
+            "top": H.kernel_breakdown(fn, top, times)}
 
 
 def training(run: Run) -> dict[str, Any]:
@@ -497,9 +479,9 @@ def training(run: Run) -> dict[str, Any]:
             suffix = f"@{backend}" if len(backends) > 1 else ""
             nat = i.get(f"native_levers_{part}{suffix}")
             hfs = [v for k, v in i.items() if k.startswith(f"hf_{part}") and isinstance(v, float)]
-            hf = i.get(f"hf_{part}{suffix}", i.get(f"hf_{part}@no_cudnn"))
+            hf = i.get(f"hf_{part}{suffix}")
             if isinstance(nat, float) and isinstance(hf, float):
-                out[f"ratio_{part}{suffix}"] = nat / hf  # vs transformers under the same (or, cudnn_safe: no_cudnn) pin
+                out[f"ratio_{part}{suffix}"] = nat / hf  # vs transformers under the same process-wide pin
             if isinstance(nat, float) and hfs:
                 out[f"ratio_{part}{suffix}_vs_fastest_hf"] = nat / max(hfs)
     return out
