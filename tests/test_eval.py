@@ -118,3 +118,32 @@ def test_folder_errors_reach_the_cli(tmp_path):
                 f"out_dir={tmp_path / 'run'}"])
     assert proc.returncode == 2, proc.stderr[-2000:]
     assert "vtlab: error: cannot read image" in proc.stderr and "0.png" in proc.stderr
+
+
+def test_eval_fp8_accuracy_next_to_full_precision(tmp_path, trained, monkeypatch):
+    """task.dtype=fp8 evaluates the same checkpoint with the tower's Linears as e4m3 GEMMs (torch._scaled_mm has a
+    CPU kernel; the CUDA-only guard is lifted here): the accuracy side of fp8's trade, close to full precision."""
+    import vtlab.tasks.evaluate as evaluate
+
+    run_dir, train_result = trained
+    ckpt = run_dir / "checkpoints" / "last.ckpt"
+    monkeypatch.setattr(evaluate, "check_fp8", lambda device: None)
+    for scaling in ("static", "tensor", "row"):
+        result = run_inproc(tmp_path / scaling, [*TINY, "task=eval", f"task.ckpt_path={ckpt}", "task.dtype=fp8",
+                                                 f"task.fp8_scaling={scaling}"])
+        assert result["fp8"]["linears"] == 2 * 4 and result["fp8"]["scaling"] == scaling  # 2 blocks x 4 Linears
+        assert result["val_acc"] == pytest.approx(train_result["val_acc"], abs=0.1)  # 32 images: 3 may flip
+        assert result["val_loss"] == pytest.approx(train_result["val_loss"], rel=0.1)
+
+
+def test_eval_fp8_and_dtype_refusals(tmp_path, trained):
+    run_dir, _ = trained
+    ckpt = run_dir / "checkpoints" / "last.ckpt"
+    with pytest.raises(ConfigError, match=r"^task.dtype=fp8 needs a CUDA GPU with fp8 tensor cores"):
+        run_inproc(tmp_path, [*TINY, "task=eval", f"task.ckpt_path={ckpt}", "task.dtype=fp8"])
+    with pytest.raises(ConfigError, match=r"^task.dtype=float16: task=eval runs at trainer.precision"):
+        run_inproc(tmp_path, [*TINY, "task=eval", f"task.ckpt_path={ckpt}", "task.dtype=float16"])
+    proc = cli(["+model=smolvlm_debug", *TINY, "task=eval", f"task.ckpt_path={ckpt}", "task.fp8_scaling=block",
+                f"out_dir={tmp_path}"])
+    assert proc.returncode == 2 and proc.stderr.startswith("vtlab: error: ")
+    assert "task.fp8_scaling" in proc.stderr and "block" in proc.stderr and "row" in proc.stderr, proc.stderr

@@ -44,6 +44,7 @@ CPU smoke (debug presets, dynamo's eager backend, one iteration):
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import statistics
 import subprocess
@@ -63,7 +64,7 @@ import harness as H  # noqa: E402
 
 import vtlab  # noqa: E402
 from vtlab.models.fastpaths import configure_fast_paths, fast_paths  # noqa: E402
-from vtlab.models.fp8 import convert_to_fp8  # noqa: E402
+from vtlab.models.fp8 import GRANULARITIES, calibrate_fp8, convert_to_fp8  # noqa: E402
 from vtlab.models.sdpa import configure, pinned  # noqa: E402
 
 BUDGET_S = {"siglip": 170, "smolvlm": 240, "llavanext": 120}  # + ~15 s start-up each: one 10-minute call in all
@@ -227,17 +228,24 @@ def autotune(run: Run, b: dict[str, Any]) -> dict[str, Any]:
     per shape, epilogue fusion): transformers, timm and native with the levers; plus native levers under
     `max-autotune` (the same, CUDA graphs included). Autotuning one side only would not be a fair ratio."""
     x, batch = b["x"], b["batch"]
-    out: dict[str, Any] = {"batch": batch, "mode": "max-autotune-no-cudagraphs", "img_s": {}, "compile_s": {}}
+    tma = run.args.autotune_tma and run.cuda
+    out: dict[str, Any] = {"batch": batch, "mode": "max-autotune-no-cudagraphs", "img_s": {}, "compile_s": {},
+                           "persistent_tma_templates": tma}
     set_levers(b["native"], patch_gemm=True)
-    sides = (("hf", lambda t: b["hf"](pixel_values=t).last_hidden_state, "max-autotune-no-cudagraphs"),
+    sides = [("hf", lambda t: b["hf"](pixel_values=t).last_hidden_state, "max-autotune-no-cudagraphs"),
              ("timm", b["timm"].forward_features, "max-autotune-no-cudagraphs"),
              ("native_levers", b["native"], "max-autotune-no-cudagraphs"),
-             ("native_levers_cudagraphs", b["native"], "max-autotune"))
-    with torch.inference_mode():
+             ("native_levers_cudagraphs", b["native"], "max-autotune")]
+    if tma:  # the GELU left to Inductor, so that it can fuse into a (persistent TMA) template's epilogue
+        sides.insert(3, ("native_levers_unfused_gelu", b["native"], "max-autotune-no-cudagraphs"))
+    tuning = torch._inductor.config.patch({"triton.enable_persistent_tma_matmul": True,
+                                           "triton.enable_template_tma_store": True}) if tma else contextlib.nullcontext()
+    with torch.inference_mode(), tuning:
         for name, fn, mode in sides:
             if not run.budget.allows(40 if run.cuda else 0):
                 out["img_s"][name] = "skipped: time budget"
                 continue
+            set_levers(b["native"], patch_gemm=True, fused_gelu=name != "native_levers_unfused_gelu")
             f = run.compile(fn, mode=mode)
             t = time.perf_counter()
             call = (lambda: (torch.compiler.cudagraph_mark_step_begin(), f(x))[1]) if mode == "max-autotune" else (lambda: f(x))
@@ -248,10 +256,11 @@ def autotune(run: Run, b: dict[str, Any]) -> dict[str, Any]:
             torch._dynamo.reset()
             run.row["sections"]["autotune"] = out  # a kill during the next side's tuning keeps this one
             run.save()
+    set_levers(b["native"], patch_gemm=True)
     done = {k: v for k, v in out["img_s"].items() if isinstance(v, float)}
     if {"hf", "timm"} <= set(done):
         best = max(done["hf"], done["timm"])
-        out["ratio"] = {k: done[k] / best for k in ("native_levers", "native_levers_cudagraphs") if k in done}
+        out["ratio"] = {k: v / best for k, v in done.items() if k.startswith("native")}
     return out
 
 
@@ -301,8 +310,20 @@ def latency(run: Run, b: dict[str, Any]) -> dict[str, Any]:
             out["ms"][label] = run.ms(lambda: f(x1), iters=run.args.iters * 5)
             log(f"{run.preset}: bs1 {label} {out['ms'][label]:.3f} ms")
             torch._dynamo.reset()
+        for setting in filter(None, run.args.latency_attention.split(",")):  # native levers, SDPA pinned per block
+            label = f"native_levers@{setting}"
+            if not run.budget.allows(20 if run.cuda else 0):
+                out["ms"][label] = "skipped: time budget"
+                continue
+            set_levers(b["native"], patch_gemm=True, attention=setting)
+            f = run.graphed(b["native"])
+            out["ms"][label] = run.ms(lambda: f(x1), iters=run.args.iters * 5)
+            log(f"{run.preset}: bs1 {label} {out['ms'][label]:.3f} ms")
+            torch._dynamo.reset()
+        set_levers(b["native"], patch_gemm=True)
     out["ratio_default"] = out["ms"]["native_default"] / out["ms"]["hf"]
     out["ratio_levers"] = out["ms"]["native_levers"] / out["ms"]["hf"]
+    out["ratio"] = {k: v / out["ms"]["hf"] for k, v in out["ms"].items() if k != "hf" and isinstance(v, float)}
     return out
 
 
@@ -318,8 +339,11 @@ def lever_sweep(run: Run, b: dict[str, Any]) -> dict[str, Any]:
         ("sdpa_flash", dict(patch_gemm=True, fused_gelu=True, attention="flash"), True),
     ]
     out: dict[str, Any] = {"batch": batch, "img_s": {}}
+    only = set(filter(None, run.args.lever_variants.split(",")))
     with torch.inference_mode():
         for label, levers, graphs in variants:
+            if only and label not in only:
+                continue
             if not run.budget.allows(25 if run.cuda else 0):
                 out["img_s"][label] = "skipped: time budget"
                 continue
@@ -333,27 +357,41 @@ def lever_sweep(run: Run, b: dict[str, Any]) -> dict[str, Any]:
                 out["img_s"][label] = f"error: {type(exc).__name__}: {str(exc)[:300]}"
             torch._dynamo.reset()
         set_levers(b["native"], patch_gemm=True)
-        if run.cuda and torch.cuda.get_device_capability(run.device) >= (8, 9) and run.budget.allows(25):
-            fp8 = build_inference_fp8(run, b)
-            f = run.graphed(fp8)
-            out["img_s"]["fp8"] = batch / (run.ms(lambda: f(x)) * 1e-3)
-            with torch.inference_mode():
-                out["fp8_rel_err_vs_bf16"] = H.rel_err(fp8(x[:2]), b["native"](x[:2]))
-                out["fp8_rel_err_vs_fp32"] = H.rel_err(fp8(x[:2]), b["ref32"](pixel_values=x[:2].float()).last_hidden_state)
-            log(f"{run.preset}: fp8 {out['img_s']['fp8']:.0f} img/s, rel err vs bf16 {out['fp8_rel_err_vs_bf16']:.2e}")
-        else:
-            out["img_s"]["fp8"] = "skipped: needs CUDA sm89+ (or time budget)"
+        for granularity in GRANULARITIES:  # fp8 GEMMs (all levers, CUDA graphs), scales per row / per tensor
+            label = f"fp8_{granularity}"
+            if only and label not in only:
+                continue
+            if not (run.cuda and torch.cuda.get_device_capability(run.device) >= (8, 9) and run.budget.allows(25)):
+                out["img_s"][label] = "skipped: needs CUDA sm89+ (or time budget)"
+                continue
+            try:
+                fp8 = build_inference_fp8(run, b, granularity)
+                f = run.graphed(fp8)
+                out["img_s"][label] = batch / (run.ms(lambda: f(x)) * 1e-3)
+                out.setdefault("fp8_rel_err_vs_bf16_compiled", {})[granularity] = H.rel_err(f(x)[:2], b["native"](x[:2]))
+                out.setdefault("fp8_rel_err_vs_bf16", {})[granularity] = H.rel_err(fp8(x[:2]), b["native"](x[:2]))
+                out.setdefault("fp8_rel_err_vs_fp32", {})[granularity] = H.rel_err(
+                    fp8(x[:2]), b["ref32"](pixel_values=x[:2].float()).last_hidden_state)
+                out.setdefault("fp8_kernels", {})[granularity] = H.kernel_breakdown(lambda: f(x), top=run.args.top_kernels)
+                log(f"{run.preset}: {label} {out['img_s'][label]:.0f} img/s, rel err vs bf16 "
+                    f"{out['fp8_rel_err_vs_bf16'][granularity]:.2e}")
+            except Exception as exc:
+                out["img_s"][label] = f"error: {type(exc).__name__}: {str(exc)[:300]}"
+            torch._dynamo.reset()
     ok = {k: v for k, v in out["img_s"].items() if isinstance(v, float)}
     if "all_levers" in ok:
         out["relative_to_all_levers"] = {k: v / ok["all_levers"] for k, v in ok.items()}
     return out
 
 
-def build_inference_fp8(run: Run, b: dict[str, Any]) -> torch.nn.Module:
+def build_inference_fp8(run: Run, b: dict[str, Any], granularity: str) -> torch.nn.Module:
     import copy
 
     fp8 = copy.deepcopy(b["native"])
-    fp8.linears_fp8 = convert_to_fp8(fp8)
+    fp8.linears_fp8 = convert_to_fp8(fp8, granularity)
+    x = b["x"]
+    calibration = torch.randn(8, *x.shape[1:], device=x.device, dtype=x.dtype, generator=torch.Generator(x.device).manual_seed(1))
+    calibrate_fp8(fp8, [calibration])  # static scales from other random images than the timed / checked ones
     return fp8
 
 
@@ -825,8 +863,9 @@ def markdown(rows: list[dict[str, Any]]) -> str:
                       "| variant | img/s | vs all levers |", "|---|---|---|"]
             rel = lv.get("relative_to_all_levers", {})
             lines += [f"| {k} | {fmt(v)} | {fmt(rel.get(k), '.3f')} |" for k, v in lv["img_s"].items()]
-            if "fp8_rel_err_vs_bf16" in lv:
-                lines.append(f"\nfp8: relative error vs native bf16 {lv['fp8_rel_err_vs_bf16']:.2e}, vs fp32 {lv['fp8_rel_err_vs_fp32']:.2e}")
+            for g, err in lv.get("fp8_rel_err_vs_bf16", {}).items():
+                lines.append(f"\nfp8 ({g} scales): relative error vs native bf16 {err:.2e}, vs fp32 "
+                             f"{lv['fp8_rel_err_vs_fp32'][g]:.2e}")
         at = r.get("sections", {}).get("autotune")
         if at and "img_s" in at:
             lines += tuned_table(f"max-autotune on every side, {r['preset']} batch {at['batch']}", "img/s", at["img_s"],
@@ -897,6 +936,12 @@ def main() -> None:
                     "hf_full,native_no_fused_gelu_train_full")
     ap.add_argument("--train-sweep", default="", help=f"training levers to switch off, one variant each (full FT), of {TRAIN_LEVERS}; "
                          "a+b switches off both")
+    ap.add_argument("--latency-attention", default="", help="extra batch-1 variants: native levers with SDPA pinned to "
+                    "each of these task.attention_backend settings (comma list), e.g. efficient,flash")
+    ap.add_argument("--lever-variants", default="", help="only these lever-sweep variants (keys as in the table, e.g. "
+                    "all_levers,fp8_row,fp8_tensor)")
+    ap.add_argument("--autotune-tma", action="store_true", help="autotune section: Inductor's persistent TMA Triton "
+                    "templates on every side, plus native with the GELU left to Inductor (fusable into a template)")
     ap.add_argument("--max-batch-cap", type=int, default=1024)
     ap.add_argument("--max-batch-probes", type=int, default=6)
     ap.add_argument("--lever-presets", default="siglip")

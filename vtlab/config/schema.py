@@ -33,6 +33,7 @@ from vtlab.measure.timing import DTYPES, QUANTIZED
 from vtlab.models.connectors import CONNECTORS
 from vtlab.models.connectors.avgpool import POOL_MODES
 from vtlab.models.connectors.pixel_unshuffle import valid_factors
+from vtlab.models.fp8 import GRANULARITIES as FP8_GRANULARITIES
 from vtlab.models.heads import HEADS
 from vtlab.models.reduction.prune import PRUNE_SCORES
 from vtlab.models.sdpa import BACKENDS
@@ -68,7 +69,8 @@ PruneScore = choices("PruneScore", PRUNE_SCORES, "connector.prune: vtlab.models.
 AttentionBackend = choices("AttentionBackend", BACKENDS, "task.attention_backend: vtlab.models.sdpa.BACKENDS")
 BenchMode = choices("BenchMode", MODES, "task.modes entries: vtlab.measure.modes.MODES")
 DType = choices("DType", ("auto", *DTYPES, *QUANTIZED),
-                "task.dtype: auto (bf16 on CUDA, fp32 on CPU), vtlab.measure.timing.DTYPES or QUANTIZED (bench only)")
+                "task.dtype: auto (bf16 on CUDA, fp32 on CPU), vtlab.measure.timing.DTYPES or QUANTIZED (bench, eval)")
+Fp8Scaling = choices("Fp8Scaling", FP8_GRANULARITIES, "task.fp8_scaling: vtlab.models.fp8.GRANULARITIES")
 SelectStrategy = choices("SelectStrategy", CLIP_STRATEGIES, "model.select_strategy: vtlab.models.towers.clip.STRATEGIES")
 HeadKind = choices("HeadKind", HEADS, "task.head: vtlab.models.heads.HEADS")
 SyntheticTask = choices("SyntheticTask", SYNTHETIC_TASKS, "data.task: vtlab.data.synthetic.TASKS")
@@ -339,7 +341,9 @@ class TextConfig:
 class TaskConfig:
     name: TaskName = TaskName.profile
     device: str = "auto"  # auto | cpu | cuda | cuda:N
-    dtype: DType = DType.auto  # auto (bf16 on CUDA, fp32 on CPU) | float32 | bfloat16 | float16
+    dtype: DType = DType.auto  # auto (bf16 on CUDA, fp32 on CPU) | float32 | bfloat16 | float16 | fp8 (bench, eval)
+    # task.dtype=fp8: row (a scale per token and per output channel, default) | tensor (one scale each); vtlab.models.fp8
+    fp8_scaling: Fp8Scaling = Fp8Scaling("row")
     batch_size: int = 1
     warmup: int = 2
     repeats: int = 5

@@ -45,7 +45,8 @@ def resolve_dtype(name: Any, device: torch.device, quantized: bool = False) -> t
     name = str(getattr(name, "value", name))
     if name in QUANTIZED:
         if not quantized:
-            raise ConfigError(f"task.dtype={name} is for task=bench (inference) only; valid here: auto, {', '.join(DTYPES)}")
+            raise ConfigError(f"task.dtype={name} is for task=bench and task=eval (inference) only; valid here: auto, "
+                              f"{', '.join(DTYPES)}")
         return QUANTIZED[name]
     if name == "auto":
         return torch.bfloat16 if device.type == "cuda" else torch.float32

@@ -53,7 +53,7 @@ from vtlab.measure.timing import (
     time_ms,
 )
 from vtlab.models.fastpaths import configure_fast_paths, fast_paths
-from vtlab.models.fp8 import check_fp8, convert_to_fp8
+from vtlab.models.fp8 import SCALES, calibrate_fp8, check_fp8, convert_to_fp8
 from vtlab.models.sdpa import configure, detect_backend, pinned
 from vtlab.results.record import RunContext
 from vtlab.tasks import profile
@@ -164,15 +164,19 @@ def measure_mode(mode: str, stack: torch.nn.Module, shape1: tuple[int, ...], bat
     return out
 
 
-def _to_fp8(stack: torch.nn.Module, device: torch.device, dtype: torch.dtype) -> dict[str, Any]:
+def _to_fp8(stack: torch.nn.Module, device: torch.device, dtype: torch.dtype, scaling: str) -> dict[str, Any]:
     """Convert the tower to fp8 GEMMs in place; the relative L2 error of the stack output against bf16."""
     x = torch.randn(stack.input_shape(2), device=device, dtype=dtype, generator=torch.Generator(device).manual_seed(0))
+    calibration = torch.randn(stack.input_shape(8), device=device, dtype=dtype,
+                              generator=torch.Generator(device).manual_seed(1))  # not the images the error is taken on
     with torch.inference_mode():
         ref = stack(x).float()
-        linears = convert_to_fp8(stack.tower)
+        linears = convert_to_fp8(stack.tower, scaling)
+        calibrated = calibrate_fp8(stack, [calibration])
         out = stack(x).float()
-    return {"linears": linears, "rel_err_vs_bf16": ((out - ref).norm() / ref.norm()).item(),
-            "scales": "per-tensor (weights static, activations dynamic)", "kernel": "torch._scaled_mm e4m3"}
+    return {"linears": linears, "rel_err_vs_bf16": ((out - ref).norm() / ref.norm()).item(), "scaling": scaling,
+            "scales": SCALES[scaling], "kernel": "torch._scaled_mm e4m3",
+            "calibration": f"8 random images (seed 1), {calibrated} activation scales" if calibrated else None}
 
 
 def _headline(modes: dict[str, dict[str, Any]]) -> dict[str, Any]:
@@ -214,7 +218,7 @@ def bench_stack(ctx: RunContext) -> dict[str, Any]:
     # fc1 bias + tanh GELU in the cuBLASLt GEMM epilogue: CUDA inference only (the layer checks both)
     configure(stack, task.attention_backend, fused_gelu=task.fused_gelu)
     configure_fast_paths(stack, patch_gemm=task.patch_gemm)
-    fp8_info = _to_fp8(stack, device, dtype) if fp8 else None
+    fp8_info = _to_fp8(stack, device, dtype, str(task.fp8_scaling)) if fp8 else None
     size = image_size_of(cfg.data.image_size)
     if vlm is not None:
         check_prompt(vlm, size, cfg.text.prompt)  # tokenizer and context, before anything is timed

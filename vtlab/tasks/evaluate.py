@@ -2,6 +2,10 @@
 `task=align|finetune` (VLM) checkpoint is recognised by its `vtlab_arch` and evaluated by generation instead
 (vtlab.tasks.vlm_eval: exact match per question type, answer perplexity, predictions.jsonl).
 
+`task.dtype=fp8` (CUDA sm89+, classifier checkpoints) evaluates the same checkpoint with the tower blocks' Linears
+as e4m3 GEMMs (vtlab.models.fp8, `task.fp8_scaling`): the accuracy side of fp8's cost/quality trade, next to
+the speed side that `task=bench task.dtype=fp8` measures. Otherwise the numerics are `trainer.precision`'s.
+
 The checkpoint must match the architecture the current config describes; if it does not, the run stops
 with the list of differing config fields. `results.json` in the run directory holds the numbers.
 """
@@ -13,11 +17,14 @@ from pathlib import Path
 from typing import Any
 
 import lightning.pytorch as pl
+import torch
 
 from vtlab.api import build_stack
 from vtlab.config.schema import ANSWER_KINDS
 from vtlab.errors import ArchitectureMismatchError, ConfigError
+from vtlab.measure.timing import on_gpu
 from vtlab.models.fastpaths import configure_fast_paths
+from vtlab.models.fp8 import SCALES, calibrate_fp8, check_fp8, convert_to_fp8
 from vtlab.results.record import RESULTS, RunContext
 from vtlab.tasks import vlm_eval
 from vtlab.tasks.common import classifier_facts, metric, publish
@@ -46,10 +53,19 @@ def check(ctx: RunContext) -> None:
             f"would overwrite; evaluate into another out_dir (task.ckpt_path=PATH takes the checkpoint from anywhere)"
         )
     path = resolve_ckpt_path(ctx.cfg.task.ckpt_path, ctx.out_dir)
+    dtype = str(getattr(ctx.cfg.task.dtype, "value", ctx.cfg.task.dtype))
+    if dtype not in ("auto", "fp8"):
+        raise ConfigError(f"task.dtype={dtype}: task=eval runs at trainer.precision (e.g. trainer.precision=bf16-mixed); "
+                          f"task.dtype takes auto or fp8 here")
     ckpt = load_checkpoint(path)
     if checkpoint_kind(ckpt) == "vlm":
+        if dtype == "fp8":
+            raise ConfigError(f"task.dtype=fp8 evaluates task=train (classifier) checkpoints; {path} is a VLM "
+                              f"checkpoint (task=align / finetune); use task.dtype=auto")
         vlm_eval.check(ctx, ckpt, path)
         return
+    if dtype == "fp8":
+        check_fp8(torch.device("cuda" if on_gpu(ctx.cfg.trainer.accelerator) and torch.cuda.is_available() else "cpu"))
     if ctx.cfg.data.kind in ANSWER_KINDS:
         raise ConfigError(f"task.ckpt_path={path} is a task=train (classifier) checkpoint, but data.kind="
                           f"{ctx.cfg.data.kind} has text answers; evaluate it on its classes (data=synthetic / "
@@ -58,6 +74,23 @@ def check(ctx: RunContext) -> None:
         if getattr(ctx.cfg.task, key) is not None:
             raise ConfigError(f"task.{key}={getattr(ctx.cfg.task, key)} is for VLM checkpoints (task=align / "
                               f"finetune); {path} is a task=train (classifier) checkpoint")
+
+
+def _to_fp8(cfg: Any, stack: torch.nn.Module, dm: Any) -> dict[str, Any]:
+    """The tower's Linears as fp8 GEMMs (in place); static scales calibrated on the first validation batch, on the
+    eval device and at the eval precision."""
+    scaling = str(cfg.task.fp8_scaling)
+    info: dict[str, Any] = {"linears": convert_to_fp8(stack.tower, scaling), "scaling": scaling, "scales": SCALES[scaling]}
+    if scaling == "static":
+        images = next(iter(dm.val_dataloader()))[0]
+        device = torch.device("cuda" if on_gpu(cfg.trainer.accelerator) and torch.cuda.is_available() else "cpu")
+        precision = resolve_precision(cfg.trainer.precision, cfg.trainer.accelerator)
+        autocast = {"bf16": torch.bfloat16, "16": torch.float16}.get(precision.split("-")[0])
+        stack.to(device)
+        with torch.autocast(device.type, dtype=autocast or torch.float32, enabled=autocast is not None):
+            calibrate_fp8(stack, [images.to(device)])
+        info["calibration"] = f"first validation batch ({len(images)} images)"
+    return info
 
 
 def evaluate(ctx: RunContext, tracker: Any) -> tuple[dict[str, Any], pl.Trainer]:
@@ -75,6 +108,7 @@ def evaluate(ctx: RunContext, tracker: Any) -> tuple[dict[str, Any], pl.Trainer]
     except RuntimeError as exc:
         raise ArchitectureMismatchError(f"checkpoint {path} does not fit the model: {exc}") from None
     del ckpt
+    fp8_info = _to_fp8(cfg, stack, dm) if str(getattr(t.dtype, "value", t.dtype)) == "fp8" else None
     configure_fast_paths(stack, patch_gemm=t.patch_gemm)
     if t.compile:
         lit.compile_stack()
@@ -89,6 +123,7 @@ def evaluate(ctx: RunContext, tracker: Any) -> tuple[dict[str, Any], pl.Trainer]
         "precision": resolve_precision(cfg.trainer.precision, cfg.trainer.accelerator),
         "world_size": trainer.world_size,
         "compile": t.compile,
+        "fp8": fp8_info,
         "val_acc": metric(m, "val_acc"),
         "val_loss": metric(m, "val_loss"),
         "images_per_s": meter.summary()["val_images_per_s"],
