@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 import torch
@@ -108,16 +109,18 @@ def test_image_folder_train_and_eval(tmp_path):
 
 
 def test_folder_errors_reach_the_cli(tmp_path):
-    proc = cli(["+model=smolvlm_debug", *TINY, "data=folder", f"data.root={tmp_path / 'missing'}", f"out_dir={tmp_path}"])
-    assert proc.returncode == 2 and "vtlab: error: data.root=" in proc.stderr and "does not exist" in proc.stderr
     from test_data import write_folder
 
     root = write_folder(tmp_path / "data", per_class=4)
     (root / "train" / "cat" / "0.png").write_bytes(b"broken")
-    proc = cli(["+model=smolvlm_debug", *TINY, "data=folder", f"data.root={root}", "task.batch_size=2",
-                f"out_dir={tmp_path / 'run'}"])
-    assert proc.returncode == 2, proc.stderr[-2000:]
-    assert "vtlab: error: cannot read image" in proc.stderr and "0.png" in proc.stderr
+    commands = [["+model=smolvlm_debug", *TINY, "data=folder", f"data.root={tmp_path / 'missing'}", f"out_dir={tmp_path}"],
+                ["+model=smolvlm_debug", *TINY, "data=folder", f"data.root={root}", "task.batch_size=2",
+                 f"out_dir={tmp_path / 'run'}"]]
+    with ThreadPoolExecutor(2) as pool:  # the two refused runs at once (each is mostly import time on one core)
+        missing, broken = pool.map(cli, commands)
+    assert missing.returncode == 2 and "vtlab: error: data.root=" in missing.stderr and "does not exist" in missing.stderr
+    assert broken.returncode == 2, broken.stderr[-2000:]
+    assert "vtlab: error: cannot read image" in broken.stderr and "0.png" in broken.stderr
 
 
 def test_eval_fp8_accuracy_next_to_full_precision(tmp_path, trained, monkeypatch):

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import json
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
@@ -37,9 +38,13 @@ def test_offline_wandb_run_writes_files_and_summary(tmp_path: Path) -> None:
 
 def test_logger_none_and_csv_write_no_wandb_files(tmp_path: Path) -> None:
     wandb_dir = tmp_path / "wb"
-    for logger in ("none", "csv"):
-        proc = run_vtlab([*BENCH, f"logger={logger}", f"hydra.run.dir={tmp_path / logger}"], cwd=tmp_path,
+
+    def run(logger: str):  # the two runs at once (each is mostly import time on one core)
+        return run_vtlab([*BENCH, f"logger={logger}", f"hydra.run.dir={tmp_path / logger}"], cwd=tmp_path,
                          wandb_mode="offline", WANDB_DIR=str(wandb_dir))
+    with ThreadPoolExecutor(2) as pool:
+        procs = dict(zip(("none", "csv"), pool.map(run, ("none", "csv")), strict=True))
+    for logger, proc in procs.items():
         assert proc.returncode == 0, proc.stderr[-3000:]
         assert (tmp_path / logger / "results.json").exists()
     assert not wandb_dir.exists() and not list(tmp_path.rglob("wandb"))
