@@ -163,3 +163,11 @@ def test_fp8_tower_on_cuda_close_to_bf16(granularity):
         probe = torch.randn(33, lin.in_features, device=dev, dtype=torch.bfloat16)
         assert _rel(lin(probe), lin.reference(probe)) < 1e-2
     assert _rel(out, ref) < 0.1 and _rel(compiled, ref) < 0.1  # eager and compiled (the cast fused) both near bf16
+
+
+def test_fp8_scaling_default_is_static_for_bench_and_eval():
+    from vtlab.api import compose_config, to_config
+
+    for task in ("bench", "eval"):
+        cfg = to_config(compose_config("siglip_debug", [f"task={task}"]))
+        assert str(cfg.task.fp8_scaling) == GRANULARITIES[0] == "static"

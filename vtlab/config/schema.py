@@ -342,8 +342,9 @@ class TaskConfig:
     name: TaskName = TaskName.profile
     device: str = "auto"  # auto | cpu | cuda | cuda:N
     dtype: DType = DType.auto  # auto (bf16 on CUDA, fp32 on CPU) | float32 | bfloat16 | float16 | fp8 (bench, eval)
-    # task.dtype=fp8: row (a scale per token and per output channel, default) | tensor (one scale each); vtlab.models.fp8
-    fp8_scaling: Fp8Scaling = Fp8Scaling("row")
+    # task.dtype=fp8: static (activation scales calibrated once, default) | tensor (from each call's amax) | row (a scale
+    # per token and per output channel); vtlab.models.fp8
+    fp8_scaling: Fp8Scaling = Fp8Scaling("static")
     batch_size: int = 1
     warmup: int = 2
     repeats: int = 5
