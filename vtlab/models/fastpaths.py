@@ -112,14 +112,20 @@ class _LinearGelu(torch.autograd.Function):
         return gx, gw, gb, None
 
 
+def linear_dtype(x: torch.Tensor) -> torch.dtype:
+    """The dtype a Linear on `x` computes in here: the autocast dtype where autocast is on (as F.linear), else x's."""
+    if torch.is_autocast_enabled(x.device.type):
+        return torch.get_autocast_dtype(x.device.type)
+    return x.dtype
+
+
 def autocast_operands(x: torch.Tensor, fc: nn.Linear) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """(x, weight, bias) in the autocast dtype where autocast is on (as F.linear would run), else as they are:
     `_addmm_activation` is not on autocast's cast list, so under bf16-mixed it would run in fp32."""
-    weight, bias = fc.weight, fc.bias
     if torch.is_autocast_enabled(x.device.type):
-        dtype = torch.get_autocast_dtype(x.device.type)
-        return x.to(dtype), weight.to(dtype), bias.to(dtype)
-    return x, weight, bias
+        dtype = linear_dtype(x)
+        return x.to(dtype), fc.weight.to(dtype), fc.bias.to(dtype)
+    return x, fc.weight, fc.bias
 
 
 def linear_gelu(x: torch.Tensor, fc: nn.Linear, approximate: str = "tanh") -> torch.Tensor:

@@ -36,6 +36,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from vtlab.errors import ConfigError
+from vtlab.models.fastpaths import linear_dtype
 
 E4M3 = torch.float8_e4m3fn
 E4M3_MAX = torch.finfo(E4M3).max  # 448
@@ -61,13 +62,6 @@ def quantize(t: torch.Tensor, granularity: str = "tensor") -> tuple[torch.Tensor
 def cast(t: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
     """t / scale in e4m3, saturated at +-448 (what a static scale does to a value beyond its calibrated amax)."""
     return (t.float() / scale).clamp(-E4M3_MAX, E4M3_MAX).to(E4M3)
-
-
-def output_dtype(x: torch.Tensor) -> torch.dtype:
-    """What a Linear on `x` returns here: the autocast dtype where autocast is on (as F.linear), else x's dtype."""
-    if torch.is_autocast_enabled(x.device.type):
-        return torch.get_autocast_dtype(x.device.type)
-    return x.dtype
 
 
 class Fp8Linear(nn.Module):
@@ -110,7 +104,7 @@ class Fp8Linear(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         flat = x.reshape(-1, self.in_features)
-        dtype = output_dtype(x)
+        dtype = linear_dtype(x)
         qx, sx = self._activation(flat)
         mm_dtype = torch.bfloat16 if self.granularity == "row" else dtype  # the row-wise CUDA kernel writes bf16 only
         bias = None if self.bias is None else self.bias.to(mm_dtype)
@@ -137,6 +131,8 @@ def calibrate_fp8(module: nn.Module, batches: Iterable[Any], forward: Callable[[
     on each batch under inference mode, and set scale = (largest amax seen) / 448. Returns how many were set.
     Values beyond the calibrated amax later saturate at +-448 x scale."""
     layers = [m for m in module.modules() if isinstance(m, Fp8Linear) and m.granularity == "static"]
+    if not layers:  # dynamic scales: nothing to run the batches for
+        return 0
     for m in layers:
         m.observed_amax = torch.zeros((), device=m.weight_fp8.device)
     try:
@@ -150,6 +146,15 @@ def calibrate_fp8(module: nn.Module, batches: Iterable[Any], forward: Callable[[
         for m in layers:
             m.observed_amax = None
     return len(layers)
+
+
+def to_fp8(stack: nn.Module, scaling: str, calibration_batches: Iterable[Any], calibration: str) -> dict[str, Any]:
+    """Convert `stack.tower`'s Linears to fp8 of `scaling` (in place), calibrate static scales on the batches (run
+    through the whole stack; not iterated for dynamic scales); the facts results.json records under `fp8`."""
+    linears = convert_to_fp8(stack.tower, scaling)
+    calibrated = calibrate_fp8(stack, calibration_batches)
+    return {"linears": linears, "scaling": scaling, "scales": SCALES[scaling], "kernel": "torch._scaled_mm e4m3",
+            "calibration": f"{calibration}, {calibrated} activation scales" if calibrated else None}
 
 
 def check_fp8(device: torch.device) -> None:

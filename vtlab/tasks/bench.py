@@ -53,7 +53,7 @@ from vtlab.measure.timing import (
     time_ms,
 )
 from vtlab.models.fastpaths import configure_fast_paths, fast_paths
-from vtlab.models.fp8 import SCALES, calibrate_fp8, check_fp8, convert_to_fp8
+from vtlab.models.fp8 import check_fp8, to_fp8
 from vtlab.models.sdpa import configure, detect_backend, pinned
 from vtlab.results.record import RunContext
 from vtlab.tasks import profile
@@ -171,12 +171,9 @@ def _to_fp8(stack: torch.nn.Module, device: torch.device, dtype: torch.dtype, sc
                               generator=torch.Generator(device).manual_seed(1))  # not the images the error is taken on
     with torch.inference_mode():
         ref = stack(x).float()
-        linears = convert_to_fp8(stack.tower, scaling)
-        calibrated = calibrate_fp8(stack, [calibration])
+        info = to_fp8(stack, scaling, [calibration], "8 random images (seed 1)")
         out = stack(x).float()
-    return {"linears": linears, "rel_err_vs_bf16": ((out - ref).norm() / ref.norm()).item(), "scaling": scaling,
-            "scales": SCALES[scaling], "kernel": "torch._scaled_mm e4m3",
-            "calibration": f"8 random images (seed 1), {calibrated} activation scales" if calibrated else None}
+    return {**info, "rel_err_vs_bf16": ((out - ref).norm() / ref.norm()).item()}
 
 
 def _headline(modes: dict[str, dict[str, Any]]) -> dict[str, Any]:

@@ -24,7 +24,7 @@ from vtlab.config.schema import ANSWER_KINDS
 from vtlab.errors import ArchitectureMismatchError, ConfigError
 from vtlab.measure.timing import on_gpu
 from vtlab.models.fastpaths import configure_fast_paths
-from vtlab.models.fp8 import SCALES, calibrate_fp8, check_fp8, convert_to_fp8
+from vtlab.models.fp8 import check_fp8, to_fp8
 from vtlab.results.record import RESULTS, RunContext
 from vtlab.tasks import vlm_eval
 from vtlab.tasks.common import classifier_facts, metric, publish
@@ -53,7 +53,7 @@ def check(ctx: RunContext) -> None:
             f"would overwrite; evaluate into another out_dir (task.ckpt_path=PATH takes the checkpoint from anywhere)"
         )
     path = resolve_ckpt_path(ctx.cfg.task.ckpt_path, ctx.out_dir)
-    dtype = str(getattr(ctx.cfg.task.dtype, "value", ctx.cfg.task.dtype))
+    dtype = _dtype_name(ctx.cfg.task)
     if dtype not in ("auto", "fp8"):
         raise ConfigError(f"task.dtype={dtype}: task=eval runs at trainer.precision (e.g. trainer.precision=bf16-mixed); "
                           f"task.dtype takes auto or fp8 here")
@@ -65,7 +65,7 @@ def check(ctx: RunContext) -> None:
         vlm_eval.check(ctx, ckpt, path)
         return
     if dtype == "fp8":
-        check_fp8(torch.device("cuda" if on_gpu(ctx.cfg.trainer.accelerator) and torch.cuda.is_available() else "cpu"))
+        check_fp8(_eval_device(ctx.cfg))
     if ctx.cfg.data.kind in ANSWER_KINDS:
         raise ConfigError(f"task.ckpt_path={path} is a task=train (classifier) checkpoint, but data.kind="
                           f"{ctx.cfg.data.kind} has text answers; evaluate it on its classes (data=synthetic / "
@@ -76,21 +76,28 @@ def check(ctx: RunContext) -> None:
                               f"finetune); {path} is a task=train (classifier) checkpoint")
 
 
+def _dtype_name(task: Any) -> str:
+    return str(getattr(task.dtype, "value", task.dtype))
+
+
+def _eval_device(cfg: Any) -> torch.device:
+    """Where the eval trainer runs (its accelerator), CUDA only where there is one."""
+    return torch.device("cuda" if on_gpu(cfg.trainer.accelerator) and torch.cuda.is_available() else "cpu")
+
+
 def _to_fp8(cfg: Any, stack: torch.nn.Module, dm: Any) -> dict[str, Any]:
     """The tower's Linears as fp8 GEMMs (in place); static scales calibrated on the first validation batch, on the
     eval device and at the eval precision."""
     scaling = str(cfg.task.fp8_scaling)
-    info: dict[str, Any] = {"linears": convert_to_fp8(stack.tower, scaling), "scaling": scaling, "scales": SCALES[scaling]}
-    if scaling == "static":
-        images = next(iter(dm.val_dataloader()))[0]
-        device = torch.device("cuda" if on_gpu(cfg.trainer.accelerator) and torch.cuda.is_available() else "cpu")
-        precision = resolve_precision(cfg.trainer.precision, cfg.trainer.accelerator)
-        autocast = {"bf16": torch.bfloat16, "16": torch.float16}.get(precision.split("-")[0])
-        stack.to(device)
-        with torch.autocast(device.type, dtype=autocast or torch.float32, enabled=autocast is not None):
-            calibrate_fp8(stack, [images.to(device)])
-        info["calibration"] = f"first validation batch ({len(images)} images)"
-    return info
+    if scaling != "static":
+        return to_fp8(stack, scaling, [], "")
+    images = next(iter(dm.val_dataloader()))[0]
+    device = _eval_device(cfg)
+    precision = resolve_precision(cfg.trainer.precision, cfg.trainer.accelerator)
+    autocast = {"bf16": torch.bfloat16, "16": torch.float16}.get(precision.split("-")[0])
+    stack.to(device)
+    with torch.autocast(device.type, dtype=autocast or torch.float32, enabled=autocast is not None):
+        return to_fp8(stack, scaling, [images.to(device)], f"first validation batch ({len(images)} images)")
 
 
 def evaluate(ctx: RunContext, tracker: Any) -> tuple[dict[str, Any], pl.Trainer]:
@@ -108,7 +115,7 @@ def evaluate(ctx: RunContext, tracker: Any) -> tuple[dict[str, Any], pl.Trainer]
     except RuntimeError as exc:
         raise ArchitectureMismatchError(f"checkpoint {path} does not fit the model: {exc}") from None
     del ckpt
-    fp8_info = _to_fp8(cfg, stack, dm) if str(getattr(t.dtype, "value", t.dtype)) == "fp8" else None
+    fp8_info = _to_fp8(cfg, stack, dm) if _dtype_name(t) == "fp8" else None
     configure_fast_paths(stack, patch_gemm=t.patch_gemm)
     if t.compile:
         lit.compile_stack()
