@@ -201,3 +201,122 @@ def test_patch_gemm_compiled_bf16_on_cuda_matches_conv():
         pe.as_gemm = True
         out, _ = torch.compile(pe.tokens, fullgraph=True)(x)
     assert _rel(out, ref) < 1e-2
+
+
+# ------------------------------------------------------------------------------------------- residual in the GEMM
+@pytest.mark.parametrize("feature_layers", [None, [0, -2, -1]])
+def test_residual_stream_equals_plain_blocks(feature_layers):
+    """`stream_states` (the residual add in the out-projection / fc2 GEMMs, the biases carried in acc) gives the
+    plain blocks' hidden states, taps at the embedding and after blocks included, and leaves its input alone."""
+    t = _tower(feature_layers=feature_layers).double().eval()
+    x = torch.randn(2, 3, 32, 32, dtype=torch.float64)
+    with torch.no_grad():
+        emb = t.embed(x)
+        ref = t.block_states(emb)
+        kept = emb.clone()
+        last, states = t.stream_states(emb, t.num_layers, list(range(t.num_layers + 1)))
+        assert torch.equal(emb, kept)
+        assert _rel(last, ref[-1]) < 1e-12
+        for a, b in zip(states, ref, strict=True):
+            assert _rel(a, b) < 1e-12
+        configure_fast_paths(t, residual_gemm=True)
+        assert all(b.streams() for b in t.blocks)
+        assert not t.uses_stream(emb, None)  # CUDA inference only: on CPU the tower runs its plain blocks
+        assert not fast_paths(t, torch.device("cpu"))["residual_gemm"] and fast_paths(t, torch.device("cuda"))["residual_gemm"]
+        assert _rel(t(x), t.run_stack(emb)) == 0.0
+
+
+def test_residual_addmm_is_in_place_and_compiles():
+    from vtlab.models.fastpaths import residual_addmm_
+
+    torch.manual_seed(0)
+    r, a, w = torch.randn(2, 5, 8), torch.randn(10, 6), torch.randn(8, 6)
+    want = r + (a @ w.t()).view(2, 5, 8)
+    ptr = r.data_ptr()
+    residual_addmm_(r, a, w)
+    assert r.data_ptr() == ptr and _rel(r, want) < 1e-6
+
+    def step(x: torch.Tensor) -> torch.Tensor:
+        s = x * 2
+        residual_addmm_(s, a, w)
+        return s + 1
+
+    x = torch.randn(2, 5, 8)
+    assert _rel(torch.compile(step, fullgraph=True)(x), x * 2 + (a @ w.t()).view(2, 5, 8) + 1) < 1e-6
+
+
+def test_fp8_blocks_leave_the_residual_stream():
+    from vtlab.models.fp8 import convert_to_fp8
+
+    t = _tower()
+    configure_fast_paths(t, residual_gemm=True)
+    convert_to_fp8(t)
+    assert not any(b.residual_gemm or b.streams() for b in t.blocks)
+
+
+SHIFTED_LN_CHECK = r"""
+import json, torch, torch.nn.functional as F
+from vtlab.models.kernels import launch_config, shifted_layer_norm, _shifted_layer_norm_op, triton_usable
+torch.manual_seed(0)
+out = {}
+for width, rows in ((1152, 5), (768, 9), (40, 3)):  # padded to 2048 / 1024 / 64 lanes; partial row blocks
+    norm = torch.nn.LayerNorm(width, eps=1e-6)
+    with torch.no_grad():
+        norm.weight.normal_(1, 0.2); norm.bias.normal_(0, 0.2)
+    for dt in (torch.float32, torch.float16):
+        r = (torch.randn(rows, width) * 3 + 1).to(dt)
+        shift = (torch.randn(width) * 0.5).to(dt)
+        ref = F.layer_norm(r.double() + shift.double(), (width,), norm.weight.double(), norm.bias.double(), 1e-6)
+        n = norm.to(dt)
+        with torch.no_grad():
+            got = shifted_layer_norm(r, shift, n)
+        assert triton_usable(r) and got.dtype == dt
+        out[f"{width}_{dt}"] = ((got.double() - ref).norm() / ref.norm()).item()
+print(json.dumps(out))
+"""
+
+
+def test_shifted_layer_norm_kernel_under_the_triton_interpreter():
+    """vtlab.models.kernels' LayerNorm kernel == F.layer_norm(r + shift) (fp32 and fp16; bf16 has no interpreter
+    type), at widths that are and are not powers of two, rows not a multiple of the rows per program."""
+    import os
+    import subprocess
+    import sys
+
+    pytest.importorskip("triton")
+    proc = subprocess.run([sys.executable, "-c", SHIFTED_LN_CHECK], capture_output=True, text=True, timeout=300,
+                          env={**os.environ, "TRITON_INTERPRET": "1"})
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    errs = __import__("json").loads(proc.stdout.strip().splitlines()[-1])
+    assert len(errs) == 6
+    for key, err in errs.items():
+        assert err < (1e-6 if "float32" in key else 1e-3), (key, err)
+
+
+def test_shifted_layer_norm_off_the_kernel_is_torch():
+    from vtlab.models.kernels import launch_config, shifted_layer_norm
+
+    torch.manual_seed(0)
+    norm = torch.nn.LayerNorm(24)
+    r, shift = torch.randn(3, 7, 24), torch.randn(24)
+    assert torch.equal(shifted_layer_norm(r, shift, norm), norm(r + shift))  # CPU: torch's ops
+    assert launch_config(1152) == (2048, 2, 8) and launch_config(768) == (1024, 4, 4)
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_cuda_residual_stream_matches_plain_tower_in_bf16():
+    """On CUDA in bf16: the streamed tower (Triton LayerNorm, in-place GEMMs), eager and compiled, is within bf16
+    rounding of the plain bf16 tower, both against fp32."""
+    t = _tower(feature_layers=None).cuda().eval()
+    x = torch.randn(4, 3, 32, 32, device="cuda")
+    with torch.inference_mode():
+        ref32 = t(x)
+        t16 = t.to(torch.bfloat16)
+        plain = t16(x.bfloat16()).float()
+        configure_fast_paths(t16, residual_gemm=True)
+        assert t16.uses_stream(t16.embed(x.bfloat16()), None)
+        streamed = t16(x.bfloat16()).float()
+        compiled = torch.compile(t16)(x.bfloat16()).float()
+    assert _rel(streamed, ref32) <= 1.5 * _rel(plain, ref32) + 1e-3
+    assert _rel(compiled, ref32) <= 1.5 * _rel(plain, ref32) + 1e-3

@@ -19,6 +19,8 @@ fc1 + GELU (x (M, K) @ W^T (K, N) + b, tanh GELU), M = batch x tokens:
   Inductor max-autotune (Triton templates with the GELU fused in their epilogue), and the same with Inductor's
   persistent TMA template (`triton.enable_persistent_tma_matmul`, off by default; built 2026-12-01 after the last
   device call of the fifth session, not yet measured);
+- triton_gemm.py's persistent TMA kernel with the bias and GELU in its epilogue, every config timed
+  (`triton_persistent`; built in the sixth session);
 - llavanext's MLP width 4304 padded with zero columns to 4352 and 4608 (fc1 and fc2), which computes the same MLP.
 
 Usage (GPU):  python experiments/gpu_speed/kernel_shapes.py --out OUT/kernel_shapes.json
@@ -281,6 +283,21 @@ def time_gemm(m: int, k: int, n: int, device: torch.device, dtype: torch.dtype, 
             row["tflops"] = flops / (row["ms"] * 1e-3) / 1e12
             return row
         guarded(res, name, one)
+    if cuda and (names is None or "triton_persistent" in names) and budget.left() > 60:
+        def persistent() -> dict[str, Any]:  # triton_gemm.py's kernel, every config timed, the best kept
+            import triton_gemm as TG
+
+            with torch.inference_mode():
+                tuned = TG.tune(x, w, bb, ref, seconds=min(120.0, budget.left() / 2))
+                best = tuned["best"]
+                row: dict[str, Any] = {"configs": tuned["configs"], "triton": tuned["triton"]}
+                if best is not None:
+                    cfg = tuple(best["config"])
+                    row.update(ms=best["ms"], rel_err_vs_fp32=best["rel_err_vs_fp32"], config=best["config"],
+                               tflops=flops / (best["ms"] * 1e-3) / 1e12,
+                               bias_only_ms=TG._cuda_ms(lambda: TG.linear_gelu(x, w, bb, cfg, gelu=False)))
+            return row
+        guarded(res, "triton_persistent", persistent)
     if fc2:  # the MLP's second GEMM at this width: (M, N) @ (N, K) + b
         h = torch.randn(m, n, device=device, dtype=dtype)
         w2 = (torch.randn(k, n, device=device) * n**-0.5).to(dtype)

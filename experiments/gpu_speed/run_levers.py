@@ -321,6 +321,10 @@ def latency(run: Run, b: dict[str, Any]) -> dict[str, Any]:
             log(f"{run.preset}: bs1 {label} {out['ms'][label]:.3f} ms")
             torch._dynamo.reset()
         set_levers(b["native"], patch_gemm=True)
+    if run.args.triton_gelu:
+        triton_gelu_variant(run, b, out, "ms", x1)
+    if run.args.residual_levers:
+        residual_variants(run, b, out, "ms", x1)
     out["ratio_default"] = out["ms"]["native_default"] / out["ms"]["hf"]
     out["ratio_levers"] = out["ms"]["native_levers"] / out["ms"]["hf"]
     out["ratio"] = {k: v / out["ms"]["hf"] for k, v in out["ms"].items() if k != "hf" and isinstance(v, float)}
@@ -378,10 +382,114 @@ def lever_sweep(run: Run, b: dict[str, Any]) -> dict[str, Any]:
             except Exception as exc:
                 out["img_s"][label] = f"error: {type(exc).__name__}: {str(exc)[:300]}"
             torch._dynamo.reset()
+    if run.args.triton_gelu:
+        triton_gelu_variant(run, b, out, "img_s", b["x"])
+    if run.args.residual_levers:
+        residual_variants(run, b, out, "img_s", b["x"])
     ok = {k: v for k, v in out["img_s"].items() if isinstance(v, float)}
     if "all_levers" in ok:
         out["relative_to_all_levers"] = {k: v / ok["all_levers"] for k, v in ok.items()}
     return out
+
+
+def mlp_rows(native: torch.nn.Module, x: torch.Tensor) -> tuple[Any, int]:
+    """The first tanh-GELU Mlp of the tower and the rows its fc1 sees for input x."""
+    from vtlab.models.layers import Mlp
+
+    mlp = next(m for m in native.modules() if isinstance(m, Mlp) and m.tanh_gelu)
+    rows: list[int] = []
+    hook = mlp.register_forward_pre_hook(lambda _m, args: rows.append(args[0].numel() // args[0].shape[-1]))
+    with torch.inference_mode():
+        native(x)
+    hook.remove()
+    return mlp, rows[0]
+
+
+def triton_gelu_variant(run: Run, b: dict[str, Any], out: dict[str, Any], key: str, x: torch.Tensor) -> None:
+    """The native tower with every lever and fc1 + GELU as triton_gemm.py's persistent kernel (tuned at this
+    shape first), CUDA graphs; its error against the bf16 levers and fp32, and its kernel breakdown."""
+    label = "triton_gelu"
+    if not (run.cuda and run.budget.allows(60)):
+        out[key][label] = "skipped: needs CUDA (or time budget)"
+        return
+    import triton_gemm as TG
+
+    try:
+        set_levers(b["native"], patch_gemm=True)
+        mlp, rows = mlp_rows(b["native"], x)
+        with torch.inference_mode():
+            tuned = TG.tune_for(mlp.fc1, rows, torch.bfloat16, seconds=min(90.0, run.budget.left() / 3))
+            out.setdefault("triton_gelu_tune", {})[key] = tuned
+            best = tuned["best"]
+            log(f"{run.preset}: triton fc1+GELU M={rows} best {best} vs cuBLASLt {tuned['cublaslt_epilogue_ms']:.4f} ms, "
+                f"bias only {tuned['cublas_bias_only_ms']:.4f} ms")
+            if best is None:
+                out[key][label] = "error: no config built"
+                return
+            ref16 = b["native"](x[:2])
+            TG.install(b["native"])
+            f = run.graphed(b["native"])
+            value = x.shape[0] / (run.ms(lambda: f(x)) * 1e-3) if key == "img_s" else run.ms(lambda: f(x), iters=run.args.iters * 5)
+            out[key][label] = value
+            errs = out.setdefault("triton_gelu_rel_err", {})
+            errs[f"{key}_vs_bf16_levers"] = H.rel_err(b["native"](x[:2]), ref16)
+            errs[f"{key}_vs_fp32"] = H.rel_err(b["native"](x[:2]), b["ref32"](pixel_values=x[:2].float()).last_hidden_state)
+            errs[f"{key}_levers_vs_fp32"] = H.rel_err(ref16, b["ref32"](pixel_values=x[:2].float()).last_hidden_state)
+            if key == "img_s":
+                out["triton_gelu_kernels"] = H.kernel_breakdown(lambda: f(x), top=run.args.top_kernels)
+        log(f"{run.preset}: {label} {key} {value:.3f}")
+    except Exception as exc:
+        out[key][label] = f"error: {type(exc).__name__}: {str(exc)[:300]}"
+    finally:
+        TG.uninstall(b["native"])
+        torch._dynamo.reset()
+
+
+RESIDUAL_VARIANTS = ("wide_ln", "residual_gemm", "residual_gemm_wide_ln", "hf_wide_ln", "timm_wide_ln")
+
+
+def residual_variants(run: Run, b: dict[str, Any], out: dict[str, Any], key: str, x: torch.Tensor) -> None:
+    """residual_stream.py's levers on top of every inference lever (CUDA graphs): Inductor's persistent reductions
+    up to width 4096 (`wide_ln`), the residual add in the out-projection / fc2 GEMMs (`residual_gemm`), both; and
+    transformers / timm compiled under the same Inductor heuristic (throughput only), so that the ratio can be
+    read against baselines given the same compile setting too. Each with its error against fp32 (2 images)."""
+    import residual_stream as RS
+
+    only = set(filter(None, run.args.residual_variants.split(",")))
+    ref = None
+    for label in RESIDUAL_VARIANTS:
+        if only and label not in only or (key == "ms" and label in ("hf_wide_ln", "timm_wide_ln")):
+            continue
+        if not (run.cuda or run.args.smoke) or not run.budget.allows(30 if run.cuda else 0):
+            out[key][label] = "skipped: needs CUDA (or time budget)"
+            continue
+        try:
+            set_levers(b["native"], patch_gemm=True)
+            with torch.inference_mode():
+                if ref is None:
+                    ref = b["ref32"](pixel_values=x[:2].float()).last_hidden_state
+                if label.startswith(("hf", "timm")):
+                    fn = (lambda t: b["hf"](pixel_values=t).last_hidden_state) if label.startswith("hf") else b["timm"].forward_features
+                else:
+                    fn = b["native"]
+                    if "residual_gemm" in label:
+                        RS.install_residual_gemm(b["native"])
+                with RS.wide_persistent() if "wide_ln" in label else contextlib.nullcontext():
+                    f = run.graphed(fn) if fn is b["native"] else run.compile(fn)
+                    value = x.shape[0] / (run.ms(lambda: f(x)) * 1e-3) if key == "img_s" else run.ms(lambda: f(x), iters=run.args.iters * 5)
+                    out[key][label] = value
+                    if fn is b["native"]:
+                        out.setdefault("residual_rel_err_vs_fp32", {})[f"{key}_{label}"] = H.rel_err(fn(x[:2]), ref)
+                        if key == "img_s":
+                            out.setdefault("residual_kernels", {})[label] = H.kernel_breakdown(lambda: f(x), top=run.args.top_kernels)
+            log(f"{run.preset}: {label} {key} {value:.3f}")
+        except Exception as exc:
+            out[key][label] = f"error: {type(exc).__name__}: {str(exc)[:300]}"
+        finally:
+            RS.uninstall(b["native"])
+            torch._dynamo.reset()
+    with torch.inference_mode():
+        out.setdefault("residual_rel_err_vs_fp32", {})[f"{key}_levers"] = H.rel_err(b["native"](x[:2]), ref) if ref is not None else None
 
 
 def build_inference_fp8(run: Run, b: dict[str, Any], granularity: str) -> torch.nn.Module:
@@ -942,6 +1050,11 @@ def main() -> None:
                     "all_levers,fp8_row,fp8_tensor)")
     ap.add_argument("--autotune-tma", action="store_true", help="autotune section: Inductor's persistent TMA Triton "
                     "templates on every side, plus native with the GELU left to Inductor (fusable into a template)")
+    ap.add_argument("--triton-gelu", action="store_true", help="levers and latency_bs1: one more variant, fc1 + GELU as "
+                    "triton_gemm.py's persistent Triton kernel, tuned at the shape first")
+    ap.add_argument("--residual-levers", action="store_true", help="levers and latency_bs1: residual_stream.py's "
+                    f"variants {RESIDUAL_VARIANTS} (throughput: the baselines under the wide heuristic too)")
+    ap.add_argument("--residual-variants", default="", help="only these of the --residual-levers variants")
     ap.add_argument("--max-batch-cap", type=int, default=1024)
     ap.add_argument("--max-batch-probes", type=int, default=6)
     ap.add_argument("--lever-presets", default="siglip")

@@ -183,4 +183,6 @@ def convert_to_fp8(tower: nn.Module, granularity: str = "static") -> int:
             if hasattr(parent, "fused_gelu") and isinstance(getattr(parent, "fc1", None), Fp8Linear):
                 parent.fused_gelu = False
                 parent.fused_gelu_train = False
+        if hasattr(block, "residual_gemm"):  # its in-place GEMMs read the Linears' bf16 weights
+            block.residual_gemm = False
     return count

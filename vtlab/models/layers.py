@@ -19,7 +19,8 @@ import torch.nn.functional as F
 from torch import nn
 from torch.nn.attention import SDPBackend, sdpa_kernel
 
-from vtlab.models.fastpaths import autocast_operands, linear_gelu
+from vtlab.models.fastpaths import autocast_operands, linear_gelu, residual_addmm_
+from vtlab.models.kernels import shifted_layer_norm
 from vtlab.models.sdpa import layer_kernels
 
 
@@ -65,14 +66,18 @@ class Attention(nn.Module):
         self.proj = nn.Linear(dim, dim)
         self.sdpa_backends: list[SDPBackend] | None = None  # None: PyTorch's own choice (vtlab.models.sdpa.configure)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def core(self, x: torch.Tensor) -> torch.Tensor:
+        """The attention before the output projection, (B, N, D)."""
         b, n, d = x.shape
         qkv = self.qkv(x).view(b, n, 3, self.num_heads, self.head_dim).permute(2, 0, 3, 1, 4)
         q, k, v = qkv.unbind(0)
         kernels = layer_kernels(self.sdpa_backends, n, n)
         with sdpa_kernel(kernels) if kernels else nullcontext():
             out = F.scaled_dot_product_attention(q, k, v)
-        return self.proj(out.transpose(1, 2).reshape(b, n, d))
+        return out.transpose(1, 2).reshape(b, n, d)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.proj(self.core(x))
 
 
 class Mlp(nn.Module):
@@ -93,11 +98,15 @@ class Mlp(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.fused_gelu_train and self.tanh_gelu and x.is_cuda and torch.is_grad_enabled():
             return self.fc2(linear_gelu(x, self.fc1, "tanh"))
+        return self.fc2(self.hidden(x))
+
+    def hidden(self, x: torch.Tensor) -> torch.Tensor:
+        """gelu(fc1(x)): in the cuBLASLt epilogue with `fused_gelu` (CUDA inference, tanh GELU)."""
         if self.fused_gelu and self.tanh_gelu and x.is_cuda and not torch.is_grad_enabled():
             flat, w, b = autocast_operands(x.reshape(-1, x.shape[-1]), self.fc1)  # frozen towers under bf16-mixed
             h = torch._addmm_activation(b, flat, w.t(), use_gelu=True)
-            return self.fc2(h.view(*x.shape[:-1], h.shape[-1]))
-        return self.fc2(self.act(self.fc1(x)))
+            return h.view(*x.shape[:-1], h.shape[-1])
+        return self.act(self.fc1(x))
 
 
 class Block(nn.Module):
@@ -109,10 +118,30 @@ class Block(nn.Module):
         self.attn = Attention(dim, num_heads)
         self.norm2 = nn.LayerNorm(dim, eps=eps)
         self.mlp = Mlp(dim, mlp_hidden, act)
+        self.residual_gemm = False  # CUDA inference: the residual stream of stream_step (vtlab.models.fastpaths)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = x + self.attn(self.norm1(x))
         return x + self.mlp(self.norm2(x))
+
+    def streams(self) -> bool:
+        """`residual_gemm` is set and the out-projection and fc2 are plain Linears (not fp8)."""
+        return self.residual_gemm and type(self.attn.proj) is nn.Linear and type(self.mlp.fc2) is nn.Linear
+
+    def stream_step(self, r: torch.Tensor, acc: torch.Tensor, norm_kernel: bool = True) -> torch.Tensor:
+        """The block on the residual stream r = x - acc (r (B, N, D) updated in place, acc (D,) the biases of the
+        out-projections and fc2s so far); returns the new acc. No grad: r is overwritten."""
+        branch = self.attn.core(shifted_layer_norm(r, acc, self.norm1, norm_kernel))
+        residual_addmm_(r, *_gemm_operands(branch, self.attn.proj))
+        acc = acc + self.attn.proj.bias.to(acc.dtype)
+        hidden = self.mlp.hidden(shifted_layer_norm(r, acc, self.norm2, norm_kernel))
+        residual_addmm_(r, *_gemm_operands(hidden, self.mlp.fc2))
+        return acc + self.mlp.fc2.bias.to(acc.dtype)
+
+
+def _gemm_operands(x: torch.Tensor, fc: nn.Linear) -> tuple[torch.Tensor, torch.Tensor]:
+    """(x as (rows, in), fc's weight): the operands of the in-place residual GEMM (no autocast on this path)."""
+    return x.reshape(-1, x.shape[-1]), fc.weight
 
 
 class AttentionPool(nn.Module):

@@ -214,7 +214,7 @@ def bench_stack(ctx: RunContext) -> dict[str, Any]:
     # pin inside every block too (an sdpa_kernel context in the traced forward binds compiled modes as well)
     # fc1 bias + tanh GELU in the cuBLASLt GEMM epilogue: CUDA inference only (the layer checks both)
     configure(stack, task.attention_backend, fused_gelu=task.fused_gelu)
-    configure_fast_paths(stack, patch_gemm=task.patch_gemm)
+    configure_fast_paths(stack, patch_gemm=task.patch_gemm, residual_gemm=task.residual_gemm)  # CUDA inference only
     fp8_info = _to_fp8(stack, device, dtype, str(task.fp8_scaling)) if fp8 else None
     size = image_size_of(cfg.data.image_size)
     if vlm is not None:

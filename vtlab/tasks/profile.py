@@ -66,7 +66,7 @@ def profile_stack(ctx: RunContext) -> dict[str, Any]:
     vlm = build_vlm_from_config(cfg).to(device=device, dtype=dtype).eval() if wanted else None
     stack = vlm.stack if vlm is not None else build_stack(cfg).to(device=device, dtype=dtype).eval()
     configure(stack, fused_gelu=cfg.task.fused_gelu)  # acts on CUDA inference only
-    configure_fast_paths(stack, patch_gemm=cfg.task.patch_gemm)
+    configure_fast_paths(stack, patch_gemm=cfg.task.patch_gemm, residual_gemm=cfg.task.residual_gemm)
     batch = cfg.task.batch_size
     size = image_size_of(cfg.data.image_size)
     if vlm is not None:

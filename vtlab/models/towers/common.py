@@ -258,10 +258,35 @@ class TowerBase(nn.Module):
         """One block; `mask` (a key mask) is passed only when there is one."""
         return blk(x) if mask is None else blk(x, mask)
 
+    def uses_stream(self, x: torch.Tensor, mask: torch.Tensor | None) -> bool:
+        """Whether `run_stack` carries the residual stream of `Block.stream_step` (vtlab.models.fastpaths
+        `residual_gemm`): every block opts in, CUDA, no grad, no autocast, no mask, one dtype."""
+        blocks = list(self.blocks)
+        return (bool(blocks) and all(getattr(b, "streams", lambda: False)() for b in blocks) and x.is_cuda
+                and mask is None and not torch.is_grad_enabled() and not torch.is_autocast_enabled("cuda")
+                and all(p.dtype == x.dtype for p in blocks[0].parameters()))
+
+    def stream_states(self, x: torch.Tensor, upto: int, taps: list[int] | None,
+                      norm_kernel: bool = True) -> tuple[torch.Tensor, list[torch.Tensor]]:
+        """Blocks 1..`upto` on the residual stream (`Block.stream_step`) from the embedding `x` (not modified):
+        the last state x_upto and the hidden states at the `taps` (indices 0..upto, in their order)."""
+        r = x.contiguous().clone()
+        acc = torch.zeros(r.shape[-1], device=r.device, dtype=r.dtype)
+        wanted = set(taps or [])
+        states: dict[int, torch.Tensor] = {0: x} if 0 in wanted else {}
+        for i, blk in enumerate(self.blocks[:upto], start=1):
+            acc = blk.stream_step(r, acc, norm_kernel)
+            if i in wanted:
+                states[i] = r + acc
+        return r + acc, [states[i] for i in (taps or [])]
+
     def block_states(
         self, x: torch.Tensor, upto: int | None = None, mask: torch.Tensor | None = None
     ) -> list[torch.Tensor]:
         """HF-style `hidden_states` from the embedding `x`: [x, after block 1, ..., after block `upto`]."""
+        if self.uses_stream(x, mask):
+            n = self.num_layers if upto is None else upto
+            return self.stream_states(x, n, list(range(n + 1)))[1]
         states = [x]
         for blk in self.blocks[: self.num_layers if upto is None else upto]:
             x = self.run_block(blk, x, mask)
@@ -272,13 +297,19 @@ class TowerBase(nn.Module):
         """The embedding `x` -> the tower output before any prefix selection. Without taps: every block, then
         `output_norm` (only the running state is kept); with taps: the tapped hidden states concatenated on
         channels, no block past the deepest tap run."""
-        if self.feature_layers is None:
+        if self.uses_stream(x, mask):
+            last, feats = self.stream_states(x, self.depth_used, self.feature_layers)
+            if self.feature_layers is None:
+                norm = self.output_norm()
+                return last if norm is None else norm(last)
+        elif self.feature_layers is None:
             for blk in self.blocks:
                 x = self.run_block(blk, x, mask)
             norm = self.output_norm()
             return x if norm is None else norm(x)
-        states = self.block_states(x, self.depth_used, mask)
-        feats = [states[i] for i in self.feature_layers]
+        else:
+            states = self.block_states(x, self.depth_used, mask)
+            feats = [states[i] for i in self.feature_layers]
         return feats[0] if len(feats) == 1 else torch.cat(feats, dim=-1)
 
 

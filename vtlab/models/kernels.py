@@ -1,0 +1,110 @@
+"""Triton kernels of the native towers' fast paths (issue 16), each behind a custom op so torch.compile keeps it
+whole and CUDA graphs capture it, each with a plain-PyTorch path that computes the same function.
+
+`shifted_layer_norm(r, shift, norm)` is `norm(r + shift)` for r (..., D) and a (D,) shift: the LayerNorm of the
+residual stream that `vtlab.models.layers.Block.stream_step` carries (r = x - the biases of the out-projections and
+fc2s so far, the shift). Why a kernel of our own: on an H200 Inductor compiles the add + LayerNorm at width 1152
+(so400m, llavanext) as a looped reduction (`triton_red_fused_add_native_layer_norm_*`) that read and wrote ~1.0-1.5
+TB/s (12 of ~90 ms of the batch-64 call, experiments/gpu_speed/levers_h200_2026-12-01f); at width 768 its persistent
+reductions run near bandwidth. This kernel is one persistent pass for any width up to 16384: each program loads a few
+whole rows once (the row padded to a power of two and masked), adds the shift, takes mean and variance in fp32
+(two-pass over registers, as torch's LayerNorm: var = mean((x - mean)^2), biased), and writes
+(x - mean) * rsqrt(var + eps) * weight + bias in r's dtype: the math of `torch.nn.functional.layer_norm` on the fp32
+sum. Triton is imported lazily (it ships with torch's CUDA wheels); without it, or off CUDA, the op is the
+PyTorch expression.
+
+The CPU tests run the kernel under Triton's interpreter (`TRITON_INTERPRET=1`) against `F.layer_norm`.
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+MAX_TRITON_WIDTH = 16384
+
+
+@functools.cache
+def _triton_kernel() -> Any:
+    """The jitted kernel, or None where Triton is missing."""
+    try:
+        import triton
+        import triton.language as tl
+    except ImportError:  # pragma: no cover - torch's CUDA wheels ship triton
+        return None
+
+    @triton.jit
+    def shifted_ln(r_ptr, shift_ptr, w_ptr, b_ptr, out_ptr, rows, width, eps,
+                   ROWS: tl.constexpr, BLOCK: tl.constexpr):
+        row = tl.program_id(0) * ROWS + tl.arange(0, ROWS)
+        col = tl.arange(0, BLOCK)
+        cmask = col < width
+        mask = (row < rows)[:, None] & cmask[None, :]
+        offs = row.to(tl.int64)[:, None] * width + col[None, :]
+        x = tl.load(r_ptr + offs, mask=mask, other=0.0).to(tl.float32)
+        x = x + tl.load(shift_ptr + col, mask=cmask, other=0.0).to(tl.float32)[None, :]
+        mean = tl.sum(x, axis=1) / width
+        xc = tl.where(mask, x - mean[:, None], 0.0)
+        rstd = tl.rsqrt(tl.sum(xc * xc, axis=1) / width + eps)
+        w = tl.load(w_ptr + col, mask=cmask, other=0.0).to(tl.float32)
+        b = tl.load(b_ptr + col, mask=cmask, other=0.0).to(tl.float32)
+        y = xc * rstd[:, None] * w[None, :] + b[None, :]
+        tl.store(out_ptr + offs, y.to(out_ptr.dtype.element_ty), mask=mask)
+
+    return shifted_ln
+
+
+def launch_config(width: int) -> tuple[int, int, int]:
+    """(BLOCK, ROWS, num_warps) for a row width: the row padded to a power of two, ~4096 elements per program."""
+    block = 1 << max(4, (width - 1).bit_length())
+    rows = max(1, 4096 // block)
+    warps = 4 if block <= 1024 else 8 if block <= 4096 else 16
+    return block, rows, warps
+
+
+def triton_usable(t: torch.Tensor) -> bool:
+    """Whether the kernel runs for t: CUDA (or Triton's CPU interpreter), Triton importable, width <= 16384."""
+    on_device = t.is_cuda or os.environ.get("TRITON_INTERPRET") == "1"
+    return on_device and t.shape[-1] <= MAX_TRITON_WIDTH and _triton_kernel() is not None
+
+
+def shifted_layer_norm_reference(r: torch.Tensor, shift: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor,
+                                 eps: float) -> torch.Tensor:
+    """What the kernel computes, in PyTorch: LayerNorm of the fp32 sum, cast back to r's dtype."""
+    x = r.float() + shift.float()
+    return F.layer_norm(x, (r.shape[-1],), weight.float(), bias.float(), eps).to(r.dtype)
+
+
+@torch.library.custom_op("vtlab::shifted_layer_norm", mutates_args=())
+def _shifted_layer_norm_op(r: torch.Tensor, shift: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor,
+                           eps: float) -> torch.Tensor:
+    if not triton_usable(r):
+        return shifted_layer_norm_reference(r, shift, weight, bias, eps)
+    r = r.contiguous()
+    out = torch.empty_like(r)
+    width = r.shape[-1]
+    rows = r.numel() // width
+    block, per_program, warps = launch_config(width)
+    grid = ((rows + per_program - 1) // per_program,)
+    _triton_kernel()[grid](r, shift.contiguous(), weight.contiguous(), bias.contiguous(), out, rows, width, eps,
+                           ROWS=per_program, BLOCK=block, num_warps=warps)
+    return out
+
+
+@_shifted_layer_norm_op.register_fake
+def _(r: torch.Tensor, shift: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, eps: float) -> torch.Tensor:
+    return torch.empty_like(r, memory_format=torch.contiguous_format)
+
+
+def shifted_layer_norm(r: torch.Tensor, shift: torch.Tensor, norm: nn.LayerNorm, kernel: bool = True) -> torch.Tensor:
+    """norm(r + shift) for r (..., D), shift (D,): the kernel where `kernel` and it can run (inference), else
+    torch's ops (which Inductor fuses into its own LayerNorm kernel)."""
+    if kernel and triton_usable(r) and not torch.is_grad_enabled() and norm.weight is not None \
+            and norm.bias is not None:
+        return _shifted_layer_norm_op(r, shift, norm.weight, norm.bias, norm.eps)
+    return norm(r + shift)
