@@ -445,51 +445,45 @@ def triton_gelu_variant(run: Run, b: dict[str, Any], out: dict[str, Any], key: s
         torch._dynamo.reset()
 
 
-RESIDUAL_VARIANTS = ("wide_ln", "residual_gemm", "residual_gemm_wide_ln", "hf_wide_ln", "timm_wide_ln")
+RESIDUAL_VARIANTS = ("residual_gemm", "residual_gemm_torch_ln")
 
 
 def residual_variants(run: Run, b: dict[str, Any], out: dict[str, Any], key: str, x: torch.Tensor) -> None:
-    """residual_stream.py's levers on top of every inference lever (CUDA graphs): Inductor's persistent reductions
-    up to width 4096 (`wide_ln`), the residual add in the out-projection / fc2 GEMMs (`residual_gemm`), both; and
-    transformers / timm compiled under the same Inductor heuristic (throughput only), so that the ratio can be
-    read against baselines given the same compile setting too. Each with its error against fp32 (2 images)."""
-    import residual_stream as RS
-
+    """`task.residual_gemm` (vtlab.models.fastpaths: each residual add in the out-projection / fc2 GEMM, in place,
+    the biases carried into the next LayerNorm) on top of every inference lever, CUDA graphs: with the Triton
+    shifted LayerNorm (vtlab.models.kernels, the shipped path) and with torch's LayerNorm ops left to Inductor
+    (`_torch_ln`). Each with its error against fp32 (2 images) and, at the throughput batch, its kernel table."""
     only = set(filter(None, run.args.residual_variants.split(",")))
-    ref = None
+    with torch.inference_mode():
+        ref = b["ref32"](pixel_values=x[:2].float()).last_hidden_state
+        set_levers(b["native"], patch_gemm=True)
+        errs = out.setdefault("residual_rel_err_vs_fp32", {})
+        errs[f"{key}_levers"] = H.rel_err(b["native"](x[:2]), ref)
     for label in RESIDUAL_VARIANTS:
-        if only and label not in only or (key == "ms" and label in ("hf_wide_ln", "timm_wide_ln")):
+        if only and label not in only:
             continue
-        if not (run.cuda or run.args.smoke) or not run.budget.allows(30 if run.cuda else 0):
+        if not (run.cuda and run.budget.allows(30)):
             out[key][label] = "skipped: needs CUDA (or time budget)"
             continue
         try:
             set_levers(b["native"], patch_gemm=True)
+            configure_fast_paths(b["native"], residual_gemm=True)
+            b["native"].stream_norm_kernel = label == "residual_gemm"
             with torch.inference_mode():
-                if ref is None:
-                    ref = b["ref32"](pixel_values=x[:2].float()).last_hidden_state
-                if label.startswith(("hf", "timm")):
-                    fn = (lambda t: b["hf"](pixel_values=t).last_hidden_state) if label.startswith("hf") else b["timm"].forward_features
-                else:
-                    fn = b["native"]
-                    if "residual_gemm" in label:
-                        RS.install_residual_gemm(b["native"])
-                with RS.wide_persistent() if "wide_ln" in label else contextlib.nullcontext():
-                    f = run.graphed(fn) if fn is b["native"] else run.compile(fn)
-                    value = x.shape[0] / (run.ms(lambda: f(x)) * 1e-3) if key == "img_s" else run.ms(lambda: f(x), iters=run.args.iters * 5)
-                    out[key][label] = value
-                    if fn is b["native"]:
-                        out.setdefault("residual_rel_err_vs_fp32", {})[f"{key}_{label}"] = H.rel_err(fn(x[:2]), ref)
-                        if key == "img_s":
-                            out.setdefault("residual_kernels", {})[label] = H.kernel_breakdown(lambda: f(x), top=run.args.top_kernels)
+                f = run.graphed(b["native"])
+                value = x.shape[0] / (run.ms(lambda: f(x)) * 1e-3) if key == "img_s" else run.ms(lambda: f(x), iters=run.args.iters * 5)
+                out[key][label] = value
+                errs[f"{key}_{label}"] = H.rel_err(b["native"](x[:2]), ref)
+                if key == "img_s":
+                    out.setdefault("residual_kernels", {})[label] = H.kernel_breakdown(lambda: f(x), top=run.args.top_kernels)
+            out.setdefault("residual_fast_paths", {})[label] = fast_paths(b["native"], run.device)
             log(f"{run.preset}: {label} {key} {value:.3f}")
         except Exception as exc:
             out[key][label] = f"error: {type(exc).__name__}: {str(exc)[:300]}"
         finally:
-            RS.uninstall(b["native"])
+            configure_fast_paths(b["native"], residual_gemm=False)
+            b["native"].stream_norm_kernel = True
             torch._dynamo.reset()
-    with torch.inference_mode():
-        out.setdefault("residual_rel_err_vs_fp32", {})[f"{key}_levers"] = H.rel_err(b["native"](x[:2]), ref) if ref is not None else None
 
 
 def build_inference_fp8(run: Run, b: dict[str, Any], granularity: str) -> torch.nn.Module:

@@ -193,6 +193,7 @@ class TowerBase(nn.Module):
 
     blocks: nn.ModuleList
     feature_layers: list[int] | None
+    stream_norm_kernel: bool = True  # the residual stream's LayerNorms through vtlab.models.kernels (else torch's)
 
     def __init__(
         self,
@@ -286,7 +287,7 @@ class TowerBase(nn.Module):
         """HF-style `hidden_states` from the embedding `x`: [x, after block 1, ..., after block `upto`]."""
         if self.uses_stream(x, mask):
             n = self.num_layers if upto is None else upto
-            return self.stream_states(x, n, list(range(n + 1)))[1]
+            return self.stream_states(x, n, list(range(n + 1)), self.stream_norm_kernel)[1]
         states = [x]
         for blk in self.blocks[: self.num_layers if upto is None else upto]:
             x = self.run_block(blk, x, mask)
@@ -298,7 +299,7 @@ class TowerBase(nn.Module):
         `output_norm` (only the running state is kept); with taps: the tapped hidden states concatenated on
         channels, no block past the deepest tap run."""
         if self.uses_stream(x, mask):
-            last, feats = self.stream_states(x, self.depth_used, self.feature_layers)
+            last, feats = self.stream_states(x, self.depth_used, self.feature_layers, self.stream_norm_kernel)
             if self.feature_layers is None:
                 norm = self.output_norm()
                 return last if norm is None else norm(last)
