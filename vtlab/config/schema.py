@@ -350,9 +350,10 @@ class TaskConfig:
     repeats: int = 5
     # CUDA inference: fc1 bias + tanh GELU in the cuBLASLt GEMM epilogue (+8-14 % img/s on H100, experiments/gpu_speed)
     fused_gelu: bool = True
-    # CUDA inference: each residual add in the out-projection / fc2 GEMM (in place, bias carried into the next
-    # LayerNorm; vtlab.models.fastpaths). +4.4 % siglip img/s on the H200 (experiments/gpu_speed)
-    residual_gemm: bool = True
+    # CUDA inference: each residual add in the out-projection / fc2 GEMM (in place, biases carried into the next
+    # LayerNorm, a Triton kernel; vtlab.models.fastpaths). Off until this form is timed with CUDA graphs on the H200:
+    # its first-draft form gave +4.4 % siglip img/s and llavanext batch 1 at 0.74x transformers (experiments/gpu_speed)
+    residual_gemm: bool = False
     # patch embedding as one GEMM over unfolded patches instead of the conv (same function; vtlab.models.fastpaths):
     # auto (default: the GEMM on CUDA, +10.6 % siglip img/s on the H200; the conv on CPU) | true | false
     patch_gemm: Any = "auto"

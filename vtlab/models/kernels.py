@@ -4,9 +4,10 @@ whole and CUDA graphs capture it, each with a plain-PyTorch path that computes t
 `shifted_layer_norm(r, shift, norm)` is `norm(r + shift)` for r (..., D) and a (D,) shift: the LayerNorm of the
 residual stream that `vtlab.models.layers.Block.stream_step` carries (r = x - the biases of the out-projections and
 fc2s so far, the shift). Why a kernel of our own: on an H200 Inductor compiles the add + LayerNorm at width 1152
-(so400m, llavanext) as a looped reduction (`triton_red_fused_add_native_layer_norm_*`) that read and wrote ~1.0-1.5
-TB/s (12 of ~90 ms of the batch-64 call, experiments/gpu_speed/levers_h200_2026-12-01f); at width 768 its persistent
-reductions run near bandwidth. This kernel is one persistent pass for any width up to 16384: each program loads a few
+(so400m, llavanext) as a looped reduction (`triton_red_fused_add_native_layer_norm_*`, ~0.22 ms per call, ~12 of
+~90 ms of the batch-64 call, experiments/gpu_speed/levers_h200_2026-12-01f/call2), and the residual stream halves
+what a LayerNorm reads. On smolvlm (batch 64, width 768) this kernel took 0.056 ms per call (2 x 100 MB moved:
+~3.6 TB/s) where Inductor's add + LayerNorm took ~0.095 (call 3). This kernel is one persistent pass for any width up to 16384: each program loads a few
 whole rows once (the row padded to a power of two and masked), adds the shift, takes mean and variance in fp32
 (two-pass over registers, as torch's LayerNorm: var = mean((x - mean)^2), biased), and writes
 (x - mean) * rsqrt(var + eps) * weight + bias in r's dtype: the math of `torch.nn.functional.layer_norm` on the fp32
@@ -19,6 +20,7 @@ The CPU tests run the kernel under Triton's interpreter (`TRITON_INTERPRET=1`) a
 from __future__ import annotations
 
 import functools
+import importlib.util
 import os
 from typing import Any
 
@@ -27,6 +29,9 @@ import torch.nn.functional as F
 from torch import nn
 
 MAX_TRITON_WIDTH = 16384
+# decided at import, not while torch.compile traces (a lazy import there would break the graph)
+TRITON_FOUND = importlib.util.find_spec("triton") is not None
+INTERPRET = os.environ.get("TRITON_INTERPRET") == "1"
 
 
 @functools.cache
@@ -69,8 +74,7 @@ def launch_config(width: int) -> tuple[int, int, int]:
 
 def triton_usable(t: torch.Tensor) -> bool:
     """Whether the kernel runs for t: CUDA (or Triton's CPU interpreter), Triton importable, width <= 16384."""
-    on_device = t.is_cuda or os.environ.get("TRITON_INTERPRET") == "1"
-    return on_device and t.shape[-1] <= MAX_TRITON_WIDTH and _triton_kernel() is not None
+    return (t.is_cuda or INTERPRET) and t.shape[-1] <= MAX_TRITON_WIDTH and TRITON_FOUND
 
 
 def shifted_layer_norm_reference(r: torch.Tensor, shift: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor,
@@ -83,7 +87,7 @@ def shifted_layer_norm_reference(r: torch.Tensor, shift: torch.Tensor, weight: t
 @torch.library.custom_op("vtlab::shifted_layer_norm", mutates_args=())
 def _shifted_layer_norm_op(r: torch.Tensor, shift: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor,
                            eps: float) -> torch.Tensor:
-    if not triton_usable(r):
+    if not triton_usable(r) or _triton_kernel() is None:
         return shifted_layer_norm_reference(r, shift, weight, bias, eps)
     r = r.contiguous()
     out = torch.empty_like(r)
