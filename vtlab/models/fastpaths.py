@@ -33,7 +33,7 @@ run (experiments/gpu_speed/run_levers.py) shows it pays:
   (tests/test_fastpaths.py). `task.residual_gemm`, off by default: on an H200 (experiments/gpu_speed/README.md,
   sixth session) the first-draft form (Inductor's LayerNorm) gave +4.4 % siglip and +1.4 % llavanext img/s, and
   llavanext batch 1 at 0.74x transformers; this form (the Triton LayerNorm, whose kernel took 0.056 ms per call on
-  smolvlm where Inductor's add + LayerNorm took ~0.095) has not yet been timed with CUDA graphs on.
+  smolvlm where Inductor's add + LayerNorm took ~0.11) has not yet been timed with CUDA graphs on.
 - `VisionTower.activation_checkpointing` (set here) recomputes each block in the backward
   (`torch.utils.checkpoint`, non-reentrant): memory for a larger batch, at ~1/3 more compute.
 """

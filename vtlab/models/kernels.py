@@ -7,8 +7,9 @@ fc2s so far, the shift). Why a kernel of our own: on an H200 Inductor compiles t
 (so400m, llavanext) as a looped reduction (`triton_red_fused_add_native_layer_norm_*`, ~0.22 ms per call, ~12 of
 ~90 ms of the batch-64 call, experiments/gpu_speed/levers_h200_2026-12-01f/call2), and the residual stream halves
 what a LayerNorm reads. On smolvlm (batch 64, width 768) this kernel took 0.056 ms per call (2 x 100 MB moved:
-~3.6 TB/s) where Inductor's add + LayerNorm took ~0.095 (call 3). This kernel is one persistent pass for any width up to 16384: each program loads a few
-whole rows once (the row padded to a power of two and masked), adds the shift, takes mean and variance in fp32
+~3.6 TB/s) where Inductor's add + LayerNorm kernels of the plain levers took ~0.11 (2.70 ms over 25 calls, same
+process, call 3). This kernel is one persistent pass for any width up to 16384: each program loads a few whole rows
+once (the row padded to a power of two and masked), adds the shift, takes mean and variance in fp32
 (two-pass over registers, as torch's LayerNorm: var = mean((x - mean)^2), biased), and writes
 (x - mean) * rsqrt(var + eps) * weight + bias in r's dtype: the math of `torch.nn.functional.layer_norm` on the fp32
 sum. Triton is imported lazily (it ships with torch's CUDA wheels); without it, or off CUDA, the op is the

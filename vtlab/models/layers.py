@@ -132,16 +132,12 @@ class Block(nn.Module):
         """The block on the residual stream r = x - acc (r (B, N, D) updated in place, acc (D,) the biases of the
         out-projections and fc2s so far); returns the new acc. No grad: r is overwritten."""
         branch = self.attn.core(shifted_layer_norm(r, acc, self.norm1, norm_kernel))
-        residual_addmm_(r, *_gemm_operands(branch, self.attn.proj))
+        residual_addmm_(r, branch.reshape(-1, branch.shape[-1]), self.attn.proj.weight)
         acc = acc + self.attn.proj.bias.to(acc.dtype)
         hidden = self.mlp.hidden(shifted_layer_norm(r, acc, self.norm2, norm_kernel))
-        residual_addmm_(r, *_gemm_operands(hidden, self.mlp.fc2))
+        residual_addmm_(r, hidden.reshape(-1, hidden.shape[-1]), self.mlp.fc2.weight)
         return acc + self.mlp.fc2.bias.to(acc.dtype)
 
-
-def _gemm_operands(x: torch.Tensor, fc: nn.Linear) -> tuple[torch.Tensor, torch.Tensor]:
-    """(x as (rows, in), fc's weight): the operands of the in-place residual GEMM (no autocast on this path)."""
-    return x.reshape(-1, x.shape[-1]), fc.weight
 
 
 class AttentionPool(nn.Module):
