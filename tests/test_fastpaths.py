@@ -245,6 +245,20 @@ def test_residual_addmm_is_in_place_and_compiles():
     assert _rel(torch.compile(step, fullgraph=True)(x), x * 2 + (a @ w.t()).view(2, 5, 8) + 1) < 1e-6
 
 
+@pytest.mark.parametrize("override,expected", [((), True), (("task.residual_gemm=false",), False)])
+def test_bench_and_profile_stream_by_default(override, expected):
+    """task.residual_gemm is on by default (measured on the H200, 2026-12-02) for task=bench and task=profile, and
+    `false` turns it off; fast_paths reports it for CUDA only."""
+    from vtlab.api import build_stack, compose_config, to_config
+
+    for task in ("bench", "profile"):
+        cfg = to_config(compose_config("siglip_debug", [f"task={task}", *override]))
+        assert cfg.task.residual_gemm is expected
+        stack = configure_fast_paths(build_stack(cfg), residual_gemm=cfg.task.residual_gemm)
+        assert fast_paths(stack, torch.device("cuda"))["residual_gemm"] is expected
+        assert fast_paths(stack, torch.device("cpu"))["residual_gemm"] is False
+
+
 def test_fp8_blocks_leave_the_residual_stream():
     from vtlab.models.fp8 import convert_to_fp8
 
@@ -256,8 +270,10 @@ def test_fp8_blocks_leave_the_residual_stream():
 
 SHIFTED_LN_CHECK = r"""
 import json, torch, torch.nn.functional as F
+from vtlab.models import kernels
 from vtlab.models.kernels import launch_config, shifted_layer_norm, _shifted_layer_norm_op, triton_usable
 torch.manual_seed(0)
+kernels.LAUNCH_TABLE[(768, 9)] = (4, 2)  # a measured-table entry: 4 rows per program, the last program partial
 out = {}
 for width, rows in ((1152, 5), (768, 9), (40, 3)):  # padded to 2048 / 1024 / 64 lanes; partial row blocks
     norm = torch.nn.LayerNorm(width, eps=1e-6)
@@ -300,7 +316,18 @@ def test_shifted_layer_norm_off_the_kernel_is_torch():
     norm = torch.nn.LayerNorm(24)
     r, shift = torch.randn(3, 7, 24), torch.randn(24)
     assert torch.equal(shifted_layer_norm(r, shift, norm), norm(r + shift))  # CPU: torch's ops
-    assert launch_config(1152) == (2048, 2, 8) and launch_config(768) == (1024, 4, 4)
+    # the H200 sweep's fastest launches (experiments/gpu_speed/levers_h200_2026-12-02/call3/ln_sweep.json)
+    assert launch_config(1152, 64 * 729) == (2048, 4, 4) and launch_config(768, 256 * 196) == (1024, 4, 4)
+    assert launch_config(768, 1024) == (1024, 1, 4) and launch_config(1152, 729) == (2048, 1, 4)
+    assert launch_config(4096, 100) == (4096, 1, 8) and launch_config(16384, 100) == (16384, 1, 16)
+
+
+def test_shifted_layer_norm_launch_table_overrides_the_rule(monkeypatch):
+    from vtlab.models import kernels
+
+    monkeypatch.setitem(kernels.LAUNCH_TABLE, (1152, 46656), (1, 4))
+    assert kernels.launch_config(1152, 46656) == (2048, 1, 4)
+    assert kernels.launch_config(1152, 729) == (2048, 1, 4)  # other row counts keep the rule
 
 
 @pytest.mark.gpu

@@ -217,9 +217,12 @@ def throughput(run: Run, b: dict[str, Any]) -> dict[str, Any]:
             out["kernels"][label] = H.kernel_breakdown(lambda: f(x), top=run.args.top_kernels)
             log(f"{run.preset}: {label} {out['img_s'][label]:.0f} img/s")
             torch._dynamo.reset()
+    if run.args.residual_levers and "levers" not in run.args.sections.split(","):  # else the lever sweep times them
+        residual_variants(run, b, out, "img_s", x)
     best = max(out["img_s"]["hf_compile"], out["img_s"]["timm_compile"])
     out["ratio_default"] = out["img_s"]["native_default"] / best
     out["ratio_levers"] = out["img_s"]["native_levers"] / best
+    out["ratio"] = {k: v / best for k, v in out["img_s"].items() if not k.endswith("_compile") and isinstance(v, float)}
     return out
 
 
@@ -859,12 +862,15 @@ def meta(args: argparse.Namespace) -> dict[str, Any]:
     import timm
     import transformers
 
+    from vtlab.models import kernels
+
     device = torch.device(args.device)
     return {
         "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
         "device_name": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
         "torch": torch.__version__, "cuda": torch.version.cuda, "transformers": transformers.__version__,
         "timm": timm.__version__, "backend": args.backend, "smoke": args.smoke,
+        "ln_launch_table": {f"{w}x{r}": list(v) for (w, r), v in kernels.LAUNCH_TABLE.items()},
         "method": "bf16, inference_mode, randn inputs, CUDA events, median of repeats x iters after warm-up",
     }
 
@@ -1046,9 +1052,11 @@ def main() -> None:
                     "templates on every side, plus native with the GELU left to Inductor (fusable into a template)")
     ap.add_argument("--triton-gelu", action="store_true", help="levers and latency_bs1: one more variant, fc1 + GELU as "
                     "triton_gemm.py's persistent Triton kernel, tuned at the shape first")
-    ap.add_argument("--residual-levers", action="store_true", help="levers and latency_bs1: residual_stream.py's "
-                    f"variants {RESIDUAL_VARIANTS} (throughput: the baselines under the wide heuristic too)")
+    ap.add_argument("--residual-levers", action="store_true", help="levers (or throughput, without levers) and "
+                    f"latency_bs1: the variants {RESIDUAL_VARIANTS} of task.residual_gemm")
     ap.add_argument("--residual-variants", default="", help="only these of the --residual-levers variants")
+    ap.add_argument("--ln-table", type=Path, default=None, help="ln_launch_sweep.py's output: its `table` loaded into "
+                    "vtlab.models.kernels.LAUNCH_TABLE (the shifted LayerNorm's launch per shape)")
     ap.add_argument("--max-batch-cap", type=int, default=1024)
     ap.add_argument("--max-batch-probes", type=int, default=6)
     ap.add_argument("--lever-presets", default="siglip")
@@ -1069,6 +1077,11 @@ def main() -> None:
         if args.train_attention == "no_cudnn":  # the GPU default; on CPU PyTorch's own choice
             args.train_attention = "auto"
     args.out.mkdir(parents=True, exist_ok=True)
+    if args.ln_table is not None:
+        from vtlab.models import kernels
+
+        for width, rows, per_program, warps in json.loads(args.ln_table.read_text())["table"]:
+            kernels.LAUNCH_TABLE[(width, rows)] = (per_program, warps)
     presets = args.presets.split(",")
     if args.in_process or len(presets) == 1:
         for p in presets:

@@ -351,9 +351,9 @@ class TaskConfig:
     # CUDA inference: fc1 bias + tanh GELU in the cuBLASLt GEMM epilogue (+8-14 % img/s on H100, experiments/gpu_speed)
     fused_gelu: bool = True
     # CUDA inference: each residual add in the out-projection / fc2 GEMM (in place, biases carried into the next
-    # LayerNorm, a Triton kernel; vtlab.models.fastpaths). Off until this form is timed with CUDA graphs on the H200:
-    # its first-draft form gave +4.4 % siglip img/s and llavanext batch 1 at 0.74x transformers (experiments/gpu_speed)
-    residual_gemm: bool = False
+    # LayerNorm, a Triton kernel; vtlab.models.fastpaths). On the H200 with CUDA graphs: +3.6 / +3.5 / +8.9 % img/s
+    # (siglip / smolvlm / llavanext) and llavanext batch 1 2.43 -> 2.11 ms (experiments/gpu_speed, 2026-12-02)
+    residual_gemm: bool = True
     # patch embedding as one GEMM over unfolded patches instead of the conv (same function; vtlab.models.fastpaths):
     # auto (default: the GEMM on CUDA, +10.6 % siglip img/s on the H200; the conv on CPU) | true | false
     patch_gemm: Any = "auto"

@@ -8,12 +8,17 @@ fc2s so far, the shift). Why a kernel of our own: on an H200 Inductor compiles t
 ~90 ms of the batch-64 call, experiments/gpu_speed/levers_h200_2026-12-01f/call2), and the residual stream halves
 what a LayerNorm reads. On smolvlm (batch 64, width 768) this kernel took 0.056 ms per call (2 x 100 MB moved:
 ~3.6 TB/s) where Inductor's add + LayerNorm kernels of the plain levers took ~0.11 (2.70 ms over 25 calls, same
-process, call 3). This kernel is one persistent pass for any width up to 16384: each program loads a few whole rows
-once (the row padded to a power of two and masked), adds the shift, takes mean and variance in fp32
-(two-pass over registers, as torch's LayerNorm: var = mean((x - mean)^2), biased), and writes
+process, call 3). This kernel is one persistent pass for any width up to 16384: each program loads whole rows
+once (the row padded to a power of two and masked), adds the shift, takes mean and variance in fp32 (two-pass
+over registers, as torch's LayerNorm: var = mean((x - mean)^2), biased), and writes
 (x - mean) * rsqrt(var + eps) * weight + bias in r's dtype: the math of `torch.nn.functional.layer_norm` on the fp32
 sum. Triton is imported lazily (it ships with torch's CUDA wheels); without it, or off CUDA, the op is the
 PyTorch expression.
+
+The launch (`launch_config`): 4 rows per program and 4 warps from 8192 rows up, 1 row below. Of 16 launches timed
+at each of the presets' six shapes on the H200 (experiments/gpu_speed/ln_launch_sweep.py, 2026-12-02 call 3) it is
+the fastest at five and within 0.03 us of the fastest at llavanext's batch 1; it took llavanext's batch-64
+LayerNorms from 0.078 to 0.065 ms per call (~3.3 TB/s).
 
 The CPU tests run the kernel under Triton's interpreter (`TRITON_INTERPRET=1`) against `F.layer_norm`.
 """
@@ -65,12 +70,23 @@ def _triton_kernel() -> Any:
     return shifted_ln
 
 
-def launch_config(width: int) -> tuple[int, int, int]:
-    """(BLOCK, ROWS, num_warps) for a row width: the row padded to a power of two, ~4096 elements per program."""
+# (width, rows) -> (ROWS per program, num_warps) measured to beat the rule of `launch_config` on a device;
+# experiments/gpu_speed/ln_launch_sweep.py times the candidates and run_levers.py `--ln-table` loads its choice
+LAUNCH_TABLE: dict[tuple[int, int], tuple[int, int]] = {}
+
+
+def launch_config(width: int, rows: int = 0) -> tuple[int, int, int]:
+    """(BLOCK, ROWS, num_warps) for `rows` rows of a width: the row padded to a power of two; LAUNCH_TABLE's entry
+    for (width, rows) where there is one. Else, up to 2048 lanes (measured: widths 768 and 1152 on the H200), 4 rows
+    per program and 4 warps from 8192 rows up and 1 row below (batch 1: more programs than SMs); wider rows (not
+    measured) one row per program, 8 or 16 warps."""
     block = 1 << max(4, (width - 1).bit_length())
-    rows = max(1, 4096 // block)
-    warps = 4 if block <= 1024 else 8 if block <= 4096 else 16
-    return block, rows, warps
+    if (width, rows) in LAUNCH_TABLE:
+        per_program, warps = LAUNCH_TABLE[(width, rows)]
+        return block, per_program, warps
+    if block <= 2048:
+        return block, 4 if rows >= 8192 else 1, 4
+    return block, 1, 8 if block <= 4096 else 16
 
 
 def triton_usable(t: torch.Tensor) -> bool:
@@ -94,7 +110,7 @@ def _shifted_layer_norm_op(r: torch.Tensor, shift: torch.Tensor, weight: torch.T
     out = torch.empty_like(r)
     width = r.shape[-1]
     rows = r.numel() // width
-    block, per_program, warps = launch_config(width)
+    block, per_program, warps = launch_config(width, rows)
     grid = ((rows + per_program - 1) // per_program,)
     _triton_kernel()[grid](r, shift.contiguous(), weight.contiguous(), bias.contiguous(), out, rows, width, eps,
                            ROWS=per_program, BLOCK=block, num_warps=warps)
