@@ -75,3 +75,4 @@ def test_unknown_training_backend_names_the_valid_ones(tmp_path):
     assert "task.attention_backend=fast is unknown; valid: auto, cudnn, flash, efficient, math, no_cudnn, " \
            "cudnn_safe" in proc.stderr
     assert "Traceback" not in proc.stderr and not (tmp_path / "results.json").exists()
+

@@ -505,10 +505,12 @@ TRAIN_LEVERS = ("fused_gelu_train", "patch_gemm", "compile_optimizer")  # what -
 
 
 def train_setup(run: Run, tower: str, freeze: str, levers: bool, checkpointing: bool = False,
-                compiled: bool = True, attention: str = "auto", off: tuple[str, ...] = ()) -> tuple[Any, Any]:
+                compiled: bool = True, attention: str = "auto", off: tuple[str, ...] = (),
+                frozen_bf16: bool = False) -> tuple[Any, Any]:
     """A classifier over the preset's tower (native or transformers) and its AdamW. `attention` is pinned inside
     every native attention layer (vtlab.models.sdpa.configure; the process-wide pin is the caller's); `levers`
-    switches the training levers (TRAIN_LEVERS) on, except those named in `off`."""
+    switches the training levers (TRAIN_LEVERS) on, except those named in `off`; `frozen_bf16` keeps the frozen
+    tower in bf16 outside autocast (`task.frozen_tower_bf16`, either side; native: the residual stream too)."""
     on = {k: levers and k not in off for k in TRAIN_LEVERS}
     import train_throughput as TT
 
@@ -521,7 +523,9 @@ def train_setup(run: Run, tower: str, freeze: str, levers: bool, checkpointing: 
     if tower == "native":
         configure(lit.stack, attention, fused_gelu=levers)  # the inference epilogue: the frozen tower's no-grad forward
         configure_fast_paths(lit.stack, patch_gemm=on["patch_gemm"], fused_gelu_train=on["fused_gelu_train"],
-                             activation_checkpointing=checkpointing)
+                             activation_checkpointing=checkpointing, residual_gemm=levers)
+    if frozen_bf16:
+        lit.stack.freeze_tower_in(torch.bfloat16)
     if compiled:
         lit.compile_stack(**({} if run.args.backend == "inductor" else {"backend": run.args.backend}))
     opt = adamw(lit.param_groups(), (0.9, 0.999),
@@ -574,6 +578,8 @@ def training(run: Run) -> dict[str, Any]:
     variants: list[tuple[str, str, str, bool, tuple[str, ...]]] = [
         ("native_levers", "native", "none", True, ()), ("hf", "hf", "none", False, ()),
         ("native_levers", "native", "tower", True, ()), ("hf", "hf", "tower", False, ())]
+    variants += [("native_levers", "native", "tower_bf16", True, ()), ("hf", "hf", "tower_bf16", False, ())] \
+        if a.train_frozen_bf16 else []
     variants += [(f"native_no_{k}", "native", "none", True, tuple(k.split("+"))) for k in a.train_sweep.split(",") if k]
     variants += [("native_plain", "native", "none", False, ())] if a.train_extra else []
     out: dict[str, Any] = {"batch": batch, "precision": "bf16 autocast" if run.cuda else "fp32",
@@ -582,7 +588,7 @@ def training(run: Run) -> dict[str, Any]:
     for backend in backends:
         suffix = f"@{backend}" if len(backends) > 1 else ""
         for label, tower, freeze, levers, off in variants:
-            key = f"{label}_{'full' if freeze == 'none' else 'frozen_tower'}{suffix}"
+            key = f"{label}_{'full' if freeze == 'none' else 'frozen_' + freeze}{suffix}"
             if a.train_variants and key not in a.train_variants.split(","):
                 continue
             if not run.budget.allows(45 if run.cuda else 0):
@@ -590,7 +596,8 @@ def training(run: Run) -> dict[str, Any]:
                 continue
             try:
                 with pinned(backend):
-                    lit, opt = train_setup(run, tower, freeze, levers, attention=backend, off=off)
+                    lit, opt = train_setup(run, tower, freeze.removesuffix("_bf16"), levers, attention=backend,
+                                           off=off, frozen_bf16=freeze.endswith("_bf16"))
                     size = lit.stack.input_size
                     x = torch.randn(batch, 3, size, size, device=run.device)
                     y = torch.randint(0, 4, (batch,), device=run.device)
@@ -617,11 +624,11 @@ def training(run: Run) -> dict[str, Any]:
             if run.cuda:
                 torch.cuda.empty_cache()
     i = out["img_s"]
-    for part in ("full", "frozen_tower"):
+    for part in ("full", "frozen_tower", "frozen_tower_bf16"):
         for backend in backends:
             suffix = f"@{backend}" if len(backends) > 1 else ""
             nat = i.get(f"native_levers_{part}{suffix}")
-            hfs = [v for k, v in i.items() if k.startswith(f"hf_{part}") and isinstance(v, float)]
+            hfs = [v for k, v in i.items() if k.split("@")[0] == f"hf_{part}" and isinstance(v, float)]
             hf = i.get(f"hf_{part}{suffix}")
             if isinstance(nat, float) and isinstance(hf, float):
                 out[f"ratio_{part}{suffix}"] = nat / hf  # vs transformers under the same process-wide pin
@@ -1065,6 +1072,8 @@ def main() -> None:
     ap.add_argument("--sections", default="numerics,throughput,latency_bs1,training,grad_numerics,levers,tiled,max_batch",
                     help="which sections to run (in this order of priority; `autotune`, inductor max-autotune on "
                          "every side, only when named)")
+    ap.add_argument("--train-frozen-bf16", action="store_true", help="training: the frozen-tower step once more "
+                    "with the tower kept in bf16 outside autocast (task.frozen_tower_bf16), native and transformers")
     ap.add_argument("--train-extra", action="store_true",
                     help="also native without levers (training) and native with activation checkpointing (max batch)")
     ap.add_argument("--backend", default="inductor", help="torch.compile backend (the smoke test uses eager)")

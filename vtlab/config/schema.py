@@ -424,6 +424,10 @@ class TrainTaskConfig(TaskConfig):
     fused_gelu_train: bool = False  # fc1 bias + tanh GELU in the GEMM epilogue in training too (CUDA; recomputing backward)
     activation_checkpointing: bool = False  # recompute every tower block in the backward: memory for batch size
     compile_optimizer: bool = False  # torch.compile the AdamW step (foreach, tensor lr) instead of the fused kernel
+    # a frozen tower (freeze=tower|stack) kept in bf16 and run outside autocast: its no-grad forward takes the inference
+    # paths (residual_gemm streams only outside autocast), on both sides of the harness's comparison; the checkpoint
+    # holds the tower in bf16 (vtlab.models.stack.VisionStack.freeze_tower_in)
+    frozen_tower_bf16: bool = False
 
     def check(self, root: Any) -> None:
         super().check(root)
@@ -436,6 +440,13 @@ class TrainTaskConfig(TaskConfig):
                               f"of the lr)")
         if self.keep_every_n_epochs < 0:
             raise ConfigError(f"task.keep_every_n_epochs={self.keep_every_n_epochs} must be >= 0 (0: best + last only)")
+        if self.frozen_tower_bf16 and self.freeze == Freeze.none:
+            raise ConfigError("task.frozen_tower_bf16=true keeps a frozen tower in bf16, but task.freeze=none trains "
+                              "the tower; valid: task.freeze=tower or stack with it, or task.frozen_tower_bf16=false")
+        if self.frozen_tower_bf16 and root is not None and (root.model.token_merging.r or root.connector.prune):
+            raise ConfigError("task.frozen_tower_bf16=true runs the tower alone in bf16, but model.token_merging.r / "
+                              "connector.prune put a token reduction inside it; valid: task.frozen_tower_bf16=false "
+                              "with a reduction")
         kind = root.data.kind if root is not None else None
         if kind in ANSWER_KINDS:
             raise ConfigError(f"task=train trains a classification head on class labels, but data.kind={kind} has text "

@@ -163,11 +163,13 @@ def _(r: torch.Tensor, a: torch.Tensor, weight: torch.Tensor) -> None:
 # ------------------------------------------------------------------------------------------- settings
 def configure_fast_paths(module: nn.Module, *, patch_gemm: bool | str | None = None,
                          fused_gelu_train: bool | None = None, activation_checkpointing: bool | None = None,
-                         residual_gemm: bool | None = None) -> nn.Module:
+                         residual_gemm: bool | None = None, fused_gelu: bool | None = None) -> nn.Module:
     """Set the fast paths of every layer of `module` that has them (in place); None leaves a setting as is;
-    `patch_gemm="auto"` is the GEMM on CUDA and the conv elsewhere (the default of `task.patch_gemm`).
-    (The SDPA backend and the inference epilogue are set by vtlab.models.sdpa.configure.)"""
+    `patch_gemm="auto"` is the GEMM on CUDA and the conv elsewhere (the default of `task.patch_gemm`);
+    `fused_gelu` is the inference epilogue (`task.fused_gelu`). (The SDPA backend is set by vtlab.models.sdpa.)"""
     for m in module.modules():
+        if fused_gelu is not None and hasattr(m, "fused_gelu"):
+            m.fused_gelu = fused_gelu
         if residual_gemm is not None and hasattr(m, "residual_gemm"):
             m.residual_gemm = residual_gemm
         if patch_gemm is not None and isinstance(m, PatchEmbed):

@@ -102,7 +102,8 @@ class Mlp(nn.Module):
 
     def hidden(self, x: torch.Tensor) -> torch.Tensor:
         """gelu(fc1(x)): in the cuBLASLt epilogue with `fused_gelu` (CUDA inference, tanh GELU)."""
-        if self.fused_gelu and self.tanh_gelu and x.is_cuda and not torch.is_grad_enabled():
+        if self.fused_gelu and self.tanh_gelu and x.is_cuda and not torch.is_grad_enabled() \
+                and type(self.fc1) is nn.Linear:  # not an fp8 or LoRA-wrapped fc1: the epilogue reads its weight
             flat, w, b = autocast_operands(x.reshape(-1, x.shape[-1]), self.fc1)  # frozen towers under bf16-mixed
             h = torch._addmm_activation(b, flat, w.t(), use_gelu=True)
             return h.view(*x.shape[:-1], h.shape[-1])

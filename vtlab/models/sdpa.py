@@ -113,11 +113,10 @@ def configure_attention(module: nn.Module, backend: Any = "auto") -> nn.Module:
 def configure(module: nn.Module, backend: Any = "auto", fused_gelu: bool = False) -> nn.Module:
     """`configure_attention`, and set the fused fc1+GELU inference epilogue of every MLP (in place; MLPs opt in
     by having a `fused_gelu` attribute)."""
+    from vtlab.models.fastpaths import configure_fast_paths  # fastpaths sits above sdpa (layers import both)
+
     configure_attention(module, backend)
-    for m in module.modules():
-        if hasattr(m, "fused_gelu"):
-            m.fused_gelu = fused_gelu
-    return module
+    return configure_fast_paths(module, fused_gelu=fused_gelu)
 
 
 class _SdpaCalls(TorchFunctionMode):

@@ -69,6 +69,18 @@ class VisionStack(nn.Module):
         self.input_size = input_size or tower.image_size
         self.tiler = tiler
         self.register_buffer("image_newline", newline)  # None: no buffer in state_dict()
+        self.frozen_tower_dtype: torch.dtype | None = None  # freeze_tower_in
+
+    def freeze_tower_in(self, dtype: torch.dtype) -> VisionStack:
+        """Cast the tower to `dtype` and run it, whenever forward() does not train it, outside autocast in that
+        dtype (`task.frozen_tower_bf16`): a frozen tower needs no fp32 master weights, and its no-grad forward
+        then takes the inference fast paths (the residual stream runs only outside autocast). The features enter
+        the connector as they are under autocast, else in the connector's dtype."""
+        if self.reduction is not None:
+            raise ValueError("freeze_tower_in: the token reduction runs inside the tower and keeps its own dtype")
+        self.tower.to(dtype)
+        self.frozen_tower_dtype = dtype
+        return self
 
     # ------------------------------------------------------------------ bookkeeping
     @property
@@ -171,8 +183,16 @@ class VisionStack(nn.Module):
         recording gradients (frozen parts under task=train), whatever the grad mode outside."""
         if train_tower and train_connector:
             return self.project(self.features(pixel_values), pixel_values.shape)
-        with torch.set_grad_enabled(torch.is_grad_enabled() and train_tower):
-            feats = self.features(pixel_values)
+        if not train_tower and self.frozen_tower_dtype is not None:
+            device = pixel_values.device.type
+            autocast = torch.is_autocast_enabled(device)
+            with torch.no_grad(), torch.autocast(device, enabled=False):
+                feats = self.features(pixel_values.to(self.frozen_tower_dtype))
+            if not autocast:
+                feats = feats.to(next(self.connector.parameters(), feats).dtype)
+        else:
+            with torch.set_grad_enabled(torch.is_grad_enabled() and train_tower):
+                feats = self.features(pixel_values)
         with torch.set_grad_enabled(torch.is_grad_enabled() and train_connector):
             return self.project(feats, pixel_values.shape)
 

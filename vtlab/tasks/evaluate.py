@@ -115,8 +115,9 @@ def evaluate(ctx: RunContext, tracker: Any) -> tuple[dict[str, Any], pl.Trainer]
     except RuntimeError as exc:
         raise ArchitectureMismatchError(f"checkpoint {path} does not fit the model: {exc}") from None
     del ckpt
+    # before fp8: its conversion turns the epilogue and the residual stream off in the blocks it converts
+    configure_fast_paths(stack, patch_gemm=t.patch_gemm, fused_gelu=t.fused_gelu, residual_gemm=t.residual_gemm)
     fp8_info = _to_fp8(cfg, stack, dm) if _dtype_name(t) == "fp8" else None
-    configure_fast_paths(stack, patch_gemm=t.patch_gemm)
     if t.compile:
         lit.compile_stack()
     meter = ThroughputMeter(skip=t.warmup_batches)

@@ -11,6 +11,7 @@ from __future__ import annotations
 from typing import Any
 
 import lightning.pytorch as pl
+import torch
 
 from vtlab.api import build_stack
 from vtlab.models.fastpaths import configure_fast_paths, fast_paths
@@ -40,8 +41,12 @@ def train(ctx: RunContext, tracker: Any) -> tuple[dict[str, Any], pl.Trainer]:
         check_resume(load_checkpoint(ckpt_path), arch, ckpt_path, freeze=str(t.freeze))
     optim = OptimSettings(lr=t.lr, tower_lr=t.tower_lr, weight_decay=t.weight_decay,
                           warmup_steps=t.warmup_steps, min_lr_ratio=t.min_lr_ratio)
+    # the inference paths (fused_gelu, residual_gemm) act in the no-grad CUDA forwards: a frozen tower, validation
     configure_fast_paths(stack, patch_gemm=t.patch_gemm, fused_gelu_train=t.fused_gelu_train,
-                         activation_checkpointing=t.activation_checkpointing)
+                         activation_checkpointing=t.activation_checkpointing, fused_gelu=t.fused_gelu,
+                         residual_gemm=t.residual_gemm)
+    if t.frozen_tower_bf16:  # the schema has checked freeze and the reduction
+        stack.freeze_tower_in(torch.bfloat16)
     lit = VisionClassifier(stack, dm.num_classes, head=t.head, freeze=t.freeze, optim=optim, arch=arch,
                            compile_optimizer=t.compile_optimizer)
     if t.compile:
@@ -57,6 +62,7 @@ def train(ctx: RunContext, tracker: Any) -> tuple[dict[str, Any], pl.Trainer]:
         "world_size": trainer.world_size,
         "compile": t.compile,
         "compile_optimizer": t.compile_optimizer,
+        "frozen_tower_dtype": str(stack.frozen_tower_dtype).removeprefix("torch.") if stack.frozen_tower_dtype else None,
         "fast_paths": fast_paths(stack, next(stack.parameters()).device),
         "attention_backend": str(t.attention_backend),
         "resumed_from": ckpt_path,
