@@ -113,10 +113,11 @@ def configure_attention(module: nn.Module, backend: Any = "auto") -> nn.Module:
 def configure(module: nn.Module, backend: Any = "auto", fused_gelu: bool = False) -> nn.Module:
     """`configure_attention`, and set the fused fc1+GELU inference epilogue of every MLP (in place; MLPs opt in
     by having a `fused_gelu` attribute)."""
-    from vtlab.models.fastpaths import configure_fast_paths  # fastpaths sits above sdpa (layers import both)
-
     configure_attention(module, backend)
-    return configure_fast_paths(module, fused_gelu=fused_gelu)
+    for m in module.modules():  # the same flag as vtlab.models.fastpaths.configure_fast_paths(fused_gelu=...)
+        if hasattr(m, "fused_gelu"):
+            m.fused_gelu = fused_gelu
+    return module
 
 
 class _SdpaCalls(TorchFunctionMode):

@@ -1,0 +1,22 @@
+#!/usr/bin/env bash
+# Prepared 2026-12-02 (seventh session) for the next session's device call, not yet run: the training step with the
+# frozen tower kept in bf16 outside autocast (`task.frozen_tower_bf16`, run_levers.py --train-frozen-bf16), native
+# and transformers alike, against the bf16-autocast frozen and full fine-tuning steps, siglip and llavanext (the
+# two presets short of 1.25x in the frozen-tower cell), one process per preset.
+set -u
+python3 -m pip install -q --no-index --no-deps --no-compile --target /tmp/site .whl/*.whl && export PYTHONPATH=/tmp/site:$PWD || exit 1
+{ date -u; nvidia-smi --query-gpu=name,memory.total,driver_version,clocks.max.sm --format=csv,noheader;
+  python3 -c "import torch, transformers, timm, triton; print(torch.__version__, torch.version.cuda, torch.backends.cudnn.version(), transformers.__version__, timm.__version__, 'triton', triton.__version__)"; } > $OUT/env.txt 2>&1
+mkdir -p /tmp/lev
+for spec in llavanext:300 siglip:220; do
+  IFS=: read p b <<< "$spec"
+  left=$(( 560 - SECONDS )); [ $left -lt 60 ] && break; [ $b -gt $(( left - 10 )) ] && b=$(( left - 10 ))
+  timeout $(( b + 15 )) python3 experiments/gpu_speed/run_levers.py --presets $p --train-presets $p --sections training \
+      --train-attention cudnn_safe --train-frozen-bf16 \
+      --train-variants native_levers_frozen_tower,hf_frozen_tower,native_levers_frozen_tower_bf16,hf_frozen_tower_bf16 \
+      --budget-s $b --out /tmp/lev > /tmp/lev_$p.log 2>&1
+  cp /tmp/lev/$p.json $OUT/ 2>/dev/null
+  grep -h "img/s\|rror" /tmp/lev_$p.log | tail -12 > $OUT/lev_$p.tail 2>&1
+  echo "$p done at ${SECONDS}s" >> $OUT/env.txt
+done
+echo "call wall ${SECONDS}s" >> $OUT/env.txt
