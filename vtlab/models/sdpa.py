@@ -32,6 +32,7 @@ from torch.overrides import TorchFunctionMode
 from torch.utils._python_dispatch import TorchDispatchMode
 
 from vtlab.errors import ConfigError
+from vtlab.models.fastpaths import configure_fast_paths
 
 NO_CUDNN = (SDPBackend.FLASH_ATTENTION, SDPBackend.EFFICIENT_ATTENTION, SDPBackend.MATH)
 WITH_CUDNN = (SDPBackend.CUDNN_ATTENTION, *NO_CUDNN)
@@ -114,10 +115,7 @@ def configure(module: nn.Module, backend: Any = "auto", fused_gelu: bool = False
     """`configure_attention`, and set the fused fc1+GELU inference epilogue of every MLP (in place; MLPs opt in
     by having a `fused_gelu` attribute)."""
     configure_attention(module, backend)
-    for m in module.modules():  # the same flag as vtlab.models.fastpaths.configure_fast_paths(fused_gelu=...)
-        if hasattr(m, "fused_gelu"):
-            m.fused_gelu = fused_gelu
-    return module
+    return configure_fast_paths(module, fused_gelu=fused_gelu)
 
 
 class _SdpaCalls(TorchFunctionMode):

@@ -54,7 +54,7 @@ from vtlab.measure.timing import (
 )
 from vtlab.models.fastpaths import configure_fast_paths, fast_paths
 from vtlab.models.fp8 import check_fp8, to_fp8
-from vtlab.models.sdpa import configure, detect_backend, pinned
+from vtlab.models.sdpa import configure_attention, detect_backend, pinned
 from vtlab.results.record import RunContext
 from vtlab.tasks import profile
 from vtlab.tasks.common import lm_wanted, stack_facts
@@ -213,8 +213,9 @@ def bench_stack(ctx: RunContext) -> dict[str, Any]:
     stack = vlm.stack if vlm is not None else build_stack(cfg).to(device=device, dtype=dtype).eval()
     # pin inside every block too (an sdpa_kernel context in the traced forward binds compiled modes as well)
     # fc1 bias + tanh GELU in the cuBLASLt GEMM epilogue: CUDA inference only (the layer checks both)
-    configure(stack, task.attention_backend, fused_gelu=task.fused_gelu)
-    configure_fast_paths(stack, patch_gemm=task.patch_gemm, residual_gemm=task.residual_gemm)  # CUDA inference only
+    configure_attention(stack, task.attention_backend)
+    configure_fast_paths(stack, patch_gemm=task.patch_gemm, fused_gelu=task.fused_gelu,  # CUDA inference only
+                         residual_gemm=task.residual_gemm)
     fp8_info = _to_fp8(stack, device, dtype, str(task.fp8_scaling)) if fp8 else None
     size = image_size_of(cfg.data.image_size)
     if vlm is not None:

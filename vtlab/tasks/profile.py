@@ -44,7 +44,7 @@ from vtlab.measure.timing import (
     time_stages,
 )
 from vtlab.models.fastpaths import configure_fast_paths
-from vtlab.models.sdpa import configure
+from vtlab.models.sdpa import configure_attention
 from vtlab.results.record import RESULTS, RunContext
 from vtlab.tasks.common import lm_wanted, stack_facts
 from vtlab.tasks.console import print_stage_table
@@ -65,8 +65,9 @@ def profile_stack(ctx: RunContext) -> dict[str, Any]:
     wanted = lm_wanted(cfg, ctx.overrides, device, dtype)
     vlm = build_vlm_from_config(cfg).to(device=device, dtype=dtype).eval() if wanted else None
     stack = vlm.stack if vlm is not None else build_stack(cfg).to(device=device, dtype=dtype).eval()
-    configure(stack, fused_gelu=cfg.task.fused_gelu)  # acts on CUDA inference only
-    configure_fast_paths(stack, patch_gemm=cfg.task.patch_gemm, residual_gemm=cfg.task.residual_gemm)
+    configure_attention(stack)
+    configure_fast_paths(stack, patch_gemm=cfg.task.patch_gemm, fused_gelu=cfg.task.fused_gelu,  # CUDA inference only
+                         residual_gemm=cfg.task.residual_gemm)
     batch = cfg.task.batch_size
     size = image_size_of(cfg.data.image_size)
     if vlm is not None:
