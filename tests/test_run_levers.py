@@ -58,22 +58,40 @@ def test_autotune_section_measures_every_side(tmp_path: Path) -> None:
 @pytest.mark.slow
 def test_training_section_by_sdpa_setting_with_a_lever_sweep(tmp_path: Path) -> None:
     """`--train-attention a,b`: every variant under each setting (keys `name@setting`), the ratios per setting,
-    one-lever-off variants from `--train-sweep` (`a+b`: both off), the `--train-variants` filter, a kernel
+    one-lever-off variants from `--train-sweep` (`a+b`: both off), `--train-fused-norm`, the `--train-variants` filter, a kernel
     breakdown by kind, finite gradients, and the gradient error vs fp32 per setting (fp32 on CPU: ~0)."""
     env = {**os.environ, "WANDB_MODE": "disabled", "PYTHONPATH": str(REPO)}
-    wanted = "native_levers_full@auto,hf_full@auto,native_no_fused_gelu_train+patch_gemm_full@cudnn_safe,hf_full@cudnn_safe"
+    wanted = ("native_levers_full@auto,hf_full@auto,native_no_fused_gelu_train+patch_gemm_full@cudnn_safe,"
+              "hf_full@cudnn_safe,native_fused_norm_full@auto,native_fused_norm_gelu_kernel_full@auto")
     proc = subprocess.run([sys.executable, str(REPO / "experiments" / "gpu_speed" / "run_levers.py"), "--smoke",
                            "--presets", "smolvlm", "--sections", "training,grad_numerics", "--train-attention",
                            "auto,cudnn_safe", "--train-sweep", "fused_gelu_train+patch_gemm", "--train-variants", wanted,
+                           "--train-fused-norm",
                            "--train-profile", "--out", str(tmp_path)],
                           capture_output=True, text=True, timeout=600, env=env, cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr[-3000:]
     sections = json.loads((tmp_path / "smolvlm.json").read_text())["sections"]
     tr, gn = sections["training"], sections["grad_numerics"]
     assert set(tr["img_s"]) == set(wanted.split(",")) and all(isinstance(v, float) for v in tr["img_s"].values())
-    assert set(tr["kernels"]) == {"native_levers_full@auto", "hf_full@auto", "hf_full@cudnn_safe"}  # CPU: keys only
+    assert list(tr["img_s"]) == sorted(wanted.split(","), key=lambda k: k.split("@")[1] != "auto")  # given order
+    assert set(tr["kernels"]) == set(wanted.split(","))  # every full-FT variant profiled (CPU: keys only)
+    assert set(tr["vs_hf"]) == {k for k in wanted.split(",") if k.startswith("native")}
     assert all(tr["grads_finite"].values())
     assert {"ratio_full@auto", "ratio_full@auto_vs_fastest_hf"} <= set(tr)
     assert set(gn) == {"images", "native_levers@auto", "native_levers@cudnn_safe", "hf@auto"}  # HF: no layer policy
     assert all(v["rel_err"] < 1e-4 and v["finite"] for k, v in gn.items() if k != "images")
     assert "GPU time of one step" in (tmp_path / "levers.md").read_text()
+
+
+def test_sdpa_copy_probe_smoke(tmp_path: Path) -> None:
+    """experiments/gpu_speed/sdpa_copy_probe.py runs on CPU (`--smoke`) and reports ATen ops with input shapes and
+    kernels per preset and backend."""
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    out = tmp_path / "probe.json"
+    proc = subprocess.run([sys.executable, str(REPO / "experiments" / "gpu_speed" / "sdpa_copy_probe.py"), "--smoke",
+                           "--out", str(out)], capture_output=True, text=True, timeout=300, env=env, cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    res = json.loads(out.read_text())
+    assert {"llavanext_math_eager", "siglip_math_eager"} <= set(res)
+    ops = res["llavanext_math_eager"]["ops"]
+    assert any(r["op"] == "aten::linear" and "[2, 9, 32]" in r["shapes"] for r in ops)

@@ -506,11 +506,13 @@ TRAIN_LEVERS = ("fused_gelu_train", "patch_gemm", "compile_optimizer")  # what -
 
 def train_setup(run: Run, tower: str, freeze: str, levers: bool, checkpointing: bool = False,
                 compiled: bool = True, attention: str = "auto", off: tuple[str, ...] = (),
-                frozen_bf16: bool = False) -> tuple[Any, Any]:
+                frozen_bf16: bool = False, fused_norm: bool = False, gelu_kernel: bool = False) -> tuple[Any, Any]:
     """A classifier over the preset's tower (native or transformers) and its AdamW. `attention` is pinned inside
     every native attention layer (vtlab.models.sdpa.configure; the process-wide pin is the caller's); `levers`
     switches the training levers (TRAIN_LEVERS) on, except those named in `off`; `frozen_bf16` keeps the frozen
-    tower in bf16 outside autocast (`task.frozen_tower_bf16`, either side; native: the residual stream too)."""
+    tower in bf16 outside autocast (`task.frozen_tower_bf16`, either side; native: the residual stream too);
+    `fused_norm` (native) each residual add + LayerNorm as one Triton kernel, forward and backward (`task.fused_norm`);
+    `gelu_kernel` (native) fc1's bias + GELU as one kernel that also reduces the bias gradient (`task.gelu_kernel`)."""
     on = {k: levers and k not in off for k in TRAIN_LEVERS}
     import train_throughput as TT
 
@@ -523,7 +525,8 @@ def train_setup(run: Run, tower: str, freeze: str, levers: bool, checkpointing: 
     if tower == "native":
         configure(lit.stack, attention, fused_gelu=levers)  # the inference epilogue: the frozen tower's no-grad forward
         configure_fast_paths(lit.stack, patch_gemm=on["patch_gemm"], fused_gelu_train=on["fused_gelu_train"],
-                             activation_checkpointing=checkpointing, residual_gemm=levers)
+                             activation_checkpointing=checkpointing, residual_gemm=levers, fused_norm=fused_norm,
+                             gelu_kernel=gelu_kernel)
     if frozen_bf16:
         lit.stack.freeze_tower_in(torch.bfloat16)
     if compiled:
@@ -548,6 +551,7 @@ def train_step_fn(run: Run, lit: Any, opt: Any, x: torch.Tensor, y: torch.Tensor
 
 
 KERNEL_KINDS = (  # (kind, substrings of the kernel name), first match wins: where a step's GPU time goes
+    ("layernorm", ("residual_ln", "add_ln_", "shifted_ln")),  # vtlab.models.kernels' (before `bwd` files them under attention)
     ("attention_backward", ("bprop", "bwd", "backward_kernel", "dgrad_kernel")),
     ("attention", ("sdpa", "fmha", "flash", "attention")),
     ("gemm", ("nvjet", "gemm", "cutlass", "xmma", "sm90_", "splitk", "cublas")),
@@ -582,22 +586,29 @@ def training(run: Run) -> dict[str, Any]:
         if a.train_frozen_bf16 else []
     variants += [(f"native_no_{k}", "native", "none", True, tuple(k.split("+"))) for k in a.train_sweep.split(",") if k]
     variants += [("native_plain", "native", "none", False, ())] if a.train_extra else []
+    variants += [("native_fused_norm", "native", "none", True, ("fused_gelu_train",)),  # the full-FT best + the kernel
+                 ("native_fused_norm", "native", "tower", True, ()),
+                 ("native_fused_norm_gelu_kernel", "native", "none", True, ("fused_gelu_train",))] \
+        if a.train_fused_norm else []
     out: dict[str, Any] = {"batch": batch, "precision": "bf16 autocast" if run.cuda else "fp32",
                            "attention_backend": a.train_attention, "img_s": {}, "peak_mb": {}, "host_sync_free": {},
                            "grads_finite": {}, "kernels": {}}
+    wanted = [k for k in a.train_variants.split(",") if k]
     for backend in backends:
         suffix = f"@{backend}" if len(backends) > 1 else ""
-        for label, tower, freeze, levers, off in variants:
-            key = f"{label}_{'full' if freeze == 'none' else 'frozen_' + freeze}{suffix}"
-            if a.train_variants and key not in a.train_variants.split(","):
-                continue
+        keyed = [(f"{v[0]}_{'full' if v[2] == 'none' else 'frozen_' + v[2]}{suffix}", v) for v in variants]
+        if wanted:  # only these, in the order given (what must be timed first goes first: the budget may run out)
+            keyed = sorted(((k, v) for k, v in keyed if k in wanted), key=lambda kv: wanted.index(kv[0]))
+        for key, (label, tower, freeze, levers, off) in keyed:
             if not run.budget.allows(45 if run.cuda else 0):
                 out["img_s"][key] = "skipped: time budget"
                 continue
             try:
                 with pinned(backend):
                     lit, opt = train_setup(run, tower, freeze.removesuffix("_bf16"), levers, attention=backend,
-                                           off=off, frozen_bf16=freeze.endswith("_bf16"))
+                                           off=off, frozen_bf16=freeze.endswith("_bf16"),
+                                           fused_norm=label.startswith("native_fused_norm"),
+                                           gelu_kernel=label.endswith("gelu_kernel"))
                     size = lit.stack.input_size
                     x = torch.randn(batch, 3, size, size, device=run.device)
                     y = torch.randint(0, 4, (batch,), device=run.device)
@@ -608,7 +619,7 @@ def training(run: Run) -> dict[str, Any]:
                     out["img_s"][key] = batch / (ms * 1e-3)
                     out["peak_mb"][key] = torch.cuda.max_memory_allocated() / 2**20 if run.cuda else None
                     out["host_sync_free"][key] = sync_free(run, step)
-                    if a.train_profile and freeze == "none" and label in ("native_levers", "hf"):
+                    if a.train_profile and freeze == "none":
                         out["kernels"][key] = kernel_kinds(step, a.top_kernels)
                     with torch.autocast(run.device.type, dtype=torch.bfloat16, enabled=run.cuda):
                         loss, _ = lit.loss_and_logits((x, y))
@@ -634,6 +645,14 @@ def training(run: Run) -> dict[str, Any]:
                 out[f"ratio_{part}{suffix}"] = nat / hf  # vs transformers under the same process-wide pin
             if isinstance(nat, float) and hfs:
                 out[f"ratio_{part}{suffix}_vs_fastest_hf"] = nat / max(hfs)
+    # every native variant against transformers' step of the same kind (full / frozen tower) and SDPA setting
+    out["vs_hf"] = {}
+    for key, value in i.items():
+        name, _, backend = key.partition("@")
+        part = next((p for p in ("frozen_tower_bf16", "frozen_tower", "full") if name.endswith("_" + p)), None)
+        hf = i.get(f"hf_{part}" + (f"@{backend}" if backend else ""))
+        if name.startswith("native") and part and isinstance(value, float) and isinstance(hf, float):
+            out["vs_hf"][key] = value / hf
     return out
 
 
@@ -958,6 +977,8 @@ def markdown(rows: list[dict[str, Any]]) -> str:
                 lines.append(f"| {k} | {fmt(v)} | {fmt(tr['peak_mb'].get(k))} | {tr['host_sync_free'].get(k, '-')} |")
             lines.append("\nnative levers / HF (same pin; cudnn_safe vs HF no_cudnn): " +
                          ", ".join(f"{k[6:]} {v:.2f}x" for k, v in tr.items() if k.startswith("ratio_")))
+            lines.append("\nevery native variant / HF of the same kind: " +
+                         ", ".join(f"{k} {v:.3f}x" for k, v in tr.get("vs_hf", {}).items()))
             for k, kk in tr.get("kernels", {}).items():
                 kinds = ", ".join(f"{n} {ms:.1f}" for n, ms in sorted(kk["ms_by_kind"].items(), key=lambda t: -t[1]))
                 lines.append(f"\nGPU time of one step, {k}: {kk['total_ms']:.1f} ms ({kinds} ms)")
@@ -1047,7 +1068,7 @@ def main() -> None:
                     help="SDPA for the training steps, a comma list (default no_cudnn, task=train's default until "
                          "2026-12-01); cudnn_safe: cuDNN in the native layers where the key length is clean")
     ap.add_argument("--train-profile", action="store_true", help="kernel breakdown (by kind) of one full-FT step")
-    ap.add_argument("--train-variants", default="", help="only these training variants (keys as in the table), e.g. "
+    ap.add_argument("--train-variants", default="", help="only these training variants, in this order (keys as in the table), e.g. "
                     "hf_full,native_no_fused_gelu_train_full")
     ap.add_argument("--train-sweep", default="", help=f"training levers to switch off, one variant each (full FT), of {TRAIN_LEVERS}; "
                          "a+b switches off both")
@@ -1074,6 +1095,9 @@ def main() -> None:
                          "every side, only when named)")
     ap.add_argument("--train-frozen-bf16", action="store_true", help="training: the frozen-tower step once more "
                     "with the tower kept in bf16 outside autocast (task.frozen_tower_bf16), native and transformers")
+    ap.add_argument("--train-fused-norm", action="store_true", help="training: native with `task.fused_norm` "
+                    "(full FT without the fused GELU, and the frozen tower): native_fused_norm_{full,frozen_tower}; with "
+                    "`task.gelu_kernel` too: native_fused_norm_gelu_kernel_full")
     ap.add_argument("--train-extra", action="store_true",
                     help="also native without levers (training) and native with activation checkpointing (max batch)")
     ap.add_argument("--backend", default="inductor", help="torch.compile backend (the smoke test uses eager)")

@@ -422,6 +422,11 @@ class TrainTaskConfig(TaskConfig):
     attention_backend: AttentionBackend = AttentionBackend("cudnn_safe")
     # issue 16 training levers (vtlab.models.fastpaths, vtlab.train.module), off until measured to pay:
     fused_gelu_train: bool = False  # fc1 bias + tanh GELU in the GEMM epilogue in training too (CUDA; recomputing backward)
+    # each residual add and the LayerNorm after it as one Triton kernel, forward and backward (CUDA, SigLIP-style blocks
+    # without a mask or activation checkpointing; vtlab.models.kernels.add_layer_norm)
+    fused_norm: bool = False
+    # fc1's bias + tanh GELU as one Triton kernel whose backward also reduces the bias gradient (CUDA; kernels.py)
+    gelu_kernel: bool = False
     activation_checkpointing: bool = False  # recompute every tower block in the backward: memory for batch size
     compile_optimizer: bool = False  # torch.compile the AdamW step (foreach, tensor lr) instead of the fused kernel
     # a frozen tower (freeze=tower|stack) kept in bf16 and run outside autocast: its no-grad forward takes the inference

@@ -34,6 +34,12 @@ run (experiments/gpu_speed/run_levers.py) shows it pays:
   CUDA graphs, on top of every other lever, siglip 14,227 -> 14,733 img/s, smolvlm 2,372 -> 2,455, llavanext
   706 -> 769, llavanext batch 1 2.43 -> 2.11 ms, the error against fp32 unchanged
   (experiments/gpu_speed/README.md, seventh session).
+- `fused_norm` (`task.fused_norm`, training): each residual add and the LayerNorm that reads it as one Triton
+  kernel, forward and backward (vtlab.models.kernels.add_layer_norm; `Block.fused_step` carries the MLP's branch to
+  the next block's first LayerNorm, the last one into the post-LayerNorm). Same function and gradients within
+  rounding (tests/test_fused_norm.py).
+- `gelu_kernel` (`task.gelu_kernel`, training): fc1's GEMM without its bias, then one Triton kernel for bias + tanh
+  GELU whose backward also reduces the bias gradient (vtlab.models.kernels.linear_bias_gelu; tests/test_fused_norm.py).
 - `VisionTower.activation_checkpointing` (set here) recomputes each block in the backward
   (`torch.utils.checkpoint`, non-reentrant): memory for a larger batch, at ~1/3 more compute.
 """
@@ -163,7 +169,8 @@ def _(r: torch.Tensor, a: torch.Tensor, weight: torch.Tensor) -> None:
 # ------------------------------------------------------------------------------------------- settings
 def configure_fast_paths(module: nn.Module, *, patch_gemm: bool | str | None = None,
                          fused_gelu_train: bool | None = None, activation_checkpointing: bool | None = None,
-                         residual_gemm: bool | None = None, fused_gelu: bool | None = None) -> nn.Module:
+                         residual_gemm: bool | None = None, fused_gelu: bool | None = None,
+                         fused_norm: bool | None = None, gelu_kernel: bool | None = None) -> nn.Module:
     """Set the fast paths of every layer of `module` that has them (in place); None leaves a setting as is;
     `patch_gemm="auto"` is the GEMM on CUDA and the conv elsewhere (the default of `task.patch_gemm`);
     `fused_gelu` is the inference epilogue (`task.fused_gelu`). (The SDPA backend is set by vtlab.models.sdpa.)"""
@@ -172,6 +179,10 @@ def configure_fast_paths(module: nn.Module, *, patch_gemm: bool | str | None = N
             m.fused_gelu = fused_gelu
         if residual_gemm is not None and hasattr(m, "residual_gemm"):
             m.residual_gemm = residual_gemm
+        if fused_norm is not None and hasattr(m, "fused_norm"):
+            m.fused_norm = fused_norm
+        if gelu_kernel is not None and hasattr(m, "gelu_kernel"):
+            m.gelu_kernel = gelu_kernel
         if patch_gemm is not None and isinstance(m, PatchEmbed):
             m.as_gemm = None if patch_gemm == "auto" else bool(patch_gemm)
         if fused_gelu_train is not None and hasattr(m, "fused_gelu_train"):
@@ -197,5 +208,7 @@ def fast_paths(module: nn.Module, device: torch.device) -> dict[str, Any]:
         "fused_gelu_train": share("fused_gelu_train", need_cuda=True),
         "activation_checkpointing": share("activation_checkpointing", need_cuda=False),
         "residual_gemm": share("residual_gemm", need_cuda=True),
+        "fused_norm": share("fused_norm", need_cuda=True),
+        "gelu_kernel": share("gelu_kernel", need_cuda=True),
         "fp8_linears": fp8,
     }

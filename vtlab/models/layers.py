@@ -20,7 +20,7 @@ from torch import nn
 from torch.nn.attention import SDPBackend, sdpa_kernel
 
 from vtlab.models.fastpaths import autocast_operands, linear_gelu, residual_addmm_
-from vtlab.models.kernels import shifted_layer_norm
+from vtlab.models.kernels import add_layer_norm, linear_bias_gelu, shifted_layer_norm, triton_usable
 from vtlab.models.sdpa import layer_kernels
 
 
@@ -94,10 +94,14 @@ class Mlp(nn.Module):
         self.tanh_gelu = act == "gelu_tanh"
         self.fused_gelu = False
         self.fused_gelu_train = False
+        self.gelu_kernel = False  # training: fc1's bias + GELU as one Triton kernel (vtlab.models.kernels.linear_bias_gelu)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.fused_gelu_train and self.tanh_gelu and x.is_cuda and torch.is_grad_enabled():
             return self.fc2(linear_gelu(x, self.fc1, "tanh"))
+        if self.gelu_kernel and self.tanh_gelu and torch.is_grad_enabled() and triton_usable(x) \
+                and type(self.fc1) is nn.Linear and self.fc1.bias is not None:
+            return self.fc2(linear_bias_gelu(x, self.fc1))
         return self.fc2(self.hidden(x))
 
     def hidden(self, x: torch.Tensor) -> torch.Tensor:
@@ -120,6 +124,7 @@ class Block(nn.Module):
         self.norm2 = nn.LayerNorm(dim, eps=eps)
         self.mlp = Mlp(dim, mlp_hidden, act)
         self.residual_gemm = False  # CUDA inference: the residual stream of stream_step (vtlab.models.fastpaths)
+        self.fused_norm = False  # each residual add and the LayerNorm after it in one kernel (fused_step)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = x + self.attn(self.norm1(x))
@@ -128,6 +133,20 @@ class Block(nn.Module):
     def streams(self) -> bool:
         """`residual_gemm` is set and the out-projection and fc2 are plain Linears (not fp8)."""
         return self.residual_gemm and type(self.attn.proj) is nn.Linear and type(self.mlp.fc2) is nn.Linear
+
+    def fuses_norm(self) -> bool:
+        """`fused_norm` is set and both LayerNorms are affine (what vtlab.models.kernels.add_layer_norm needs)."""
+        return self.fused_norm and all(n.weight is not None and n.bias is not None for n in (self.norm1, self.norm2))
+
+    def fused_step(self, h: torch.Tensor, pending: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
+        """The block on x = h + pending (pending None: x = h), each residual add done inside the LayerNorm that
+        reads it (vtlab.models.kernels.add_layer_norm, forward and backward); returns (h', pending'), the block's
+        output being h' + pending' (the MLP's branch is added by the next block's first LayerNorm)."""
+        y = self.norm1(h) if pending is None else None
+        if y is None:
+            h, y = add_layer_norm(h, pending, self.norm1)
+        h, y = add_layer_norm(h, self.attn(y), self.norm2)
+        return h, self.mlp(y)
 
     def stream_step(self, r: torch.Tensor, acc: torch.Tensor, norm_kernel: bool = True) -> torch.Tensor:
         """The block on the residual stream r = x - acc (r (B, N, D) updated in place, acc (D,) the biases of the

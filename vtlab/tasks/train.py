@@ -44,7 +44,8 @@ def train(ctx: RunContext, tracker: Any) -> tuple[dict[str, Any], pl.Trainer]:
     # the inference paths (fused_gelu, residual_gemm) act in the no-grad CUDA forwards: a frozen tower, validation
     configure_fast_paths(stack, patch_gemm=t.patch_gemm, fused_gelu_train=t.fused_gelu_train,
                          activation_checkpointing=t.activation_checkpointing, fused_gelu=t.fused_gelu,
-                         residual_gemm=t.residual_gemm)
+                         residual_gemm=t.residual_gemm, fused_norm=t.fused_norm,
+                         gelu_kernel=t.gelu_kernel)
     if t.frozen_tower_bf16:  # the schema has checked freeze and the reduction
         stack.freeze_tower_in(torch.bfloat16)
     lit = VisionClassifier(stack, dm.num_classes, head=t.head, freeze=t.freeze, optim=optim, arch=arch,

@@ -28,6 +28,7 @@ import torch.nn.functional as F
 from PIL import Image
 from torch import nn
 
+from vtlab.models.kernels import add_layer_norm, triton_usable
 from vtlab.models.keymap import Fuse, Rules, Split, split_qkv, strip_prefix  # noqa: F401  (the last two re-exported)
 
 # ----------------------------------------------------------------------------------------------- layers
@@ -267,6 +268,35 @@ class TowerBase(nn.Module):
                 and mask is None and not torch.is_grad_enabled() and not torch.is_autocast_enabled("cuda")
                 and all(p.dtype == x.dtype for p in blocks[0].parameters()))
 
+    def uses_fused_norm(self, x: torch.Tensor, mask: torch.Tensor | None) -> bool:
+        """Whether `run_stack` fuses each residual add into the next LayerNorm (`Block.fused_step`,
+        `task.fused_norm`): every block opts in, the kernel runs for x (CUDA), no mask, no activation checkpointing
+        in this forward."""
+        blocks = list(self.blocks)
+        checkpointing = getattr(self, "activation_checkpointing", False) and self.training and torch.is_grad_enabled()
+        return (bool(blocks) and all(getattr(b, "fuses_norm", lambda: False)() for b in blocks) and mask is None
+                and triton_usable(x) and not checkpointing)
+
+    def fused_norm_states(self, x: torch.Tensor, upto: int, taps: list[int] | None,
+                          norm: nn.Module | None = None) -> tuple[torch.Tensor, list[torch.Tensor]]:
+        """Blocks 1..`upto` through `Block.fused_step` from the embedding `x`: the last state (`norm` of it where
+        given, an affine LayerNorm fused with the last add) and the hidden states at the `taps`."""
+        wanted = set(taps or [])
+        states: dict[int, torch.Tensor] = {0: x} if 0 in wanted else {}
+        h, pending = x, None
+        for i, blk in enumerate(self.blocks[:upto], start=1):
+            h, pending = blk.fused_step(h, pending)
+            if i in wanted:  # a tap materialises the state; the next block starts from it
+                h, pending = h + pending, None
+                states[i] = h
+        if pending is None:
+            last = h if norm is None else norm(h)
+        elif isinstance(norm, nn.LayerNorm) and norm.weight is not None and norm.bias is not None:
+            last = add_layer_norm(h, pending, norm)[1]
+        else:
+            last = h + pending if norm is None else norm(h + pending)
+        return last, [states[i] for i in (taps or [])]
+
     def stream_states(self, x: torch.Tensor, upto: int, taps: list[int] | None,
                       norm_kernel: bool = True) -> tuple[torch.Tensor, list[torch.Tensor]]:
         """Blocks 1..`upto` on the residual stream (`Block.stream_step`) from the embedding `x` (not modified):
@@ -303,6 +333,11 @@ class TowerBase(nn.Module):
             if self.feature_layers is None:
                 norm = self.output_norm()
                 return last if norm is None else norm(last)
+        elif self.uses_fused_norm(x, mask):
+            norm = self.output_norm() if self.feature_layers is None else None
+            last, feats = self.fused_norm_states(x, self.depth_used, self.feature_layers, norm)
+            if self.feature_layers is None:
+                return last
         elif self.feature_layers is None:
             for blk in self.blocks:
                 x = self.run_block(blk, x, mask)
