@@ -65,7 +65,7 @@ import harness as H  # noqa: E402
 import vtlab  # noqa: E402
 from vtlab.models.fastpaths import configure_fast_paths, fast_paths  # noqa: E402
 from vtlab.models.fp8 import GRANULARITIES, calibrate_fp8, convert_to_fp8  # noqa: E402
-from vtlab.models.sdpa import configure, pinned  # noqa: E402
+from vtlab.models.sdpa import configure, configure_attention, pinned  # noqa: E402
 
 BUDGET_S = {"siglip": 170, "smolvlm": 240, "llavanext": 120}  # + ~15 s start-up each: one 10-minute call in all
 TILED = {"smolvlm": (1536, 2048), "llavanext": (600, 800)}  # (H, W): SmolVLM image, Granite-Vision image
@@ -523,8 +523,10 @@ def train_setup(run: Run, tower: str, freeze: str, levers: bool, checkpointing: 
     torch.manual_seed(0)
     lit = TT.build_classifier("native" if tower == "native" else "hf", cfg, freeze, 4).to(run.device).train()
     if tower == "native":
-        configure(lit.stack, attention, fused_gelu=levers)  # the inference epilogue: the frozen tower's no-grad forward
-        configure_fast_paths(lit.stack, patch_gemm=on["patch_gemm"], fused_gelu_train=on["fused_gelu_train"],
+        configure_attention(lit.stack, attention)
+        # fused_gelu: the inference epilogue of the frozen tower's no-grad forward
+        configure_fast_paths(lit.stack, patch_gemm=on["patch_gemm"], fused_gelu=levers,
+                             fused_gelu_train=on["fused_gelu_train"],
                              activation_checkpointing=checkpointing, residual_gemm=levers, fused_norm=fused_norm,
                              gelu_kernel=gelu_kernel)
     if frozen_bf16:

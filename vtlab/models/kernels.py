@@ -177,7 +177,7 @@ def _training_kernels() -> Any:
             db += tl.sum(du, axis=0)
         tl.store(db_ptr + tl.program_id(1) * width + col, db, mask=cmask)
 
-    return add_ln_bwd, bias_gelu_fwd, bias_gelu_bwd
+    return {"add_ln_bwd": add_ln_bwd, "bias_gelu_fwd": bias_gelu_fwd, "bias_gelu_bwd": bias_gelu_bwd}
 
 
 # (width, rows) -> (ROWS per program, num_warps) measured to beat the rule of `launch_config` on a device;
@@ -250,9 +250,10 @@ def _multiprocessors(device: torch.device) -> int:
     return torch.cuda.get_device_properties(device).multi_processor_count if device.type == "cuda" else 4
 
 
-def _backward_programs(t: torch.Tensor, rows: int, per_program: int) -> int:
-    """Programs of the backward: BACKWARD_PROGRAMS_PER_SM per multiprocessor, at most one per ROWS rows."""
-    return max(1, min(_multiprocessors(t.device) * BACKWARD_PROGRAMS_PER_SM, (rows + per_program - 1) // per_program))
+def _backward_programs(device: torch.device, row_blocks: int, column_tiles: int = 1) -> int:
+    """Row groups of a backward that loops over rows and keeps per-program column partials: BACKWARD_PROGRAMS_PER_SM
+    programs per multiprocessor in all (over the `column_tiles`), at most one per block of rows."""
+    return max(1, min(row_blocks, _multiprocessors(device) * BACKWARD_PROGRAMS_PER_SM // column_tiles))
 
 
 def add_layer_norm_reference(x: torch.Tensor, branch: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor,
@@ -315,12 +316,13 @@ def _add_ln_bwd_op(dy: torch.Tensor, dh: torch.Tensor | None, h: torch.Tensor, w
     two = branch_dtype != x_dtype
     dbr = torch.empty(h.shape if two else (0,), dtype=branch_dtype, device=h.device)
     block, per_program, warps = launch_config(width, rows)
-    programs = _backward_programs(h, rows, per_program)
+    programs = _backward_programs(h.device, (rows + per_program - 1) // per_program)
     dw = torch.empty(programs, width, dtype=torch.float32, device=h.device)
     db = torch.empty_like(dw)
-    _training_kernels()[0][(programs,)](dy, dy if dh is None else dh.contiguous(), h, weight.contiguous(), mean,
-                                        rstd, dx, dbr if two else dx, dw, db, rows, width, HAS_DH=dh is not None,
-                                        HAS_DBR=two, ROWS=per_program, BLOCK=block, num_warps=warps)
+    kernel = _training_kernels()["add_ln_bwd"]
+    kernel[(programs,)](dy, dy if dh is None else dh.contiguous(), h, weight.contiguous(), mean, rstd, dx,
+                        dbr if two else dx, dw, db, rows, width, HAS_DH=dh is not None, HAS_DBR=two, ROWS=per_program,
+                        BLOCK=block, num_warps=warps)
     return dx, dbr, dw.sum(0).to(weight.dtype), db.sum(0).to(weight.dtype)
 
 
@@ -355,14 +357,16 @@ _add_ln_fwd_op.register_autograd(_add_ln_backward, setup_context=_add_ln_setup)
 
 def add_layer_norm(x: torch.Tensor, branch: torch.Tensor, norm: nn.LayerNorm) -> tuple[torch.Tensor, torch.Tensor]:
     """(h, norm(h)) for h = x + branch: one Triton pass forward and backward where it can run (CUDA, or Triton's
-    interpreter; an affine LayerNorm), else torch's ops. Under autocast the LayerNorm's output comes in the
+    interpreter; an affine nn.LayerNorm), else torch's ops (any norm module). Under autocast the LayerNorm's output comes in the
     autocast dtype, the dtype the next Linear casts it to (torch's layer_norm runs in fp32 under autocast)."""
-    if not (triton_usable(x) and norm.weight is not None and norm.bias is not None and x.shape == branch.shape):
+    if not (triton_usable(x) and isinstance(norm, nn.LayerNorm) and norm.weight is not None and norm.bias is not None
+            and x.shape == branch.shape):
         h = x + branch
         return h, norm(h)
     kind = x.device.type
-    out_dtype = torch.get_autocast_dtype(kind) if torch.is_autocast_enabled(kind) else torch.promote_types(x.dtype, branch.dtype)
-    with torch.autocast(x.device.type, enabled=False):
+    out_dtype = torch.get_autocast_dtype(kind) if torch.is_autocast_enabled(kind) else \
+        torch.promote_types(x.dtype, branch.dtype)
+    with torch.autocast(kind, enabled=False):
         h, y, _, _ = _add_ln_fwd_op(x, branch, norm.weight, norm.bias, norm.eps, out_dtype)
     return h, y
 
@@ -385,8 +389,8 @@ def _bias_gelu_fwd_op(u: torch.Tensor, bias: torch.Tensor) -> torch.Tensor:
     width = u.shape[-1]
     rows = u.numel() // width
     bm, bn = GELU_TILE
-    _training_kernels()[1][((rows + bm - 1) // bm, (width + bn - 1) // bn)](u, bias.contiguous(), y, rows, width,
-                                                                            BM=bm, BN=bn, num_warps=4)
+    grid = ((rows + bm - 1) // bm, (width + bn - 1) // bn)
+    _training_kernels()["bias_gelu_fwd"][grid](u, bias.contiguous(), y, rows, width, BM=bm, BN=bn, num_warps=4)
     return y
 
 
@@ -409,9 +413,10 @@ def _bias_gelu_bwd_op(dy: torch.Tensor, u: torch.Tensor, bias: torch.Tensor) -> 
     du = torch.empty_like(u)
     bm, bn = GELU_TILE
     tiles = (width + bn - 1) // bn
-    groups = max(1, min((rows + bm - 1) // bm, _multiprocessors(u.device) * BACKWARD_PROGRAMS_PER_SM // tiles))
+    groups = _backward_programs(u.device, (rows + bm - 1) // bm, tiles)
     db = torch.empty(groups, width, dtype=torch.float32, device=u.device)
-    _training_kernels()[2][(tiles, groups)](dy, u, bias.contiguous(), du, db, rows, width, BM=bm, BN=bn, num_warps=4)
+    _training_kernels()["bias_gelu_bwd"][(tiles, groups)](dy, u, bias.contiguous(), du, db, rows, width, BM=bm, BN=bn,
+                                                          num_warps=4)
     return du, db.sum(0).to(bias.dtype)
 
 

@@ -135,15 +135,16 @@ class Block(nn.Module):
         return self.residual_gemm and type(self.attn.proj) is nn.Linear and type(self.mlp.fc2) is nn.Linear
 
     def fuses_norm(self) -> bool:
-        """`fused_norm` is set and both LayerNorms are affine (what vtlab.models.kernels.add_layer_norm needs)."""
-        return self.fused_norm and all(n.weight is not None and n.bias is not None for n in (self.norm1, self.norm2))
+        """`fused_norm` is set (a LayerNorm the kernel cannot take runs as torch's ops inside add_layer_norm)."""
+        return self.fused_norm
 
     def fused_step(self, h: torch.Tensor, pending: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
         """The block on x = h + pending (pending None: x = h), each residual add done inside the LayerNorm that
         reads it (vtlab.models.kernels.add_layer_norm, forward and backward); returns (h', pending'), the block's
         output being h' + pending' (the MLP's branch is added by the next block's first LayerNorm)."""
-        y = self.norm1(h) if pending is None else None
-        if y is None:
+        if pending is None:
+            y = self.norm1(h)
+        else:
             h, y = add_layer_norm(h, pending, self.norm1)
         h, y = add_layer_norm(h, self.attn(y), self.norm2)
         return h, self.mlp(y)

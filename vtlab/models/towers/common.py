@@ -280,7 +280,7 @@ class TowerBase(nn.Module):
     def fused_norm_states(self, x: torch.Tensor, upto: int, taps: list[int] | None,
                           norm: nn.Module | None = None) -> tuple[torch.Tensor, list[torch.Tensor]]:
         """Blocks 1..`upto` through `Block.fused_step` from the embedding `x`: the last state (`norm` of it where
-        given, an affine LayerNorm fused with the last add) and the hidden states at the `taps`."""
+        given, fused with the last add where it is a LayerNorm) and the hidden states at the `taps`."""
         wanted = set(taps or [])
         states: dict[int, torch.Tensor] = {0: x} if 0 in wanted else {}
         h, pending = x, None
@@ -289,12 +289,10 @@ class TowerBase(nn.Module):
             if i in wanted:  # a tap materialises the state; the next block starts from it
                 h, pending = h + pending, None
                 states[i] = h
-        if pending is None:
-            last = h if norm is None else norm(h)
-        elif isinstance(norm, nn.LayerNorm) and norm.weight is not None and norm.bias is not None:
-            last = add_layer_norm(h, pending, norm)[1]
+        if norm is None:
+            last = h if pending is None else h + pending
         else:
-            last = h + pending if norm is None else norm(h + pending)
+            last = norm(h) if pending is None else add_layer_norm(h, pending, norm)[1]
         return last, [states[i] for i in (taps or [])]
 
     def stream_states(self, x: torch.Tensor, upto: int, taps: list[int] | None,
