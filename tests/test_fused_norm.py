@@ -42,10 +42,16 @@ out = {}
 def rel(a, b):
     return ((a.double() - b.double()).norm() / b.double().norm()).item()
 
-for width, rows, xd, bd, with_dh in ((1152, 9, torch.float32, torch.float32, True),
-                                    (768, 37, torch.float32, torch.float16, True),
-                                    (40, 3, torch.float16, torch.float16, False),
-                                    (72, 8200, torch.float32, torch.float32, True)):  # 4 rows per program
+cases = [(1152, 9, torch.float32, torch.float32, True, None),
+         (768, 37, torch.float32, torch.float16, True, None),
+         (40, 3, torch.float16, torch.float16, False, None),
+         (72, 8200, torch.float32, torch.float32, True, None),  # 4 rows per program
+         (768, 37, torch.float32, torch.float16, True, (2, 8, 1)),  # LN_BACKWARD_TABLE: 2 rows per program, 8 warps
+         (72, 50, torch.float32, torch.float32, True, (4, 4, 8))]  # more programs than row blocks
+for width, rows, xd, bd, with_dh, launch in cases:
+    kernels.LN_BACKWARD_TABLE.clear()
+    if launch is not None:
+        kernels.LN_BACKWARD_TABLE[(width, rows)] = launch
     norm = nn.LayerNorm(width, eps=1e-6)
     with torch.no_grad():
         norm.weight.normal_(1, 0.2); norm.bias.normal_(0, 0.2)
@@ -65,8 +71,9 @@ for width, rows, xd, bd, with_dh in ((1152, 9, torch.float32, torch.float32, Tru
     loss64 = (y64 * gy.double()).sum() + ((h64 * gh.double()).sum() if with_dh else 0)
     ref = [h64, y64, *torch.autograd.grad(loss64, [x64, b64, w64, bias64])]
     names = ["h", "y", "dx", "dbranch", "dweight", "dbias"]
-    out[f"{width}_{xd}_{bd}"] = {n: rel(a, b) for n, a, b in zip(names, got, ref)}
-    out[f"{width}_{xd}_{bd}"]["dtypes"] = [str(t.dtype) for t in got]
+    key = f"{width}_{xd}_{bd}" + (f"_{launch}" if launch else "")
+    out[key] = {n: rel(a, b) for n, a, b in zip(names, got, ref)}
+    out[key]["dtypes"] = [str(t.dtype) for t in got]
 print(json.dumps(out))
 """
 
@@ -74,10 +81,17 @@ print(json.dumps(out))
 GELU_CHECK = r"""
 import json, torch
 from torch import nn
+from vtlab.models import kernels
 from vtlab.models.kernels import linear_bias_gelu
 torch.manual_seed(0)
 out = {}
-for rows, k, width, dt in ((37, 24, 300, torch.float32), (70, 16, 128, torch.float16), (5, 8, 40, torch.float32)):
+fwd0, bwd0 = kernels.GELU_FWD_LAUNCH, kernels.GELU_BWD_LAUNCH
+for rows, k, width, dt, fwd, bwd in ((37, 24, 300, torch.float32, None, None),
+                                     (70, 16, 128, torch.float16, None, None),
+                                     (5, 8, 40, torch.float32, None, None),
+                                     (37, 24, 300, torch.float32, (8, 256, 4), (16, 64, 4, 1)),  # looping programs
+                                     (70, 16, 128, torch.float16, (64, 32, 8), (8, 128, 8, 16))):
+    kernels.GELU_FWD_LAUNCH, kernels.GELU_BWD_LAUNCH = fwd or fwd0, bwd or bwd0
     fc = nn.Linear(k, width).to(dt)
     with torch.no_grad():
         fc.bias.normal_(0, 1.0)
@@ -89,7 +103,7 @@ for rows, k, width, dt in ((37, 24, 300, torch.float32), (70, 16, 128, torch.flo
     b64 = fc.bias.detach().double().requires_grad_()
     y64 = torch.nn.functional.gelu(x64 @ w64.t() + b64, approximate="tanh")
     ref = [y64, *torch.autograd.grad((y64 * gy.double()).sum(), [x64, w64, b64])]
-    out[f"{width}_{dt}"] = [((a.double() - b).norm() / b.norm()).item() for a, b in zip(got, ref)]
+    out[f"{width}_{dt}_{fwd}_{bwd}"] = [((a.double() - b).norm() / b.norm()).item() for a, b in zip(got, ref)]
 print(json.dumps(out))
 """
 
@@ -110,7 +124,7 @@ def test_add_layer_norm_kernels_equal_autograd_under_the_interpreter():
     res = _interpreted(OP_CHECK)
     for key, errs in res.items():
         dtypes = errs.pop("dtypes")
-        xd, bd = key.split("_")[1:]
+        xd, bd = key.split("_")[1:3]
         assert dtypes[2] == xd and dtypes[3] == bd, (key, dtypes)
         tol = 1e-5 if "float16" not in key else 2e-3
         for name, err in errs.items():

@@ -11,6 +11,8 @@ from pathlib import Path
 
 import pytest
 
+from vtlab.models import kernels
+
 REPO = Path(__file__).resolve().parents[1]
 
 
@@ -95,3 +97,106 @@ def test_sdpa_copy_probe_smoke(tmp_path: Path) -> None:
     assert {"llavanext_math_eager", "siglip_math_eager"} <= set(res)
     ops = res["llavanext_math_eager"]["ops"]
     assert any(r["op"] == "aten::linear" and "[2, 9, 32]" in r["shapes"] for r in ops)
+
+
+def test_busy_probe_smoke(tmp_path: Path) -> None:
+    """experiments/gpu_speed/busy_probe.py runs on CPU (`--smoke`) and times each side."""
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    out = tmp_path / "busy.json"
+    proc = subprocess.run([sys.executable, str(REPO / "experiments" / "gpu_speed" / "busy_probe.py"), "--smoke",
+                           "--out", str(out)], capture_output=True, text=True, timeout=300, env=env, cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    res = json.loads(out.read_text())["siglip"]
+    for side in ("hf_compile", "timm_compile", "native_residual_gemm"):
+        assert res[side]["ms_per_call"] > 0, res[side]
+
+
+def test_busy_probe_timeline_counts_gaps_once() -> None:
+    """Overlapping intervals are busy once; idle gaps are measured between the merged intervals, with the kernel
+    that ends the merged interval before each gap."""
+    sys.path.insert(0, str(REPO / "experiments" / "gpu_speed"))
+    import busy_probe
+
+    t = busy_probe.timeline([(0.0, 10.0, "a"), (5.0, 20.0, "b"), (30.0, 40.0, "c"), (41.0, 42.0, "d")], calls=2)
+    assert t["busy_ms_per_call"] == pytest.approx(31.0 / 2 / 1e3)
+    assert t["span_ms_per_call"] == pytest.approx(42.0 / 2 / 1e3)
+    assert t["idle_ms_per_call"] == pytest.approx(11.0 / 2 / 1e3)
+    assert t["kernel_sum_ms_per_call"] == pytest.approx(36.0 / 2 / 1e3)
+    assert t["largest_gaps"][0] == {"us": 10.0, "after": "b", "before": "c"}
+    assert t["gaps_over_5us"] == 0.5
+
+
+def test_sdpa_copy_probe_step_smoke(tmp_path: Path) -> None:
+    """`sdpa_copy_probe.py --step` profiles one whole training step (CPU smoke: debug preset, eager) and reports
+    the copy ops with their shapes."""
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    out = tmp_path / "step.json"
+    proc = subprocess.run([sys.executable, str(REPO / "experiments" / "gpu_speed" / "sdpa_copy_probe.py"), "--smoke",
+                           "--step", "siglip", "--out", str(out)], capture_output=True, text=True, timeout=300, env=env,
+                          cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    res = json.loads(out.read_text())
+    assert res["preset"] == "siglip" and res["batch"] == 2
+    assert any(r["op"].startswith("aten::copy_") for r in res["ops"]), res["ops"]
+
+
+def test_sdpa_copy_probe_launchers_groups_by_op_shape_and_parents() -> None:
+    """`launchers` sums the matching kernels' time per (op, shapes, parent chain), longest first."""
+    from types import SimpleNamespace as NS
+
+    sys.path.insert(0, str(REPO / "experiments" / "gpu_speed"))
+    import sdpa_copy_probe
+
+    acc = NS(name="AccumulateGrad", cpu_parent=None)
+    clone = NS(name="aten::clone", cpu_parent=acc)
+    copy = lambda us: NS(name="aten::copy_", input_shapes=[[4, 8]], cpu_parent=clone,  # noqa: E731
+                         kernels=[NS(name="elementwise_kernel<gpu_kernel_impl_nocast<copy>>", duration=us),
+                                  NS(name="other_kernel", duration=99.0)])
+    other = NS(name="aten::mm", input_shapes=[[4, 8], [8, 2]], cpu_parent=None, kernels=[NS(name="nvjet", duration=5.0)])
+    prof = NS(events=lambda: [copy(300.0), other, copy(200.0)])
+    rows = sdpa_copy_probe.launchers(prof, "gpu_kernel_impl_nocast", top=5)
+    assert rows == [{"op": "aten::copy_", "shapes": "[[4, 8]]", "parents": "aten::clone <- AccumulateGrad", "calls": 2,
+                     "device_ms": 0.5}]
+
+
+def test_training_kernel_sweep_smoke(tmp_path: Path) -> None:
+    """experiments/gpu_speed/training_kernel_sweep.py runs under Triton's interpreter (`--smoke`): every launch of
+    the three training kernels and Inductor's counterpart timed, each launch computing what Inductor computes."""
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    out = tmp_path / "tk.json"
+    proc = subprocess.run([sys.executable, str(REPO / "experiments" / "gpu_speed" / "training_kernel_sweep.py"),
+                           "--smoke", "--presets", "siglip", "--out", str(out)], capture_output=True, text=True,
+                          timeout=300, env=env, cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    res = json.loads(out.read_text())["siglip"]
+    assert set(res["gelu_fwd"]) == {"inductor", "32x128x4", "16x256x4"}
+    assert len(res["gelu_bwd"]) == 1 + 2 * 2 and len(res["ln_bwd"]) == 1 + 2 * 2
+    for part in ("gelu_fwd", "gelu_bwd", "ln_bwd"):
+        for key, row in res[part].items():
+            assert row["ms"] > 0
+            if key != "inductor":  # the interpreter truncates fp32 -> bf16 where the GPU rounds: ~4e-3
+                assert row["rel_err_vs_inductor"] < 1e-2, (part, key, row)
+        assert res[part + "_best"]["launch"] in res[part]
+
+
+def test_training_kernel_sweep_choice_sets_the_launches(tmp_path: Path) -> None:
+    """`load_choice` (run_levers.py --train-kernel-launch) sets the sweep's fastest launches in
+    vtlab.models.kernels for the preset's shapes; `parse` reads the sweep's keys."""
+    sys.path.insert(0, str(REPO / "experiments" / "gpu_speed"))
+    import training_kernel_sweep as TK
+
+    assert TK.parse("16x256x4_pps8") == [16, 256, 4, 8] and TK.parse("r2w8_pps16") == [2, 8, 16]
+    assert TK.parse(TK.DEFAULT_KEYS["gelu_bwd"]) == list(kernels.GELU_BWD_LAUNCH)
+    assert TK.parse(TK.DEFAULT_KEYS["gelu_fwd"]) == list(kernels.GELU_FWD_LAUNCH)
+    path = tmp_path / "tk.json"
+    path.write_text(json.dumps({"llavanext": {"choice": {"gelu_fwd": [8, 512, 4], "gelu_bwd": [16, 256, 8, 16],
+                                                         "ln_bwd": [1152, 46656, 2, 8, 16]}}}))
+    saved = kernels.GELU_FWD_LAUNCH, kernels.GELU_BWD_LAUNCH, dict(kernels.LN_BACKWARD_TABLE)
+    try:
+        TK.load_choice(path, "llavanext")
+        assert kernels.GELU_FWD_LAUNCH == (8, 512, 4) and kernels.GELU_BWD_LAUNCH == (16, 256, 8, 16)
+        assert kernels.LN_BACKWARD_TABLE[(1152, 46656)] == (2, 8, 16)
+    finally:
+        kernels.GELU_FWD_LAUNCH, kernels.GELU_BWD_LAUNCH = saved[:2]
+        kernels.LN_BACKWARD_TABLE.clear()
+        kernels.LN_BACKWARD_TABLE.update(saved[2])

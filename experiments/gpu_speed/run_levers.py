@@ -554,6 +554,8 @@ def train_step_fn(run: Run, lit: Any, opt: Any, x: torch.Tensor, y: torch.Tensor
 
 KERNEL_KINDS = (  # (kind, substrings of the kernel name), first match wins: where a step's GPU time goes
     ("layernorm", ("residual_ln", "add_ln_", "shifted_ln")),  # vtlab.models.kernels' (before `bwd` files them under attention)
+    ("gelu", ("bias_gelu_", "fused_gelu")),  # vtlab's bias_gelu_{fwd,bwd}, Inductor's GELU kernels (not cuBLAS's gelubias)
+    ("copy", ("direct_copy_kernel", "catarraybatchedcopy")),  # ATen copies outside Inductor's kernels
     ("attention_backward", ("bprop", "bwd", "backward_kernel", "dgrad_kernel")),
     ("attention", ("sdpa", "fmha", "flash", "attention")),
     ("gemm", ("nvjet", "gemm", "cutlass", "xmma", "sm90_", "splitk", "cublas")),
@@ -563,15 +565,18 @@ KERNEL_KINDS = (  # (kind, substrings of the kernel name), first match wins: whe
 
 
 def kernel_kinds(fn: Callable[[], Any], top: int) -> dict[str, Any]:
-    """One call of `fn` under the profiler: its top kernels and the GPU time per kind (KERNEL_KINDS, else
-    `other`: GELU, casts, copies, adds)."""
+    """One call of `fn` under the profiler: its top kernels, the GPU time per kind (KERNEL_KINDS, else `other`:
+    casts, adds, Inductor's other fusions) and the five longest kernels of each kind."""
     times = H.gpu_kernel_times(fn)
     kinds: dict[str, float] = {}
-    for name, ms, _ in times:
+    by_kind: dict[str, list[dict[str, Any]]] = {}
+    for name, ms, calls in times:  # longest first
         kind = next((k for k, subs in KERNEL_KINDS if any(x in name.lower() for x in subs)), "other")
         kinds[kind] = kinds.get(kind, 0.0) + ms
+        if len(by_kind.setdefault(kind, [])) < 5:
+            by_kind[kind].append({"kernel": name[:120], "ms": ms, "calls": calls})
     return {"total_ms": sum(ms for _, ms, _ in times), "ms_by_kind": kinds,
-            "top": H.kernel_breakdown(fn, top, times)}
+            "top": H.kernel_breakdown(fn, top, times), "top_by_kind": by_kind}
 
 
 def training(run: Run) -> dict[str, Any]:
@@ -908,6 +913,10 @@ def run_preset(preset: str, args: argparse.Namespace) -> dict[str, Any]:
     run.row["meta"] = meta(args)
     run.row["meta"]["budget_s"] = args.budget_s
     run.row["meta"]["matmul_tflops"] = H.matmul_tflops(run.device) if not args.smoke else None
+    if args.train_kernel_launch is not None:  # training_kernel_sweep.py's fastest launches at this preset's shapes
+        import training_kernel_sweep
+
+        run.row["meta"]["train_kernel_launch"] = training_kernel_sweep.load_choice(args.train_kernel_launch, preset)
     log(f"{preset}: start ({args.budget_s:.0f}s budget)")
     wanted = set(args.sections.split(","))
     inference = {"numerics", "throughput", "latency_bs1", "levers", "autotune", "autotune_bs1"}
@@ -1100,6 +1109,8 @@ def main() -> None:
     ap.add_argument("--train-fused-norm", action="store_true", help="training: native with `task.fused_norm` "
                     "(full FT without the fused GELU, and the frozen tower): native_fused_norm_{full,frozen_tower}; with "
                     "`task.gelu_kernel` too: native_fused_norm_gelu_kernel_full")
+    ap.add_argument("--train-kernel-launch", type=Path, default=None, help="training_kernel_sweep.py's output: "
+                    "vtlab.models.kernels' training launches (bias_gelu, add_ln_bwd) set to its choice for the preset")
     ap.add_argument("--train-extra", action="store_true",
                     help="also native without levers (training) and native with activation checkpointing (max batch)")
     ap.add_argument("--backend", default="inductor", help="torch.compile backend (the smoke test uses eager)")

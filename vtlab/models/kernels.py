@@ -242,7 +242,10 @@ def shifted_layer_norm(r: torch.Tensor, shift: torch.Tensor, norm: nn.LayerNorm,
 
 
 # ------------------------------------------------------------------------------------------- training: add + LayerNorm
-BACKWARD_PROGRAMS_PER_SM = 4  # programs of the backward (each loops over rows and keeps its dweight / dbias partials)
+BACKWARD_PROGRAMS_PER_SM = 4  # programs of add_ln_bwd (each loops over rows and keeps its dweight / dbias partials)
+# (width, rows) -> (ROWS per program, num_warps, programs per SM) of add_ln_bwd, measured to beat launch_config's
+# rule and BACKWARD_PROGRAMS_PER_SM at a training shape (experiments/gpu_speed/training_kernel_sweep.py)
+LN_BACKWARD_TABLE: dict[tuple[int, int], tuple[int, int, int]] = {}
 
 
 @functools.cache
@@ -250,10 +253,10 @@ def _multiprocessors(device: torch.device) -> int:
     return torch.cuda.get_device_properties(device).multi_processor_count if device.type == "cuda" else 4
 
 
-def _backward_programs(device: torch.device, row_blocks: int, column_tiles: int = 1) -> int:
-    """Row groups of a backward that loops over rows and keeps per-program column partials: BACKWARD_PROGRAMS_PER_SM
-    programs per multiprocessor in all (over the `column_tiles`), at most one per block of rows."""
-    return max(1, min(row_blocks, _multiprocessors(device) * BACKWARD_PROGRAMS_PER_SM // column_tiles))
+def _backward_programs(device: torch.device, row_blocks: int, per_sm: int, column_tiles: int = 1) -> int:
+    """Row groups of a backward that loops over rows and keeps per-program column partials: `per_sm` programs per
+    multiprocessor in all (over the `column_tiles`), at most one per block of rows."""
+    return max(1, min(row_blocks, _multiprocessors(device) * per_sm // column_tiles))
 
 
 def add_layer_norm_reference(x: torch.Tensor, branch: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor,
@@ -316,7 +319,10 @@ def _add_ln_bwd_op(dy: torch.Tensor, dh: torch.Tensor | None, h: torch.Tensor, w
     two = branch_dtype != x_dtype
     dbr = torch.empty(h.shape if two else (0,), dtype=branch_dtype, device=h.device)
     block, per_program, warps = launch_config(width, rows)
-    programs = _backward_programs(h.device, (rows + per_program - 1) // per_program)
+    per_sm = BACKWARD_PROGRAMS_PER_SM
+    if (width, rows) in LN_BACKWARD_TABLE:
+        per_program, warps, per_sm = LN_BACKWARD_TABLE[(width, rows)]
+    programs = _backward_programs(h.device, (rows + per_program - 1) // per_program, per_sm)
     dw = torch.empty(programs, width, dtype=torch.float32, device=h.device)
     db = torch.empty_like(dw)
     kernel = _training_kernels()["add_ln_bwd"]
@@ -372,7 +378,9 @@ def add_layer_norm(x: torch.Tensor, branch: torch.Tensor, norm: nn.LayerNorm) ->
 
 
 # ------------------------------------------------------------------------------------------- training: bias + GELU
-GELU_TILE = (32, 128)  # (rows, columns) per program and per loop step of bias_gelu's kernels
+# bias_gelu's launches (experiments/gpu_speed/training_kernel_sweep.py times the alternatives at the presets' shapes):
+GELU_FWD_LAUNCH = (32, 128, 4)  # (rows, columns, num_warps) of a forward program
+GELU_BWD_LAUNCH = (32, 128, 4, 4)  # (rows, columns, num_warps) of a backward program's loop step, programs per SM
 
 
 def bias_gelu_reference(u: torch.Tensor, bias: torch.Tensor) -> torch.Tensor:
@@ -388,9 +396,9 @@ def _bias_gelu_fwd_op(u: torch.Tensor, bias: torch.Tensor) -> torch.Tensor:
     y = torch.empty_like(u)
     width = u.shape[-1]
     rows = u.numel() // width
-    bm, bn = GELU_TILE
+    bm, bn, warps = GELU_FWD_LAUNCH
     grid = ((rows + bm - 1) // bm, (width + bn - 1) // bn)
-    _training_kernels()["bias_gelu_fwd"][grid](u, bias.contiguous(), y, rows, width, BM=bm, BN=bn, num_warps=4)
+    _training_kernels()["bias_gelu_fwd"][grid](u, bias.contiguous(), y, rows, width, BM=bm, BN=bn, num_warps=warps)
     return y
 
 
@@ -411,12 +419,12 @@ def _bias_gelu_bwd_op(dy: torch.Tensor, u: torch.Tensor, bias: torch.Tensor) -> 
         return du.to(u.dtype), du.reshape(rows, width).sum(0).to(bias.dtype)
     dy, u = dy.contiguous(), u.contiguous()
     du = torch.empty_like(u)
-    bm, bn = GELU_TILE
+    bm, bn, warps, per_sm = GELU_BWD_LAUNCH
     tiles = (width + bn - 1) // bn
-    groups = _backward_programs(u.device, (rows + bm - 1) // bm, tiles)
+    groups = _backward_programs(u.device, (rows + bm - 1) // bm, per_sm, tiles)
     db = torch.empty(groups, width, dtype=torch.float32, device=u.device)
     _training_kernels()["bias_gelu_bwd"][(tiles, groups)](dy, u, bias.contiguous(), du, db, rows, width, BM=bm, BN=bn,
-                                                          num_warps=4)
+                                                          num_warps=warps)
     return du, db.sum(0).to(bias.dtype)
 
 
