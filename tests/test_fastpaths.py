@@ -349,6 +349,22 @@ def test_cuda_residual_stream_matches_plain_tower_in_bf16():
     assert _rel(compiled, ref32) <= 1.5 * _rel(plain, ref32) + 1e-3
 
 
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_cuda_streamed_tower_is_one_graph():
+    """The whole bf16 inference tower with the residual stream and the patch GEMM compiles to one graph (on the
+    H200's torch 2.11 `bool(list)` in `uses_stream` broke it after the patch embedding:
+    `experiments/gpu_speed/levers_h200_2026-12-02c/call4/graph_breaks.json`)."""
+    t = _tower(feature_layers=None).cuda().eval().to(torch.bfloat16)
+    configure_fast_paths(t, residual_gemm=True, patch_gemm=True)
+    x = torch.randn(2, 3, 32, 32, device="cuda", dtype=torch.bfloat16)
+    torch._dynamo.reset()
+    with torch.inference_mode():
+        assert t.uses_stream(t.embed(x), None)
+        report = torch._dynamo.explain(t)(x)
+    assert report.graph_count == 1, [str(b.reason)[:300] for b in report.break_reasons]
+
+
 STREAM_COMPILE_CHECK = r"""
 import torch
 from vtlab.models.towers.siglip import VisionTower

@@ -16,6 +16,16 @@ from vtlab.models import kernels
 REPO = Path(__file__).resolve().parents[1]
 
 
+def _smoke(script: str, tmp_path: Path, *args: str) -> dict:
+    """experiments/gpu_speed/<script> --smoke --out tmp_path/out.json *args, in a subprocess: its JSON."""
+    out = tmp_path / "out.json"
+    proc = subprocess.run([sys.executable, str(REPO / "experiments" / "gpu_speed" / script), "--smoke", *args,
+                           "--out", str(out)], capture_output=True, text=True, timeout=300,
+                          env={**os.environ, "PYTHONPATH": str(REPO)}, cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return json.loads(out.read_text())
+
+
 @pytest.mark.slow
 def test_run_levers_smoke(tmp_path: Path) -> None:
     env = {**os.environ, "WANDB_MODE": "disabled", "PYTHONPATH": str(REPO)}
@@ -88,12 +98,7 @@ def test_training_section_by_sdpa_setting_with_a_lever_sweep(tmp_path: Path) -> 
 def test_sdpa_copy_probe_smoke(tmp_path: Path) -> None:
     """experiments/gpu_speed/sdpa_copy_probe.py runs on CPU (`--smoke`) and reports ATen ops with input shapes and
     kernels per preset and backend."""
-    env = {**os.environ, "PYTHONPATH": str(REPO)}
-    out = tmp_path / "probe.json"
-    proc = subprocess.run([sys.executable, str(REPO / "experiments" / "gpu_speed" / "sdpa_copy_probe.py"), "--smoke",
-                           "--out", str(out)], capture_output=True, text=True, timeout=300, env=env, cwd=tmp_path)
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    res = json.loads(out.read_text())
+    res = _smoke("sdpa_copy_probe.py", tmp_path)
     assert {"llavanext_math_eager", "siglip_math_eager"} <= set(res)
     ops = res["llavanext_math_eager"]["ops"]
     assert any(r["op"] == "aten::linear" and "[2, 9, 32]" in r["shapes"] for r in ops)
@@ -101,12 +106,7 @@ def test_sdpa_copy_probe_smoke(tmp_path: Path) -> None:
 
 def test_busy_probe_smoke(tmp_path: Path) -> None:
     """experiments/gpu_speed/busy_probe.py runs on CPU (`--smoke`) and times each side."""
-    env = {**os.environ, "PYTHONPATH": str(REPO)}
-    out = tmp_path / "busy.json"
-    proc = subprocess.run([sys.executable, str(REPO / "experiments" / "gpu_speed" / "busy_probe.py"), "--smoke",
-                           "--out", str(out)], capture_output=True, text=True, timeout=300, env=env, cwd=tmp_path)
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    res = json.loads(out.read_text())["siglip"]
+    res = _smoke("busy_probe.py", tmp_path)["siglip"]
     for side in ("hf_compile", "timm_compile", "native_residual_gemm"):
         assert res[side]["ms_per_call"] > 0, res[side]
 
@@ -129,13 +129,7 @@ def test_busy_probe_timeline_counts_gaps_once() -> None:
 def test_sdpa_copy_probe_step_smoke(tmp_path: Path) -> None:
     """`sdpa_copy_probe.py --step` profiles one whole training step (CPU smoke: debug preset, eager) and reports
     the copy ops with their shapes."""
-    env = {**os.environ, "PYTHONPATH": str(REPO)}
-    out = tmp_path / "step.json"
-    proc = subprocess.run([sys.executable, str(REPO / "experiments" / "gpu_speed" / "sdpa_copy_probe.py"), "--smoke",
-                           "--step", "siglip", "--out", str(out)], capture_output=True, text=True, timeout=300, env=env,
-                          cwd=tmp_path)
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    res = json.loads(out.read_text())
+    res = _smoke("sdpa_copy_probe.py", tmp_path, "--step", "siglip")
     assert res["preset"] == "siglip" and res["batch"] == 2
     assert any(r["op"].startswith("aten::copy_") for r in res["ops"]), res["ops"]
 
@@ -162,14 +156,8 @@ def test_sdpa_copy_probe_launchers_groups_by_op_shape_and_parents() -> None:
 def test_training_kernel_sweep_smoke(tmp_path: Path) -> None:
     """experiments/gpu_speed/training_kernel_sweep.py runs under Triton's interpreter (`--smoke`): every launch of
     the three training kernels and Inductor's counterpart timed, each launch computing what Inductor computes."""
-    env = {**os.environ, "PYTHONPATH": str(REPO)}
-    out = tmp_path / "tk.json"
-    proc = subprocess.run([sys.executable, str(REPO / "experiments" / "gpu_speed" / "training_kernel_sweep.py"),
-                           "--smoke", "--presets", "siglip", "--out", str(out)], capture_output=True, text=True,
-                          timeout=300, env=env, cwd=tmp_path)
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    res = json.loads(out.read_text())["siglip"]
-    assert set(res["gelu_fwd"]) == {"inductor", "32x128x4", "16x256x4"}
+    res = _smoke("training_kernel_sweep.py", tmp_path, "--presets", "siglip")["siglip"]
+    assert set(res["gelu_fwd"]) == {"inductor", "8x512x4", "32x128x4"}
     assert len(res["gelu_bwd"]) == 1 + 2 * 2 and len(res["ln_bwd"]) == 1 + 2 * 2
     for part in ("gelu_fwd", "gelu_bwd", "ln_bwd"):
         for key, row in res[part].items():
@@ -186,8 +174,10 @@ def test_training_kernel_sweep_choice_sets_the_launches(tmp_path: Path) -> None:
     import training_kernel_sweep as TK
 
     assert TK.parse("16x256x4_pps8") == [16, 256, 4, 8] and TK.parse("r2w8_pps16") == [2, 8, 16]
-    assert TK.parse(TK.DEFAULT_KEYS["gelu_bwd"]) == list(kernels.GELU_BWD_LAUNCH)
-    assert TK.parse(TK.DEFAULT_KEYS["gelu_fwd"]) == list(kernels.GELU_FWD_LAUNCH)
+    defaults = TK.default_keys(1152, 46656)
+    assert TK.parse(defaults["gelu_bwd"]) == list(kernels.GELU_BWD_LAUNCH)
+    assert TK.parse(defaults["gelu_fwd"]) == list(kernels.GELU_FWD_LAUNCH)
+    assert TK.parse(defaults["ln_bwd"]) == list(kernels.ln_backward_launch(1152, 46656))
     path = tmp_path / "tk.json"
     path.write_text(json.dumps({"llavanext": {"choice": {"gelu_fwd": [8, 512, 4], "gelu_bwd": [16, 256, 8, 16],
                                                          "ln_bwd": [1152, 46656, 2, 8, 16]}}}))
@@ -200,3 +190,15 @@ def test_training_kernel_sweep_choice_sets_the_launches(tmp_path: Path) -> None:
         kernels.GELU_FWD_LAUNCH, kernels.GELU_BWD_LAUNCH = saved[:2]
         kernels.LN_BACKWARD_TABLE.clear()
         kernels.LN_BACKWARD_TABLE.update(saved[2])
+
+
+def test_graph_break_probe_smoke(tmp_path: Path) -> None:
+    """experiments/gpu_speed/graph_break_probe.py explains the native tower on CPU (`--smoke`): one graph."""
+    res = _smoke("graph_break_probe.py", tmp_path, "--presets", "siglip")["siglip"]
+    assert res["graph_count"] == 1 and res["break_reasons"] == [], res
+
+
+def test_mlp_layout_probe_smoke(tmp_path: Path) -> None:
+    """experiments/gpu_speed/mlp_layout_probe.py times the MLP with and without the GELU kernel (CPU smoke)."""
+    res = _smoke("mlp_layout_probe.py", tmp_path)
+    assert res["gelu_kernel"]["ms_per_step"] > 0 and res["inductor_gelu"]["ms_per_step"] > 0, res

@@ -4,7 +4,7 @@ The ninth session's call 1 (`levers_h200_2026-12-02c/call1/llavanext.json`) prof
 step with `task.fused_norm` and `task.gelu_kernel`: `bias_gelu_bwd` took 0.58 ms per call over three
 (46656 x 4304) bf16 tensors (~2.1 TB/s) and `add_ln_bwd` 0.29 ms per call. Both backward kernels run
 BACKWARD_PROGRAMS_PER_SM = 4 programs of 4 warps per multiprocessor, each looping over rows: 16 warps per SM, which
-may be too few to hide memory latency. This sweep times, per preset shape (batch x tokens rows; width; MLP width):
+may be too few to hide memory latency. (Call 3 ran this sweep; vtlab.models.kernels' launches are its fastest since.) This sweep times, per preset shape (batch x tokens rows; width; MLP width):
 - `bias_gelu_fwd` per (rows, columns, warps) tile, and Inductor's compiled bias + tanh GELU;
 - `bias_gelu_bwd` per tile and programs per SM, and Inductor's compiled GELU backward + bias-gradient sum;
 - `add_ln_bwd` (fp32 residual, bf16 branch: bf16 autocast) per (rows per program, warps) and programs per SM, and
@@ -43,10 +43,17 @@ SHAPES = {  # preset: (rows = batch x tokens of the training step, width, MLP wi
     "smolvlm": (64 * 1024, 768, 3072),
     "llavanext": (64 * 729, 1152, 4304),
 }
-GELU_TILES = [(32, 128, 4), (16, 256, 4), (8, 512, 4), (32, 256, 8), (64, 128, 8), (16, 512, 8)]
-PROGRAMS_PER_SM = [4, 8, 16, 32]
-LN_LAUNCHES = [(4, 4), (2, 4), (1, 4), (4, 8), (2, 8)]  # (rows per program, warps)
-DEFAULT_KEYS = {"gelu_fwd": "32x128x4", "gelu_bwd": "32x128x4_pps4", "ln_bwd": "r4w4_pps4"}  # kernels.py's launches
+GELU_TILES = [(8, 512, 4), (32, 128, 4), (16, 256, 4), (32, 256, 8), (64, 128, 8), (16, 512, 8)]
+PROGRAMS_PER_SM = [32, 8, 4, 16]
+LN_LAUNCHES = [(2, 4), (4, 4), (1, 4), (4, 8), (2, 8)]  # (rows per program, warps)
+
+
+def default_keys(width: int, rows: int) -> dict[str, str]:
+    """The sweep keys of vtlab.models.kernels' own launches at this shape (what `default_ms` reports)."""
+    per_program, warps, per_sm = K.ln_backward_launch(width, rows)
+    return {"gelu_fwd": "x".join(map(str, K.GELU_FWD_LAUNCH)),
+            "gelu_bwd": "x".join(map(str, K.GELU_BWD_LAUNCH[:3])) + f"_pps{K.GELU_BWD_LAUNCH[3]}",
+            "ln_bwd": f"r{per_program}w{warps}_pps{per_sm}"}
 
 
 def timed(fn: Callable[[], Any], device: torch.device, iters: int, repeats: int) -> float:
@@ -162,11 +169,12 @@ def sweep(shape: tuple[int, int, int], device: torch.device, smoke: bool, iters:
     out: dict[str, Any] = {"rows": rows, "width": width, "hidden": hidden, "gelu_fwd": {}, "gelu_bwd": {}, "ln_bwd": {}}
     sweep_gelu(out, rows, hidden, device, compile_, iters, repeats)
     sweep_ln(out, rows, width, device, compile_, iters, repeats)
+    defaults = default_keys(width, rows)
     for part in ("gelu_fwd", "gelu_bwd", "ln_bwd"):
         ours = {k: v for k, v in out[part].items() if k != "inductor"}
         best = min(ours, key=lambda k: ours[k]["ms"])
         out[part + "_best"] = {"launch": best, "ms": ours[best]["ms"], "inductor_ms": out[part]["inductor"]["ms"],
-                               "default_ms": ours[DEFAULT_KEYS[part]]["ms"]}
+                               "default": defaults[part], "default_ms": ours.get(defaults[part], {}).get("ms")}
     out["choice"] = {"gelu_fwd": parse(out["gelu_fwd_best"]["launch"]), "gelu_bwd": parse(out["gelu_bwd_best"]["launch"]),
                      "ln_bwd": [width, rows, *parse(out["ln_bwd_best"]["launch"])]}
     return out
@@ -203,7 +211,8 @@ def main() -> None:
     res: dict[str, Any] = {"torch": torch.__version__, "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
                            "device": torch.cuda.get_device_name() if device.type == "cuda" else "cpu",
                            "defaults": {"GELU_FWD_LAUNCH": K.GELU_FWD_LAUNCH, "GELU_BWD_LAUNCH": K.GELU_BWD_LAUNCH,
-                                        "BACKWARD_PROGRAMS_PER_SM": K.BACKWARD_PROGRAMS_PER_SM}}
+                                        "BACKWARD_PROGRAMS_PER_SM": K.BACKWARD_PROGRAMS_PER_SM,
+                                        "BACKWARD_ROWS_NARROW": K.BACKWARD_ROWS_NARROW}}
     for preset in a.presets.split(","):
         shape = (40, 48, 200) if a.smoke else SHAPES[preset]
         try:

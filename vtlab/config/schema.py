@@ -423,8 +423,9 @@ class TrainTaskConfig(TaskConfig):
     # issue 16 training levers (vtlab.models.fastpaths, vtlab.train.module), off until measured to pay:
     fused_gelu_train: bool = False  # fc1 bias + tanh GELU in the GEMM epilogue in training too (CUDA; recomputing backward)
     # each residual add and the LayerNorm after it as one Triton kernel, forward and backward (CUDA, SigLIP-style blocks
-    # without a mask or activation checkpointing; vtlab.models.kernels.add_layer_norm)
-    fused_norm: bool = False
+    # without a mask or activation checkpointing; vtlab.models.kernels.add_layer_norm). On by default since it paid on
+    # every H200 step it was timed in (experiments/gpu_speed/README.md, 2026-12-02, eighth and ninth sessions)
+    fused_norm: bool = True
     # fc1's bias + tanh GELU as one Triton kernel whose backward also reduces the bias gradient (CUDA; kernels.py)
     gelu_kernel: bool = False
     activation_checkpointing: bool = False  # recompute every tower block in the backward: memory for batch size

@@ -34,8 +34,8 @@ run (experiments/gpu_speed/run_levers.py) shows it pays:
   CUDA graphs, on top of every other lever, siglip 14,227 -> 14,733 img/s, smolvlm 2,372 -> 2,455, llavanext
   706 -> 769, llavanext batch 1 2.43 -> 2.11 ms, the error against fp32 unchanged
   (experiments/gpu_speed/README.md, seventh session).
-- `fused_norm` (`task.fused_norm`, training): each residual add and the LayerNorm that reads it as one Triton
-  kernel, forward and backward (vtlab.models.kernels.add_layer_norm; `Block.fused_step` carries the MLP's branch to
+- `fused_norm` (`task.fused_norm`, training; on by default in task=train since 2026-12-02): each residual add and
+  the LayerNorm that reads it as one Triton kernel, forward and backward (vtlab.models.kernels.add_layer_norm; `Block.fused_step` carries the MLP's branch to
   the next block's first LayerNorm, the last one into the post-LayerNorm). Same function and gradients within
   rounding (tests/test_fused_norm.py).
 - `gelu_kernel` (`task.gelu_kernel`, training): fc1's GEMM without its bias, then one Triton kernel for bias + tanh

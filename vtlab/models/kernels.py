@@ -145,35 +145,36 @@ def _training_kernels() -> Any:
         tl.store(db_ptr + pid * width + col, db, mask=cmask)
 
     @triton.jit
-    def bias_gelu_fwd(u_ptr, b_ptr, y_ptr, rows, width, BM: tl.constexpr, BN: tl.constexpr):
-        row = tl.program_id(0) * BM + tl.arange(0, BM)
+    def bias_gelu_fwd(u_ptr, b_ptr, y_ptr, rows, width, u_stride, BM: tl.constexpr, BN: tl.constexpr):
+        row = (tl.program_id(0) * BM + tl.arange(0, BM)).to(tl.int64)
         col = tl.program_id(1) * BN + tl.arange(0, BN)
         cmask = col < width
         mask = (row < rows)[:, None] & cmask[None, :]
-        offs = row.to(tl.int64)[:, None] * width + col[None, :]
-        h = tl.load(u_ptr + offs, mask=mask, other=0.0).to(tl.float32) \
+        h = tl.load(u_ptr + row[:, None] * u_stride + col[None, :], mask=mask, other=0.0).to(tl.float32) \
             + tl.load(b_ptr + col, mask=cmask, other=0.0).to(tl.float32)[None, :]
         t = 2.0 * tl.sigmoid(2.0 * 0.7978845608028654 * (h + 0.044715 * h * h * h)) - 1.0  # tanh
-        tl.store(y_ptr + offs, (0.5 * h * (1.0 + t)).to(y_ptr.dtype.element_ty), mask=mask)
+        tl.store(y_ptr + row[:, None] * width + col[None, :], (0.5 * h * (1.0 + t)).to(y_ptr.dtype.element_ty),
+                 mask=mask)
 
     @triton.jit
-    def bias_gelu_bwd(dy_ptr, u_ptr, b_ptr, du_ptr, db_ptr, rows, width, BM: tl.constexpr, BN: tl.constexpr):
+    def bias_gelu_bwd(dy_ptr, u_ptr, b_ptr, du_ptr, db_ptr, rows, width, dy_stride, u_stride, BM: tl.constexpr,
+                      BN: tl.constexpr):
         col = tl.program_id(0) * BN + tl.arange(0, BN)
         cmask = col < width
         bias = tl.load(b_ptr + col, mask=cmask, other=0.0).to(tl.float32)
         db = tl.zeros((BN,), dtype=tl.float32)
         groups = tl.num_programs(1)
         for start in range(tl.program_id(1) * BM, rows, groups * BM):
-            row = start + tl.arange(0, BM)
+            row = (start + tl.arange(0, BM)).to(tl.int64)
             mask = (row < rows)[:, None] & cmask[None, :]
-            offs = row.to(tl.int64)[:, None] * width + col[None, :]
-            h = tl.load(u_ptr + offs, mask=mask, other=0.0).to(tl.float32) + bias[None, :]
-            dy = tl.load(dy_ptr + offs, mask=mask, other=0.0).to(tl.float32)
+            h = tl.load(u_ptr + row[:, None] * u_stride + col[None, :], mask=mask, other=0.0).to(tl.float32) \
+                + bias[None, :]
+            dy = tl.load(dy_ptr + row[:, None] * dy_stride + col[None, :], mask=mask, other=0.0).to(tl.float32)
             inner = 0.7978845608028654 * (h + 0.044715 * h * h * h)
             t = 2.0 * tl.sigmoid(2.0 * inner) - 1.0
             grad = 0.5 * (1.0 + t) + 0.5 * h * (1.0 - t * t) * 0.7978845608028654 * (1.0 + 3.0 * 0.044715 * h * h)
             du = tl.where(mask, dy * grad, 0.0)
-            tl.store(du_ptr + offs, du.to(du_ptr.dtype.element_ty), mask=mask)
+            tl.store(du_ptr + row[:, None] * width + col[None, :], du.to(du_ptr.dtype.element_ty), mask=mask)
             db += tl.sum(du, axis=0)
         tl.store(db_ptr + tl.program_id(1) * width + col, db, mask=cmask)
 
@@ -242,7 +243,12 @@ def shifted_layer_norm(r: torch.Tensor, shift: torch.Tensor, norm: nn.LayerNorm,
 
 
 # ------------------------------------------------------------------------------------------- training: add + LayerNorm
-BACKWARD_PROGRAMS_PER_SM = 4  # programs of add_ln_bwd (each loops over rows and keeps its dweight / dbias partials)
+# programs of add_ln_bwd per SM (each loops over rows and keeps its dweight / dbias partials) and its rows per loop
+# step up to width 1024 (wider: launch_config's): the fastest of 5 x 4 launches at siglip's (width 768) and
+# llavanext's (1152) training shapes on the H200 (levers_h200_2026-12-02c/call3/train_kernels.json): 0.193 / 0.292 ms
+# per call, where 4 programs per SM and launch_config's 4 rows took 0.220 / 0.306 and Inductor's kernel 0.196 / 0.548
+BACKWARD_PROGRAMS_PER_SM = 8
+BACKWARD_ROWS_NARROW = 2
 # (width, rows) -> (ROWS per program, num_warps, programs per SM) of add_ln_bwd, measured to beat launch_config's
 # rule and BACKWARD_PROGRAMS_PER_SM at a training shape (experiments/gpu_speed/training_kernel_sweep.py)
 LN_BACKWARD_TABLE: dict[tuple[int, int], tuple[int, int, int]] = {}
@@ -257,6 +263,18 @@ def _backward_programs(device: torch.device, row_blocks: int, per_sm: int, colum
     """Row groups of a backward that loops over rows and keeps per-program column partials: `per_sm` programs per
     multiprocessor in all (over the `column_tiles`), at most one per block of rows."""
     return max(1, min(row_blocks, _multiprocessors(device) * per_sm // column_tiles))
+
+
+def ln_backward_launch(width: int, rows: int) -> tuple[int, int, int]:
+    """(ROWS per loop step, num_warps, programs per SM) of add_ln_bwd: LN_BACKWARD_TABLE's entry for (width, rows)
+    where there is one, else launch_config's rows and warps (BACKWARD_ROWS_NARROW rows where it takes several and
+    the row fits 1024 lanes) and BACKWARD_PROGRAMS_PER_SM."""
+    if (width, rows) in LN_BACKWARD_TABLE:
+        return LN_BACKWARD_TABLE[(width, rows)]
+    block, per_program, warps = launch_config(width, rows)
+    if block <= 1024 and per_program > 1:
+        per_program = BACKWARD_ROWS_NARROW
+    return per_program, warps, BACKWARD_PROGRAMS_PER_SM
 
 
 def add_layer_norm_reference(x: torch.Tensor, branch: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor,
@@ -318,10 +336,8 @@ def _add_ln_bwd_op(dy: torch.Tensor, dh: torch.Tensor | None, h: torch.Tensor, w
     dx = torch.empty(h.shape, dtype=x_dtype, device=h.device)
     two = branch_dtype != x_dtype
     dbr = torch.empty(h.shape if two else (0,), dtype=branch_dtype, device=h.device)
-    block, per_program, warps = launch_config(width, rows)
-    per_sm = BACKWARD_PROGRAMS_PER_SM
-    if (width, rows) in LN_BACKWARD_TABLE:
-        per_program, warps, per_sm = LN_BACKWARD_TABLE[(width, rows)]
+    block = launch_config(width, rows)[0]
+    per_program, warps, per_sm = ln_backward_launch(width, rows)
     programs = _backward_programs(h.device, (rows + per_program - 1) // per_program, per_sm)
     dw = torch.empty(programs, width, dtype=torch.float32, device=h.device)
     db = torch.empty_like(dw)
@@ -379,8 +395,11 @@ def add_layer_norm(x: torch.Tensor, branch: torch.Tensor, norm: nn.LayerNorm) ->
 
 # ------------------------------------------------------------------------------------------- training: bias + GELU
 # bias_gelu's launches (experiments/gpu_speed/training_kernel_sweep.py times the alternatives at the presets' shapes):
-GELU_FWD_LAUNCH = (32, 128, 4)  # (rows, columns, num_warps) of a forward program
-GELU_BWD_LAUNCH = (32, 128, 4, 4)  # (rows, columns, num_warps) of a backward program's loop step, programs per SM
+# fastest of 6 tiles x 4 program counts at siglip's and llavanext's training shapes on the H200 (2026-12-02,
+# levers_h200_2026-12-02c/call3/train_kernels.json): forward 0.159 / 0.237 ms per call (was 0.166 / 0.247 with
+# 32 x 128 x 4), backward 0.342 / 0.462 ms (was 0.402 / 0.564 with 4 programs per SM)
+GELU_FWD_LAUNCH = (8, 512, 4)  # (rows, columns, num_warps) of a forward program
+GELU_BWD_LAUNCH = (32, 128, 4, 32)  # (rows, columns, num_warps) of a backward program's loop step, programs per SM
 
 
 def bias_gelu_reference(u: torch.Tensor, bias: torch.Tensor) -> torch.Tensor:
@@ -388,17 +407,32 @@ def bias_gelu_reference(u: torch.Tensor, bias: torch.Tensor) -> torch.Tensor:
     return F.gelu(u.float() + bias.float(), approximate="tanh").to(u.dtype)
 
 
-@torch.library.custom_op("vtlab::bias_gelu_fwd", mutates_args=())
+# The bias_gelu ops take their inputs in any layout (Inductor pads the row stride of a (tokens x 4304) GEMM output to
+# 4352 elements: 128-byte rows), so that Inductor does not copy them into the eager layout first: the kernels read
+# rows at their own stride. On the H200 those copies took 15.3 ms of llavanext's 314 ms fine-tuning step
+# (experiments/gpu_speed/levers_h200_2026-12-02c/call3). Outputs are contiguous.
+_ANY_LAYOUT = (torch.Tag.flexible_layout,) if hasattr(torch.Tag, "flexible_layout") else ()
+
+
+def _as_rows(t: torch.Tensor, width: int) -> torch.Tensor:
+    """t as (rows, width) with unit column stride and one row stride: a view where t's leading dims merge (padded
+    rows too), else a contiguous copy."""
+    rows = t.reshape(-1, width)
+    return rows if rows.stride(1) == 1 or rows.shape[0] <= 1 else rows.contiguous()
+
+
+@torch.library.custom_op("vtlab::bias_gelu_fwd", mutates_args=(), tags=_ANY_LAYOUT)
 def _bias_gelu_fwd_op(u: torch.Tensor, bias: torch.Tensor) -> torch.Tensor:
     if not triton_usable(u) or _training_kernels() is None:
-        return bias_gelu_reference(u, bias)
-    u = u.contiguous()
-    y = torch.empty_like(u)
+        return bias_gelu_reference(u, bias).contiguous()
     width = u.shape[-1]
-    rows = u.numel() // width
+    u2 = _as_rows(u, width)
+    rows = u2.shape[0]
+    y = torch.empty(u.shape, dtype=u.dtype, device=u.device)
     bm, bn, warps = GELU_FWD_LAUNCH
     grid = ((rows + bm - 1) // bm, (width + bn - 1) // bn)
-    _training_kernels()["bias_gelu_fwd"][grid](u, bias.contiguous(), y, rows, width, BM=bm, BN=bn, num_warps=warps)
+    _training_kernels()["bias_gelu_fwd"][grid](u2, bias.contiguous(), y, rows, width, u2.stride(0), BM=bm, BN=bn,
+                                               num_warps=warps)
     return y
 
 
@@ -407,7 +441,7 @@ def _(u: torch.Tensor, bias: torch.Tensor) -> torch.Tensor:
     return torch.empty_like(u, memory_format=torch.contiguous_format)
 
 
-@torch.library.custom_op("vtlab::bias_gelu_bwd", mutates_args=())
+@torch.library.custom_op("vtlab::bias_gelu_bwd", mutates_args=(), tags=_ANY_LAYOUT)
 def _bias_gelu_bwd_op(dy: torch.Tensor, u: torch.Tensor, bias: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """(du, dbias): the GELU's derivative at u + bias times dy, and its sum over rows, in one pass."""
     width = u.shape[-1]
@@ -416,15 +450,15 @@ def _bias_gelu_bwd_op(dy: torch.Tensor, u: torch.Tensor, bias: torch.Tensor) -> 
         h = (u.float() + bias.float()).requires_grad_()
         with torch.enable_grad():
             (du,) = torch.autograd.grad(F.gelu(h, approximate="tanh"), h, dy.float())
-        return du.to(u.dtype), du.reshape(rows, width).sum(0).to(bias.dtype)
-    dy, u = dy.contiguous(), u.contiguous()
-    du = torch.empty_like(u)
+        return du.to(u.dtype).contiguous(), du.reshape(rows, width).sum(0).to(bias.dtype)
+    dy2, u2 = _as_rows(dy, width), _as_rows(u, width)
+    du = torch.empty(u.shape, dtype=u.dtype, device=u.device)
     bm, bn, warps, per_sm = GELU_BWD_LAUNCH
     tiles = (width + bn - 1) // bn
     groups = _backward_programs(u.device, (rows + bm - 1) // bm, per_sm, tiles)
     db = torch.empty(groups, width, dtype=torch.float32, device=u.device)
-    _training_kernels()["bias_gelu_bwd"][(tiles, groups)](dy, u, bias.contiguous(), du, db, rows, width, BM=bm, BN=bn,
-                                                          num_warps=warps)
+    _training_kernels()["bias_gelu_bwd"][(tiles, groups)](dy2, u2, bias.contiguous(), du, db, rows, width,
+                                                          dy2.stride(0), u2.stride(0), BM=bm, BN=bn, num_warps=warps)
     return du, db.sum(0).to(bias.dtype)
 
 

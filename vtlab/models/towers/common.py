@@ -264,7 +264,7 @@ class TowerBase(nn.Module):
         """Whether `run_stack` carries the residual stream of `Block.stream_step` (vtlab.models.fastpaths
         `residual_gemm`): every block opts in, CUDA, no grad, no autocast, no mask, one dtype."""
         blocks = list(self.blocks)
-        return (bool(blocks) and all(getattr(b, "streams", lambda: False)() for b in blocks) and x.is_cuda
+        return (len(blocks) > 0 and all(getattr(b, "streams", lambda: False)() for b in blocks) and x.is_cuda
                 and mask is None and not torch.is_grad_enabled() and not torch.is_autocast_enabled("cuda")
                 and all(p.dtype == x.dtype for p in blocks[0].parameters()))
 
@@ -274,7 +274,7 @@ class TowerBase(nn.Module):
         in this forward."""
         blocks = list(self.blocks)
         checkpointing = getattr(self, "activation_checkpointing", False) and self.training and torch.is_grad_enabled()
-        return (bool(blocks) and all(getattr(b, "fuses_norm", lambda: False)() for b in blocks) and mask is None
+        return (len(blocks) > 0 and all(getattr(b, "fuses_norm", lambda: False)() for b in blocks) and mask is None
                 and triton_usable(x) and not checkpointing)
 
     def fused_norm_states(self, x: torch.Tensor, upto: int, taps: list[int] | None,
