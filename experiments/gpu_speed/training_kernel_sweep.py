@@ -33,6 +33,7 @@ from typing import Any
 if "--smoke" in sys.argv:  # before Triton is imported: its CPU interpreter
     os.environ["TRITON_INTERPRET"] = "1"
 
+import harness as H
 import torch
 import torch.nn.functional as F
 
@@ -57,24 +58,8 @@ def default_keys(width: int, rows: int) -> dict[str, str]:
 
 
 def timed(fn: Callable[[], Any], device: torch.device, iters: int, repeats: int) -> float:
-    """Median ms per call of `iters` back-to-back calls, after two warm-up calls."""
-    fn()
-    fn()
-    if device.type != "cuda":
-        t = time.perf_counter()
-        fn()
-        return (time.perf_counter() - t) * 1e3
-    torch.cuda.synchronize()
-    out = []
-    for _ in range(repeats):
-        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-        start.record()
-        for _ in range(iters):
-            fn()
-        end.record()
-        end.synchronize()
-        out.append(start.elapsed_time(end) / iters)
-    return statistics.median(out)
+    """Median ms per call of `iters` back-to-back calls, after two warm-up calls (harness.time_per_call_ms)."""
+    return statistics.median(H.time_per_call_ms(fn, device, 2, iters, repeats))
 
 
 def entry(ms: float, nbytes: int) -> dict[str, float]:
