@@ -245,6 +245,22 @@ def test_residual_addmm_is_in_place_and_compiles():
     assert _rel(torch.compile(step, fullgraph=True)(x), x * 2 + (a @ w.t()).view(2, 5, 8) + 1) < 1e-6
 
 
+def test_residual_stream_counts_the_flops_of_the_plain_blocks():
+    """torch.utils.flop_counter does not look inside a custom op: the residual GEMMs (`residual_addmm_`, the
+    out-projection and fc2) carry their own formula, so task=bench and task=profile count the same FLOPs with
+    `task.residual_gemm` as without it (the H200 run of tests/test_gpu.py counted 2/3 of smolvlm's FLOPs before)."""
+    from vtlab.measure.flops import count_flops
+    from vtlab.models.fastpaths import residual_addmm_
+
+    r, a, w = torch.zeros(2, 5, 8), torch.randn(10, 6), torch.randn(8, 6)
+    assert count_flops(lambda: residual_addmm_(r, a, w)) == 2 * 10 * 6 * 8
+    t = _tower().eval()
+    x = torch.randn(2, 3, 32, 32)
+    emb = t.embed(x)
+    plain = count_flops(lambda: t.block_states(emb))
+    assert plain > 0 and count_flops(lambda: t.stream_states(emb.clone(), t.num_layers, [])) == plain
+
+
 @pytest.mark.parametrize("override,expected", [((), True), (("task.residual_gemm=false",), False)])
 def test_bench_and_profile_stream_by_default(override, expected):
     """task.residual_gemm is on by default (measured on the H200, 2026-12-02) for task=bench and task=profile, and

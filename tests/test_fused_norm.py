@@ -255,10 +255,10 @@ def test_train_task_passes_fused_norm_to_the_tower():
     """`task.fused_norm` of task=train reaches every block (vtlab.tasks.train configures the stack with it)."""
     from vtlab.api import compose_config, to_config
 
-    cfg = to_config(compose_config("siglip_debug", ["task=train", "task.gelu_kernel=true"]))
-    assert cfg.task.fused_norm is True and cfg.task.gelu_kernel is True
+    cfg = to_config(compose_config("siglip_debug", ["task=train", "task.gelu_kernel=false"]))
+    assert cfg.task.fused_norm is True and cfg.task.gelu_kernel is False
     default = to_config(compose_config("siglip_debug", ["task=train"]))
-    assert default.task.fused_norm is True and default.task.gelu_kernel is False  # the GELU kernel: opt-in
+    assert default.task.fused_norm is True and default.task.gelu_kernel is True  # both training kernels: default
     off = to_config(compose_config("siglip_debug", ["task=train", "task.fused_norm=false"]))
     assert off.task.fused_norm is False
 
@@ -310,3 +310,21 @@ def test_cuda_fused_norm_training_forward_is_one_graph():
     with torch.autocast("cuda", dtype=torch.bfloat16):
         report = torch._dynamo.explain(t)(x)
     assert report.graph_count == 1, [str(b.reason)[:300] for b in report.break_reasons]
+
+
+def test_activation_names_are_strict_and_every_tanh_name_takes_the_gelu_kernel():
+    """One `activation` (vtlab.models.layers) for towers and connectors: transformers' tanh-GELU names all give the
+    tanh GELU and mark the MLP for the GELU kernels (`Mlp.tanh_gelu`), and an unknown name raises instead of
+    silently becoming the erf GELU (mlp_layout_probe.py's first H200 run timed the erf GELU on both sides that way)."""
+    from vtlab.models.layers import Mlp, QuickGELU, activation
+    from vtlab.models.towers import common
+
+    assert common.activation is activation
+    for name in ("gelu_tanh", "gelu_pytorch_tanh", "gelu_new"):
+        act = activation(name)
+        assert isinstance(act, torch.nn.GELU) and act.approximate == "tanh"
+        assert Mlp(8, 16, name).tanh_gelu
+    assert activation("gelu").approximate == "none" and not Mlp(8, 16, "gelu").tanh_gelu
+    assert isinstance(activation("quick_gelu"), QuickGELU) and isinstance(activation("silu"), torch.nn.SiLU)
+    with pytest.raises(ValueError, match="unsupported activation 'relu6'; valid: gelu_tanh"):
+        activation("relu6")

@@ -6,7 +6,7 @@ fc2's input gradient before each bias_gelu op (`triton_poi_fused__unsafe_view_bi
 elements, and a custom op gets its inputs in the eager layout unless it is tagged `flexible_layout`. Without the
 kernel, the same padding makes ATen's addmm copy the broadcast bias into the padded output before the GEMM (cuBLASLt's
 bias epilogue needs a contiguous output): `direct_copy_kernel` 9.3 ms in 27 calls
-(`levers_h200_2026-12-02c/call4/step_copies.json`). This probe times vtlab.models.layers.Mlp(1152, 4304) at
+(`levers_h200_2026-12-02c/call4/step_copies.json`). This probe times vtlab.models.layers.Mlp(1152, 4304, tanh GELU) at
 llavanext's training batch (64 x 729 tokens), bf16 autocast, compiled forward + backward, with and without
 `gelu_kernel`, and lists each step's kernels by GPU time.
 
@@ -29,8 +29,9 @@ from vtlab.models.layers import Mlp
 
 def probe(gelu_kernel: bool, tokens: int, width: int, hidden: int, device: torch.device, iters: int) -> dict[str, Any]:
     torch.manual_seed(0)
-    mlp = Mlp(width, hidden, "gelu_pytorch_tanh").to(device)
+    mlp = Mlp(width, hidden, "gelu_tanh").to(device)
     mlp.gelu_kernel = gelu_kernel
+    assert mlp.tanh_gelu, "the GELU kernel computes the tanh GELU only"
     x = torch.randn(tokens // 729 if tokens >= 729 else 1, min(tokens, 729), width, device=device, requires_grad=True)
     g = torch.randn(*x.shape[:-1], width, device=device)
     fn = torch.compile(mlp) if device.type == "cuda" else mlp
@@ -42,7 +43,10 @@ def probe(gelu_kernel: bool, tokens: int, width: int, hidden: int, device: torch
 
     ms = statistics.median(H.time_per_call_ms(step, device, 3, iters, 3))
     kernels = [{"kernel": name[:110], "ms": t, "calls": n} for name, t, n in H.gpu_kernel_times(step)]
-    return {"ms_per_step": ms, "kernels": kernels[:14]}
+    ours = sum(k["calls"] for k in kernels if k["kernel"].startswith("bias_gelu_"))
+    if device.type == "cuda" and gelu_kernel and not ours:  # the tenth session's first run timed erf GELU twice
+        raise RuntimeError("gelu_kernel was set but no bias_gelu kernel ran")
+    return {"ms_per_step": ms, "bias_gelu_kernel_calls": ours, "kernels": kernels[:14]}
 
 
 def main() -> None:

@@ -426,8 +426,10 @@ class TrainTaskConfig(TaskConfig):
     # without a mask or activation checkpointing; vtlab.models.kernels.add_layer_norm). On by default since it paid on
     # every H200 step it was timed in (experiments/gpu_speed/README.md, 2026-12-02, eighth and ninth sessions)
     fused_norm: bool = True
-    # fc1's bias + tanh GELU as one Triton kernel whose backward also reduces the bias gradient (CUDA; kernels.py)
-    gelu_kernel: bool = False
+    # fc1's bias + tanh GELU as one Triton kernel whose backward also reduces the bias gradient (CUDA; kernels.py).
+    # On by default since it paid in every H200 full fine-tuning step it was timed in (siglip 1.269x, llavanext
+    # 1.251x against 1.227x without it; experiments/gpu_speed/README.md, ninth and tenth sessions)
+    gelu_kernel: bool = True
     activation_checkpointing: bool = False  # recompute every tower block in the backward: memory for batch size
     compile_optimizer: bool = False  # torch.compile the AdamW step (foreach, tensor lr) instead of the fused kernel
     # a frozen tower (freeze=tower|stack) kept in bf16 and run outside autocast: its no-grad forward takes the inference

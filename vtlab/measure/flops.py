@@ -4,7 +4,9 @@ A well-kept counter beats our own tracing: `FlopCounterMode` sees every aten mat
 kernel (2 FLOPs per multiply-add; LayerNorm, GELU, softmax and biases are not counted, exactly like the closed
 forms). Counted FLOPs must not depend on which kernel ran, so the kernels it does not count (or refuses) get the
 formula of the op they replace: every fused SDPA kernel, CPU flash included and grouped-query shapes too
-(= 2 b h s_q s_k (d + d_v)), and the fused fc1 + GELU epilogue `aten._addmm_activation` (= addmm, 2 m k n). The closed forms belong to the modules
+(= 2 b h s_q s_k (d + d_v)), and the fused fc1 + GELU epilogue `aten._addmm_activation` (= addmm, 2 m k n). A custom
+op is opaque to the counter: the one that holds a GEMM, `vtlab::residual_addmm_` (the residual stream's out-projection
+and fc2), registers its formula where it is defined (vtlab.models.fastpaths). The closed forms belong to the modules
 (`tower.flops_closed_form(gh, gw)`, `connector.flops_closed_form(grid)`); `stage_costs` puts both in the
 tower and connector rows, looked up by name, and the LM-side prefill of the visual tokens is a Llama-style
 decoder's closed form.

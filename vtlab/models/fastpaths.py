@@ -33,13 +33,15 @@ run (experiments/gpu_speed/run_levers.py) shows it pays:
   (tests/test_fastpaths.py). `task.residual_gemm`, on by default (it acts on CUDA inference only): on an H200 with
   CUDA graphs, on top of every other lever, siglip 14,227 -> 14,733 img/s, smolvlm 2,372 -> 2,455, llavanext
   706 -> 769, llavanext batch 1 2.43 -> 2.11 ms, the error against fp32 unchanged
-  (experiments/gpu_speed/README.md, seventh session).
+  (experiments/gpu_speed/README.md, seventh session). `residual_addmm_` registers its FLOP formula with
+  torch.utils.flop_counter, which cannot see the GEMM inside a custom op.
 - `fused_norm` (`task.fused_norm`, training; on by default in task=train since 2026-12-02): each residual add and
   the LayerNorm that reads it as one Triton kernel, forward and backward (vtlab.models.kernels.add_layer_norm; `Block.fused_step` carries the MLP's branch to
   the next block's first LayerNorm, the last one into the post-LayerNorm). Same function and gradients within
   rounding (tests/test_fused_norm.py).
-- `gelu_kernel` (`task.gelu_kernel`, training): fc1's GEMM without its bias, then one Triton kernel for bias + tanh
-  GELU whose backward also reduces the bias gradient (vtlab.models.kernels.linear_bias_gelu; tests/test_fused_norm.py).
+- `gelu_kernel` (`task.gelu_kernel`, training; on by default in task=train since 2026-12-02): fc1's GEMM without its
+  bias, then one Triton kernel for bias + tanh GELU whose backward also reduces the bias gradient
+  (vtlab.models.kernels.linear_bias_gelu; tests/test_fused_norm.py).
 - `VisionTower.activation_checkpointing` (set here) recomputes each block in the backward
   (`torch.utils.checkpoint`, non-reentrant): memory for a larger batch, at ~1/3 more compute.
 """
@@ -52,6 +54,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.utils.flop_counter import register_flop_formula
 
 # what torch._addmm_activation(use_gelu=True) computes per device type (checked by tests/test_fastpaths.py on CPU
 # and by the gpu-marked test on CUDA)
@@ -164,6 +167,14 @@ def residual_addmm_(r: torch.Tensor, a: torch.Tensor, weight: torch.Tensor) -> N
 @residual_addmm_.register_fake
 def _(r: torch.Tensor, a: torch.Tensor, weight: torch.Tensor) -> None:
     return None
+
+
+@register_flop_formula(torch.ops.vtlab.residual_addmm_)
+def _residual_addmm_flops(r_shape: Any, a_shape: Any, w_shape: Any, *args: Any, out_shape: Any = None,
+                          **kwargs: Any) -> int:
+    """The addmm's 2 m k n: torch.utils.flop_counter sees a custom op, not the GEMM inside it, so without this
+    formula task=bench and task=profile would count no FLOPs for the out-projections and fc2s it carries."""
+    return 2 * a_shape[0] * a_shape[1] * w_shape[0]
 
 
 # ------------------------------------------------------------------------------------------- settings

@@ -24,9 +24,29 @@ from vtlab.models.kernels import add_layer_norm, linear_bias_gelu, shifted_layer
 from vtlab.models.sdpa import layer_kernels
 
 
+class QuickGELU(nn.Module):
+    """x * sigmoid(1.702 x): OpenAI CLIP's activation (transformers' `quick_gelu`)."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x * torch.sigmoid(1.702 * x)
+
+
+TANH_GELU_NAMES = ("gelu_tanh", "gelu_pytorch_tanh", "gelu_new")  # transformers' names of the tanh GELU
+
+
 def activation(name: str) -> nn.Module:
-    """`gelu_tanh` = HF gelu_pytorch_tanh (towers); `gelu` = exact erf GELU (projectors, timm default)."""
-    return nn.GELU(approximate="tanh" if name == "gelu_tanh" else "none")
+    """The activation of a `hidden_act` / `connector.act` name (transformers' names): `gelu_tanh` (HF
+    gelu_pytorch_tanh, the SigLIP towers), `gelu` (exact erf GELU: projectors, timm's default), `quick_gelu` (CLIP),
+    `silu`. An unknown name raises: it never falls back to another function silently."""
+    if name == "quick_gelu":
+        return QuickGELU()
+    if name == "gelu":
+        return nn.GELU()
+    if name in TANH_GELU_NAMES:
+        return nn.GELU(approximate="tanh")
+    if name in ("silu", "swish"):
+        return nn.SiLU()
+    raise ValueError(f"unsupported activation {name!r}; valid: gelu_tanh (gelu_pytorch_tanh), gelu, quick_gelu, silu")
 
 
 def attend(
@@ -91,7 +111,7 @@ class Mlp(nn.Module):
         self.fc1 = nn.Linear(dim, hidden)
         self.act = activation(act)
         self.fc2 = nn.Linear(hidden, dim)
-        self.tanh_gelu = act == "gelu_tanh"
+        self.tanh_gelu = act in TANH_GELU_NAMES  # the fused GELU paths compute the tanh GELU only
         self.fused_gelu = False
         self.fused_gelu_train = False
         self.gelu_kernel = False  # training: fc1's bias + GELU as one Triton kernel (vtlab.models.kernels.linear_bias_gelu)

@@ -30,28 +30,9 @@ from torch import nn
 
 from vtlab.models.kernels import add_layer_norm, triton_usable
 from vtlab.models.keymap import Fuse, Rules, Split, split_qkv, strip_prefix  # noqa: F401  (the last two re-exported)
+from vtlab.models.layers import activation
 
 # ----------------------------------------------------------------------------------------------- layers
-
-
-class QuickGELU(nn.Module):
-    """x * sigmoid(1.702 x): OpenAI CLIP's activation (HF `quick_gelu`)."""
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return x * torch.sigmoid(1.702 * x)
-
-
-def activation(name: str) -> nn.Module:
-    """HF `hidden_act` names: quick_gelu, gelu (erf), gelu_pytorch_tanh / gelu_tanh, silu."""
-    if name == "quick_gelu":
-        return QuickGELU()
-    if name == "gelu":
-        return nn.GELU()
-    if name in ("gelu_pytorch_tanh", "gelu_tanh", "gelu_new"):
-        return nn.GELU(approximate="tanh")
-    if name in ("silu", "swish"):
-        return nn.SiLU()
-    raise ValueError(f"unsupported hidden_act {name!r}; valid: quick_gelu, gelu, gelu_pytorch_tanh, silu")
 
 
 class Attention(nn.Module):
