@@ -7,7 +7,8 @@ through `F.scaled_dot_product_attention` so that PyTorch picks cuDNN/flash kerne
 perceiver resampler's and the Q-Former's self- and cross-attention). `AttentionPool` is the one learned-probe
 pooling module (timm's `AttentionPoolLatent` idea): SigLIP's MAP head (`SiglipMultiheadAttentionPoolingHead`,
 fused `in_proj` like `nn.MultiheadAttention`) and the classifier head of `task=train` (vtlab.models.heads) are
-both built on it.
+both built on it. `activation` is the one map from transformers' activation names (`hidden_act`, `connector.act`)
+to modules, for every tower and connector (transformers' `ACT2FN` names; an unknown name raises).
 """
 
 from __future__ import annotations
