@@ -54,7 +54,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 from torch import nn
-from torch.utils.flop_counter import register_flop_formula
+from torch.utils.flop_counter import mm_flop, register_flop_formula
 
 # what torch._addmm_activation(use_gelu=True) computes per device type (checked by tests/test_fastpaths.py on CPU
 # and by the gpu-marked test on CUDA)
@@ -174,7 +174,7 @@ def _residual_addmm_flops(r_shape: Any, a_shape: Any, w_shape: Any, *args: Any, 
                           **kwargs: Any) -> int:
     """The addmm's 2 m k n: torch.utils.flop_counter sees a custom op, not the GEMM inside it, so without this
     formula task=bench and task=profile would count no FLOPs for the out-projections and fc2s it carries."""
-    return 2 * a_shape[0] * a_shape[1] * w_shape[0]
+    return mm_flop(a_shape, (w_shape[1], w_shape[0]))  # a @ weight^T
 
 
 # ------------------------------------------------------------------------------------------- settings
